@@ -1,0 +1,209 @@
+"""VGG19's feature part (16 conv + 5 pooling layers, no fully connected layers) with a
+hand-written backward pass to the input image.
+
+Names follow the paper and Gatys' code: ``conv{b}_{i}`` is the *rectified* response of the
+i-th convolution of block b (conv followed by ReLU), ``pool{b}`` the pooled map of block b.
+The same strings name the groups of the weights file and the CLI options.
+"""
+import numpy as np
+
+from . import layers as L
+from .backend import to_device, to_host, xp_for
+from .errors import NstliteError
+from .weights import VGG19_BLOCKS, VGG19_CONV_LAYERS, read_weights
+
+# The 21 layers in order: conv1_1, conv1_2, pool1, conv2_1, ..., conv5_4, pool5.
+VGG19_LAYERS = tuple(
+    name
+    for b, n in enumerate(VGG19_BLOCKS)
+    for name in [f"conv{b + 1}_{i + 1}" for i in range(n)] + [f"pool{b + 1}"]
+)
+
+
+class VGG19:
+    """VGG19 features with frozen weights.
+
+    Parameters
+    ----------
+    params : dict conv name -> (weight (out, in, 3, 3), bias (out,)); a prefix of VGG19's
+        conv layers is enough (the network then ends at the first missing one).
+    attrs : preprocessing attributes of the weights file (see ``nstlite.weights``); ``None``
+        means Caffe's convention (BGR, 0..255, ImageNet mean, std 1).
+    pooling : 'avg' (the paper's choice) or 'max'.
+    device : 'cpu' (NumPy) or 'gpu' (CuPy).
+    dtype : 'float32' (default) or 'float64' (gradient checks).
+    conv_kernel : name of a kernel in ``nstlite.layers.CONV_KERNELS`` (None: the default).
+    """
+
+    def __init__(self, params, attrs=None, pooling="avg", device="cpu", dtype="float32", conv_kernel=None):
+        if pooling not in L.POOLING:
+            raise NstliteError(f"unknown pooling {pooling!r}; choose avg or max")
+        self.xp = xp_for(device)
+        self.device = device
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise NstliteError(f"dtype must be float32 or float64, not {dtype}")
+        self.pooling = pooling
+        self.conv_kernel = conv_kernel
+        L.get_conv_kernel(conv_kernel)  # fail early on an unknown kernel name
+
+        # Keep VGG19's layer order, ending at the first conv layer that has no weights.
+        self.layer_names = []
+        self.weights = {}
+        c_in = 3
+        for name in VGG19_LAYERS:
+            if name.startswith("conv"):
+                if name not in params:
+                    break
+                w, b = params[name]
+                if w.shape[1:] != (c_in, 3, 3) or b.shape != (w.shape[0],):
+                    raise NstliteError(f"{name}: weight {tuple(w.shape)} / bias {tuple(b.shape)} do not fit "
+                                       f"an input of {c_in} channels")
+                self.weights[name] = (to_device(w, device, self.dtype), to_device(b, device, self.dtype))
+                c_in = w.shape[0]
+            self.layer_names.append(name)
+        if not self.weights:
+            raise NstliteError("no conv layers given")
+
+        attrs = attrs or {}
+        self.channel_order = str(attrs.get("channel_order", "BGR")).upper()
+        self.input_scale = float(attrs.get("input_scale", 255.0))
+        self.mean = np.asarray(attrs.get("mean", (103.939, 116.779, 123.68)), dtype=np.float64).reshape(3)
+        self.std = np.asarray(attrs.get("std", (1.0, 1.0, 1.0)), dtype=np.float64).reshape(3)
+        self._tape = []  # (name, caches) of the last forward, in order
+
+    # ----------------------------------------------------------------- input conversion
+    def preprocess(self, rgb):
+        """H x W x 3 RGB image (uint8, or floats in 0..255) -> (3, H, W) network input on the
+        net's device: scaled to the file's input range, reordered to its channel order, minus
+        mean, divided by std."""
+        rgb = np.asarray(to_host(rgb))
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise NstliteError(f"expected an H x W x 3 RGB image, got shape {rgb.shape}")
+        x = rgb.astype(np.float64) * (self.input_scale / 255.0)
+        if self.channel_order == "BGR":
+            x = x[:, :, ::-1]
+        x = (x - self.mean) / self.std
+        return to_device(np.ascontiguousarray(x.transpose(2, 0, 1)), self.device, self.dtype)
+
+    def deprocess_float(self, x):
+        """(3, H, W) network input -> H x W x 3 RGB float64 host array in 0..255 (unclipped)."""
+        x = to_host(x).astype(np.float64).transpose(1, 2, 0)
+        x = x * self.std + self.mean
+        if self.channel_order == "BGR":
+            x = x[:, :, ::-1]
+        return x * (255.0 / self.input_scale)
+
+    def deprocess(self, x):
+        """(3, H, W) network input -> H x W x 3 uint8 RGB host array (rounded, clipped)."""
+        return np.clip(np.rint(self.deprocess_float(x)), 0, 255).astype(np.uint8)
+
+    def input_bounds(self):
+        """(low, high), each (3,) float64 in network channel order: the network-input values
+        of pixel values 0 and 255, for box-constrained optimisation."""
+        low = (0.0 - self.mean) / self.std
+        high = (self.input_scale - self.mean) / self.std
+        return low, high
+
+    def map_size(self, name, height, width):
+        """(H', W') of layer ``name``'s response to an input of height x width (each 2x2 pool
+        halves, rounding down)."""
+        self._depth([name])
+        for n in self.layer_names[: self.layer_names.index(name) + 1]:
+            if n.startswith("pool"):
+                height, width = height // 2, width // 2
+        return height, width
+
+    # ----------------------------------------------------------------- forward / backward
+    def _depth(self, names):
+        unknown = [n for n in names if n not in self.layer_names]
+        if unknown:
+            raise NstliteError(f"unknown layer(s) {', '.join(unknown)}; this network has "
+                               f"{', '.join(self.layer_names)}")
+        return max(self.layer_names.index(n) for n in names)
+
+    def forward(self, x, layers):
+        """Responses of the requested layers to the input ``x`` (3, H, W).
+
+        Computes only up to the deepest requested layer and records what ``backward`` needs.
+        Returns dict name -> (C, H', W') array.
+        """
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        if not layers:
+            raise NstliteError("no layers requested")
+        depth = self._depth(layers)
+        if x.ndim != 3 or x.shape[0] != 3:
+            raise NstliteError(f"network input must have shape (3, H, W), got {tuple(x.shape)}")
+        h = x.astype(self.dtype, copy=False)
+        pool_forward, _ = L.POOLING[self.pooling]
+        tape, feats = [], {}
+        for name in self.layer_names[: depth + 1]:
+            if name.startswith("conv"):
+                if min(h.shape[1:]) < 1:
+                    raise NstliteError(f"input too small: nothing left at {name}")
+                w, b = self.weights[name]
+                pre, conv_cache = L.conv3x3_forward(h, w, b, kernel=self.conv_kernel)
+                h, relu_cache = L.relu_forward(pre)
+                tape.append((name, (conv_cache, relu_cache)))
+            else:
+                if min(h.shape[1:]) < 2:
+                    raise NstliteError(f"input too small for {name}: a map of {h.shape[1]}x{h.shape[2]} "
+                                       "cannot be pooled 2x2 (VGG19 needs at least 16x16 for pool4)")
+                h, pool_cache = pool_forward(h)
+                tape.append((name, pool_cache))
+            if name in layers:
+                feats[name] = h
+        self._tape = tape
+        return feats
+
+    def backward(self, grads):
+        """Gradient of a loss with respect to the last forward's input.
+
+        grads : dict layer name -> dL/d(response of that layer), for layers of the last forward.
+        Walks the layers in reverse; where a layer has an incoming loss gradient it is *added*
+        to the gradient arriving from above, so losses at several layers sum correctly.
+        Returns dL/dx, shape (3, H, W).
+        """
+        if not self._tape:
+            raise NstliteError("backward called before forward")
+        names = [n for n, _ in self._tape]
+        for n, g in grads.items():
+            if n not in names:
+                raise NstliteError(f"no gradient can flow from {n}: the last forward stopped at {names[-1]}")
+        depth = max(names.index(n) for n in grads)
+        _, pool_backward = L.POOLING[self.pooling]
+        g = None
+        for name, cache in reversed(self._tape[: depth + 1]):
+            if name in grads:
+                g = grads[name] if g is None else g + grads[name]
+            if g is None:
+                continue
+            if name.startswith("conv"):
+                conv_cache, relu_cache = cache
+                g = L.conv3x3_backward(L.relu_backward(g, relu_cache), conv_cache)
+            else:
+                g = pool_backward(g, cache)
+        return g
+
+
+    def activation_pattern(self):
+        """The piecewise-linear state of the last forward: every ReLU's on/off mask (and every
+        max-pool's winning taps). Gradient checks compare it at x +- h*d to make sure a finite
+        difference did not cross a kink."""
+        pattern = []
+        for name, cache in self._tape:
+            if name.startswith("conv"):
+                pattern.append(cache[1] > 0)
+            elif self.pooling == "max":
+                pattern.append(cache[1])
+        return pattern
+
+
+def load_vgg19(path=None, pooling="avg", device="cpu", dtype="float32", conv_kernel=None):
+    """VGG19 from an nstlite weights file (``path=None``: ``$NSTLITE_WEIGHTS``, else
+    ``~/.cache/nstlite/vgg19.h5``). A missing file raises a one-line error saying how to get it."""
+    params, attrs = read_weights(path)
+    missing = [n for n in VGG19_CONV_LAYERS if n not in params]
+    net = VGG19(params, attrs, pooling=pooling, device=device, dtype=dtype, conv_kernel=conv_kernel)
+    net.missing_layers = missing
+    return net
