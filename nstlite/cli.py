@@ -9,7 +9,7 @@ import os
 import sys
 
 # Modules that add sub-commands (each defines ``register_cli(subparsers)``), in --help order.
-COMMAND_MODULES = ("nstlite.stylize", "nstlite.figures", "nstlite.gradient_check")
+COMMAND_MODULES = ("nstlite.style_transfer", "nstlite.figures", "nstlite.gradient_check")
 
 
 def build_parser():
