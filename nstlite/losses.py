@@ -71,7 +71,8 @@ def style_layer_loss(F, A):
     dE_l/dF_ij^l = 1 / (N_l^2 M_l^2) ((F^l)^T (G^l - A^l))_ji                  eq. (6)
     (the ReLU backward applies the paper's "F > 0" factor)
 
-    F : (C, H, W) feature map of the generated image; A : (C, C) Gram matrix of the artwork.
+    F : (C, H, W) feature map of the generated image; A : (C, C) Gram matrix of the artwork
+    (symmetric).
     Returns (E_l 0-d array, dF with the shape of F).
     """
     xp = get_array_module(F)
@@ -81,8 +82,9 @@ def style_layer_loss(F, A):
     G = Fm @ Fm.T  # eq. (3)
     diff = G - A
     loss = xp.sum(diff * diff) / (4.0 * norm)  # eq. (4)
-    # eq. (6): ((F^T (G - A))^T) = (G - A)^T F = (G - A) F, since G - A is symmetric
-    dF = (diff @ Fm) / norm
+    dF = (diff.T @ Fm) / norm  # eq. (6): (F^T (G - A))^T = (G - A)^T F
+    # Eq. (6) is the exact derivative of eq. (4) when A is symmetric, which every Gram matrix
+    # (and every blend of them) is.
     return loss, dF.reshape(F.shape)
 
 

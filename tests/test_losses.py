@@ -1,0 +1,103 @@
+"""Losses: values computed by hand, gradients against finite differences."""
+import numpy as np
+import pytest
+
+from nstlite import losses
+from nstlite.backend import to_host
+from nstlite.gradient_check import PER_OP_TOL, check_loss
+
+
+def test_content_loss_by_hand(xp):
+    F = xp.asarray(np.array([[[1.0, 2.0], [3.0, 4.0]]]))  # (1, 2, 2)
+    P = xp.asarray(np.array([[[0.0, 2.0], [1.0, 7.0]]]))
+    loss, dF = losses.content_loss(F, P)
+    # 1/2 (1 + 0 + 4 + 9) = 7
+    assert float(to_host(loss)) == pytest.approx(7.0)
+    np.testing.assert_array_equal(to_host(dF), [[[1.0, 0.0], [2.0, -3.0]]])
+
+
+def test_content_gradient_is_not_masked(xp):
+    """The ReLU mask of eq. (2) belongs to the ReLU backward; the loss gradient is plain F - P."""
+    F = xp.asarray(np.zeros((1, 1, 2)))
+    P = xp.asarray(np.array([[[1.0, -1.0]]]))
+    _, dF = losses.content_loss(F, P)
+    np.testing.assert_array_equal(to_host(dF), [[[-1.0, 1.0]]])
+
+
+def test_gram_by_hand(xp):
+    F = xp.asarray(np.array([[[1.0, 2.0]], [[3.0, -1.0]]]))  # (2, 1, 2): rows (1,2), (3,-1)
+    np.testing.assert_array_equal(to_host(losses.gram(F)), [[5.0, 1.0], [1.0, 10.0]])
+
+
+def test_style_layer_loss_by_hand(xp):
+    F = xp.asarray(np.array([[[1.0, 2.0]], [[3.0, -1.0]]]))  # N = 2, M = 2, F = [[1, 2], [3, -1]]
+    A = xp.asarray(np.array([[4.0, 1.0], [1.0, 10.0]]))  # symmetric, like every Gram matrix
+    loss, dF = losses.style_layer_loss(F, A)
+    # G = [[5, 1], [1, 10]], G - A = [[1, 0], [0, 0]]: sum of squares 1, / (4 N^2 M^2 = 64)
+    assert float(to_host(loss)) == pytest.approx(1.0 / 64.0)
+    # eq. (6): (F^T (G - A))^T / (N^2 M^2) = [[1, 2], [0, 0]] / 16
+    np.testing.assert_allclose(to_host(dF).reshape(2, 2), [[1 / 16, 2 / 16], [0.0, 0.0]])
+
+
+def test_style_layer_gradient_matches_eq6_for_gram_targets(xp, rng):
+    """For a Gram target (symmetric A, as in the algorithm) the code equals eq. (6) literally."""
+    F = rng.standard_normal((3, 2, 4))
+    A = losses.gram(rng.standard_normal((3, 2, 4)))
+    _, dF = losses.style_layer_loss(xp.asarray(F), xp.asarray(A))
+    Fm = F.reshape(3, 8)
+    G = Fm @ Fm.T
+    eq6 = (Fm.T @ (G - A)).T / (3 ** 2 * 8 ** 2)
+    np.testing.assert_allclose(to_host(dF).reshape(3, 8), eq6, rtol=1e-12)
+
+
+def test_style_loss_weights_and_total(xp, rng):
+    Fa, Fb = rng.standard_normal((3, 2, 2)), rng.standard_normal((4, 1, 3))
+    Aa, Ab = losses.gram(rng.standard_normal((3, 2, 2))), losses.gram(rng.standard_normal((4, 1, 3)))
+    feats = {"a": xp.asarray(Fa), "b": xp.asarray(Fb)}
+    targets = {"a": xp.asarray(Aa), "b": xp.asarray(Ab)}
+    loss, grads, per = losses.style_loss(feats, targets, {"a": 0.25, "b": 0.75})
+    Ea = losses.style_layer_loss(Fa, Aa)[0]
+    Eb = losses.style_layer_loss(Fb, Ab)[0]
+    assert float(to_host(loss)) == pytest.approx(0.25 * Ea + 0.75 * Eb)
+    assert float(to_host(per["a"])) == pytest.approx(Ea)
+    np.testing.assert_allclose(to_host(grads["b"]), 0.75 * losses.style_layer_loss(Fb, Ab)[1])
+    P = rng.standard_normal((3, 2, 2))
+    c_loss, c_grad = losses.content_loss(Fa, P)
+    total, tgrads = losses.total_loss((c_loss, {"a": c_grad}), (loss, grads), 2.0, 3.0)
+    assert float(to_host(total)) == pytest.approx(2.0 * c_loss + 3.0 * float(to_host(loss)))
+    np.testing.assert_allclose(to_host(tgrads["a"]), 2.0 * c_grad + 3.0 * to_host(grads["a"]))
+    np.testing.assert_allclose(to_host(tgrads["b"]), 3.0 * to_host(grads["b"]))
+
+
+def test_tv_loss_by_hand(xp):
+    x = xp.asarray(np.array([[[0.0, 1.0], [3.0, 3.0]]]))
+    loss, dx = losses.tv_loss(x)
+    # vertical: (3-0)^2 + (3-1)^2 = 13; horizontal: 1 + 0 = 1
+    assert float(to_host(loss)) == pytest.approx(14.0)
+    # d/dx00: -2*3 (vert) - 2*1 (horiz) = -8
+    assert float(to_host(dx)[0, 0, 0]) == pytest.approx(-8.0)
+
+
+@pytest.mark.parametrize("name", ["content", "style", "tv", "gram"])
+def test_loss_gradients_finite_differences(xp, rng, name):
+    F = xp.asarray(rng.standard_normal((4, 3, 5)))
+    if name == "content":
+        P = xp.asarray(rng.standard_normal((4, 3, 5)))
+        fn = lambda z: losses.content_loss(z, P)  # noqa: E731
+    elif name == "style":
+        A = xp.asarray(losses.gram(rng.standard_normal((4, 3, 5))))
+        fn = lambda z: losses.style_layer_loss(z, A)  # noqa: E731
+    elif name == "tv":
+        fn = losses.tv_loss
+    else:
+        dG = xp.asarray(rng.standard_normal((4, 4)))
+        fn = lambda z: (xp.sum(losses.gram(z) * dG), ((dG + dG.T) @ z.reshape(4, -1)).reshape(z.shape))  # noqa: E731
+    c = check_loss(name, fn, F)
+    assert c.error < PER_OP_TOL, c
+
+
+def test_losses_keep_float32(rng):
+    F = rng.standard_normal((3, 4, 4)).astype(np.float32)
+    A = losses.gram(rng.standard_normal((3, 4, 4)).astype(np.float32))
+    for loss, d in (losses.content_loss(F, F * 0.5), losses.style_layer_loss(F, A), losses.tv_loss(F)):
+        assert d.dtype == np.float32 and np.asarray(loss).dtype == np.float32

@@ -1,0 +1,187 @@
+"""VGG19 feature network on tiny random weights: forward, backward, preprocessing, loading."""
+import numpy as np
+import pytest
+
+from nstlite import layers as L
+from nstlite.backend import to_host
+from nstlite.errors import NstliteError
+from nstlite.gradient_check import NETWORK_TOL, check_directional
+from nstlite.vgg import VGG19, VGG19_LAYERS, load_vgg19
+from nstlite.weights import VGG19_CONV_LAYERS, WeightsError, random_params, write_weights
+
+WIDTHS = (4, 5, 6, 6, 8)
+CAFFE_MEAN = (103.939, 116.779, 123.68)
+
+
+def tiny_net(device="cpu", pooling="avg", dtype="float64", seed=0):
+    return VGG19(random_params(seed, widths=WIDTHS, dtype=np.float64), None, pooling=pooling,
+                 device=device, dtype=dtype)
+
+
+def test_layer_names():
+    assert len(VGG19_CONV_LAYERS) == 16
+    assert VGG19_LAYERS[:3] == ("conv1_1", "conv1_2", "pool1")
+    assert VGG19_LAYERS[-2:] == ("conv5_4", "pool5") and len(VGG19_LAYERS) == 21
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_forward_matches_layer_by_layer_composition(device, xp, rng, pooling):
+    params = random_params(3, widths=WIDTHS, dtype=np.float64)
+    net = VGG19(params, None, pooling=pooling, device=device, dtype="float64")
+    x = rng.standard_normal((3, 34, 30))
+    feats = net.forward(xp.asarray(x), ["conv1_1", "pool1", "conv2_2", "conv5_1"])
+    # independent composition with the layer functions on NumPy
+    h = x
+    expect = {}
+    for name in VGG19_LAYERS:
+        if name.startswith("conv"):
+            w, b = params[name]
+            h = np.maximum(L.conv3x3_forward_reference(h, w, b)[0], 0)
+        else:
+            h = L.POOLING[pooling][0](h)[0]
+        expect[name] = h
+        if name == "conv5_1":
+            break
+    for name, f in feats.items():
+        np.testing.assert_allclose(to_host(f), expect[name], rtol=1e-10, atol=1e-10)
+    assert feats["conv5_1"].shape == (8, 2, 1) and feats["pool1"].shape == (4, 17, 15)
+
+
+def test_forward_stops_at_deepest_requested_layer(rng):
+    net = tiny_net()
+    net.forward(rng.standard_normal((3, 16, 16)), ["conv2_1"])
+    assert [n for n, _ in net._tape] == ["conv1_1", "conv1_2", "pool1", "conv2_1"]
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_backward_directional(device, xp, rng, pooling):
+    net = tiny_net(device, pooling)
+    probe = ["conv1_2", "pool2", "conv3_4", "conv4_2", "conv5_1"]
+    for _ in range(10):
+        x = xp.asarray(rng.standard_normal((3, 32, 32)) * 20)
+        R = {n: xp.asarray(rng.standard_normal(f.shape)) for n, f in net.forward(x, probe).items()}
+
+        def f_and_grad(z):
+            fz = net.forward(z, probe)
+            return sum(xp.sum(fz[n] * R[n]) for n in probe), net.backward(R)
+
+        c = check_directional("vgg", f_and_grad, net.activation_pattern, x, rng, directions=4)
+        if c is not None:
+            assert c.error < NETWORK_TOL, c
+            return
+    pytest.fail("no input away from kinks found")
+
+
+def test_gradients_at_several_layers_sum(device, xp, rng):
+    net = tiny_net(device)
+    x = xp.asarray(rng.standard_normal((3, 32, 32)))
+    feats = net.forward(x, ["conv1_1", "conv3_1", "conv4_2"])
+    g = {n: xp.asarray(rng.standard_normal(f.shape)) for n, f in feats.items()}
+    both = net.backward(g)
+    parts = sum(to_host(net.backward({n: g[n]})) for n in g)
+    np.testing.assert_allclose(to_host(both), parts, rtol=1e-10, atol=1e-12)
+    assert both.shape == (3, 32, 32)
+
+
+def test_backward_below_deepest_layer_only(rng):
+    """A gradient at conv1_1 only reaches the input through conv1_1."""
+    params = random_params(0, widths=WIDTHS, dtype=np.float64)
+    net = VGG19(params, None, dtype="float64")
+    x = rng.standard_normal((3, 16, 16))
+    f = net.forward(x, ["conv1_1", "conv3_1"])
+    g = rng.standard_normal(f["conv1_1"].shape)
+    dx = net.backward({"conv1_1": g})
+    pre, cache = L.conv3x3_forward_reference(x, *params["conv1_1"])
+    expect = L.conv3x3_backward_reference(g * (pre > 0), cache)
+    np.testing.assert_allclose(dx, expect, rtol=1e-12)
+
+
+def test_errors(rng):
+    net = tiny_net()
+    with pytest.raises(NstliteError, match="backward called before forward"):
+        net.backward({"conv1_1": np.zeros((4, 16, 16))})
+    with pytest.raises(NstliteError, match="unknown layer"):
+        net.forward(rng.standard_normal((3, 16, 16)), ["conv9_9"])
+    net.forward(rng.standard_normal((3, 16, 16)), ["conv1_1"])
+    with pytest.raises(NstliteError, match="last forward stopped"):
+        net.backward({"conv2_1": np.zeros((5, 8, 8))})
+    with pytest.raises(NstliteError, match="too small"):
+        net.forward(rng.standard_normal((3, 8, 8)), ["conv5_1"])
+    with pytest.raises(NstliteError):
+        VGG19(random_params(0, widths=WIDTHS), pooling="median")
+
+
+def test_dtype_float32_by_default(rng):
+    net = VGG19(random_params(0, widths=WIDTHS), None)
+    x = net.preprocess(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    assert x.dtype == np.float32
+    f = net.forward(x, ["conv2_1"])["conv2_1"]
+    assert f.dtype == np.float32 and net.backward({"conv2_1": f}).dtype == np.float32
+
+
+def test_preprocess_caffe_convention_and_roundtrip(rng):
+    net = VGG19(random_params(0, widths=WIDTHS), None, dtype="float64")
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    x = net.preprocess(rgb)
+    assert x.shape == (3, 5, 7)
+    # channel 0 is blue minus the blue mean
+    np.testing.assert_allclose(x[0], rgb[:, :, 2] - CAFFE_MEAN[0])
+    np.testing.assert_array_equal(net.deprocess(x), rgb)
+    low, high = net.input_bounds()
+    np.testing.assert_allclose(low, -np.array(CAFFE_MEAN))
+    np.testing.assert_allclose(high, 255 - np.array(CAFFE_MEAN))
+
+
+def test_preprocess_torchvision_convention(rng):
+    attrs = {"channel_order": "RGB", "input_scale": 1.0, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    net = VGG19(random_params(0, widths=WIDTHS), attrs, dtype="float64")
+    rgb = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    x = net.preprocess(rgb)
+    np.testing.assert_allclose(x[1], (rgb[:, :, 1] / 255.0 - 0.456) / 0.224)
+    np.testing.assert_array_equal(net.deprocess(x), rgb)
+    low, high = net.input_bounds()
+    np.testing.assert_allclose(high[0], (1 - 0.485) / 0.229)
+
+
+def test_load_vgg19_from_file_and_missing_file(tmp_path, monkeypatch):
+    path = tmp_path / "tiny.h5"
+    write_weights(path, random_params(0, widths=WIDTHS), "BGR", 255.0, CAFFE_MEAN, (1, 1, 1), "test")
+    net = load_vgg19(str(path), dtype="float64")
+    assert net.layer_names[-1] == "pool5" and net.dtype == np.float64
+    monkeypatch.setenv("NSTLITE_WEIGHTS", str(tmp_path / "nothing.h5"))
+    with pytest.raises(WeightsError, match="weights_convert fetch"):
+        load_vgg19()
+
+
+def test_partial_weights_end_the_network(rng):
+    params = {k: v for k, v in random_params(0, widths=WIDTHS).items() if k in ("conv1_1", "conv1_2", "conv2_1")}
+    net = VGG19(params, None)
+    assert net.layer_names == ["conv1_1", "conv1_2", "pool1", "conv2_1"]
+
+
+def test_torch_oracle(rng):
+    """Forward and input gradient against PyTorch (float64), when torch is installed."""
+    torch = pytest.importorskip("torch")
+    params = random_params(5, widths=WIDTHS, dtype=np.float64)
+    net = VGG19(params, None, dtype="float64")
+    x = rng.standard_normal((3, 32, 32))
+    feats = net.forward(x, ["conv3_1", "conv5_1"])
+    R = {n: rng.standard_normal(f.shape) for n, f in feats.items()}
+    dx = net.backward(R)
+
+    tx = torch.tensor(x[None], requires_grad=True)
+    h, out = tx, {}
+    for name in VGG19_LAYERS:
+        if name.startswith("conv"):
+            w, b = params[name]
+            h = torch.relu(torch.nn.functional.conv2d(h, torch.tensor(w), torch.tensor(b), padding=1))
+        else:
+            h = torch.nn.functional.avg_pool2d(h, 2)
+        out[name] = h
+        if name == "conv5_1":
+            break
+    loss = sum((out[n][0] * torch.tensor(R[n])).sum() for n in R)
+    loss.backward()
+    for n in R:
+        np.testing.assert_allclose(feats[n], out[n][0].detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx, tx.grad[0].numpy(), rtol=1e-9, atol=1e-9)
