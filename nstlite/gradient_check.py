@@ -238,15 +238,19 @@ def gradcheck(device="cpu", seed=0, kernels=None):
     A2 = losses.gram(arr(rng.standard_normal((6, 2, 3))))
     F2 = arr(rng.standard_normal((6, 2, 3)))
 
+    def style_terms(F):
+        return losses.style_loss({"a": F, "b": F2}, {"a": A, "b": A2}, {"a": 0.3, "b": 0.7})
+
     def weighted_style(F):
-        loss, grads, _ = losses.style_loss({"a": F, "b": F2}, {"a": A, "b": A2}, {"a": 0.3, "b": 0.7})
+        loss, grads, _ = style_terms(F)
         return loss, grads["a"]
 
     results.append(check_loss("style_loss sum_l w_l E_l (eq. 5)", weighted_style, arr(rng.standard_normal((4, 3, 5)))))
 
     def weighted_total(F):
-        loss, grads = losses.total_loss(losses.content_loss(F, P)[:1] + ({"a": losses.content_loss(F, P)[1]},),
-                                        (weighted_style(F)[0], {"a": weighted_style(F)[1]}), 0.7, 1.3)
+        c_loss, c_grad = losses.content_loss(F, P)
+        s_loss, s_grads, _ = style_terms(F)
+        loss, grads = losses.total_loss((c_loss, {"a": c_grad}), (s_loss, s_grads), 0.7, 1.3)
         return loss, grads["a"]
 
     results.append(check_loss("total_loss alpha, beta (eq. 7)", weighted_total, arr(rng.standard_normal((4, 3, 5)))))
