@@ -180,3 +180,18 @@ def test_real_weights_if_present_look_like_vgg19():
     scene[h // 2:] = (60, 140, 50)
     out = np.maximum(conv1_1_response(path, scene), 0)
     assert np.isfinite(out).all() and 1.0 < out.mean() < 200.0 and 0.2 < (out > 0).mean() < 0.9
+
+
+def test_truncated_keras_file_and_nan_caffe_blob_give_clean_errors(tmp_path, capsys):
+    params = small_params(7)
+    write_keras_h5(tmp_path / "k.h5", params)
+    data = (tmp_path / "k.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 3])
+    code, out, err = convert(capsys, tmp_path / "cut.h5", tmp_path / "o.h5")
+    assert code == 2 and err.startswith("weights_convert: error: ") and err.count("\n") == 1, err
+    w, b = params["conv5_1"]
+    nan = dict(params, conv5_1=(np.where(np.arange(w.size).reshape(w.shape) == 7, np.nan, w), b))
+    (tmp_path / "nan.caffemodel").write_bytes(caffemodel_bytes(nan))
+    code, out, err = convert(capsys, tmp_path / "nan.caffemodel", tmp_path / "o.h5")
+    assert code == 2 and "conv5_1: weight has 1 non-finite values" in err
+    assert not (tmp_path / "o.h5").exists()
