@@ -132,6 +132,9 @@ def write_weights(path, params, channel_order, input_scale, mean, std, source, s
                 g = f.create_group(name)
                 g.create_dataset("weight", data=np.ascontiguousarray(w, dtype=np.float32))
                 g.create_dataset("bias", data=np.ascontiguousarray(b, dtype=np.float32))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
