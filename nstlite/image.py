@@ -110,6 +110,8 @@ def _scale_float(a):
 
 def _from_pil(im, what):
     """A decoded PIL image -> Image(rgb float64 0..255, alpha or None)."""
+    if im.mode == "La":  # premultiplied; Pillow converts it only to LA
+        im = im.convert("LA")
     mode = im.mode
     has_transparency = "transparency" in im.info
     if mode in _TO_RGBA_MODES or (has_transparency and mode in ("P", "L", "RGB", "1")):

@@ -16,8 +16,11 @@ What naive use of SciPy gets wrong, and what happens here instead:
   message text. An abnormal end (a line search that found no decrease, typically float32
   noise near a minimum) restarts L-BFGS-B from the best point with its memory cleared; a
   restart that makes no progress ends the run cleanly.
-* A NaN or Inf loss or gradient stops that run at once (L-BFGS-B would otherwise carry the
-  NaN into its memory); the driver restarts from the best point, a limited number of times.
+* A NaN or Inf loss or gradient never reaches L-BFGS-B (it would poison its memory): the
+  driver answers with a finite wall above the best loss, so the line search backs off as it
+  does from any overshooting step. A run of ``max_nonfinite`` such values in a row ends that
+  L-BFGS-B run; the driver restarts from the best point a limited number of times. A
+  non-finite loss at the very start ends the run (there is nothing to fall back to).
 * The best point seen is tracked and returned, whatever ended the run.
 """
 import math
@@ -62,7 +65,7 @@ class Result:
 
 
 def minimize_lbfgsb(fun, x0, lower, upper, iterations, history=10, max_evaluations=None, max_restarts=5,
-                    on_evaluation=None, on_iteration=None, start_iteration=0):
+                    on_evaluation=None, on_iteration=None, start_iteration=0, max_nonfinite=20):
     """Minimise ``fun`` over the box ``lower <= x <= upper`` with L-BFGS-B.
 
     Parameters
@@ -73,7 +76,8 @@ def minimize_lbfgsb(fun, x0, lower, upper, iterations, history=10, max_evaluatio
     iterations : number of L-BFGS iterations to run (counted from ``start_iteration``)
     history : L-BFGS memory (SciPy's ``maxcor``)
     max_evaluations : limit on function evaluations (default 2 * iterations + 20)
-    max_restarts : how many abnormal ends / non-finite values to recover from
+    max_restarts : how many abnormal ends / non-finite runs to recover from
+    max_nonfinite : consecutive NaN/Inf evaluations tolerated inside one run
     on_evaluation : called as ``on_evaluation(iteration, evaluation, loss, info)`` after every
         evaluation; ``iteration`` is the number of iterations completed when it ran
     on_iteration : called as ``on_iteration(iteration, evaluation, x_current)`` after every
@@ -93,7 +97,7 @@ def minimize_lbfgsb(fun, x0, lower, upper, iterations, history=10, max_evaluatio
         max_evaluations = 2 * iterations + 20
 
     state = {"it": int(start_iteration), "ev": 0, "best_f": math.inf, "best_x": x0.copy(), "best_info": None,
-             "stop": False}
+             "stop": False, "nonfinite": 0}
     end_iteration = int(start_iteration) + iterations
 
     def wrapped(x):
@@ -102,7 +106,13 @@ def minimize_lbfgsb(fun, x0, lower, upper, iterations, history=10, max_evaluatio
         if on_evaluation is not None:
             on_evaluation(state["it"], state["ev"], f, info)
         if not (math.isfinite(f) and np.all(np.isfinite(g))):
-            raise _NonFinite()
+            state["nonfinite"] += 1
+            if not math.isfinite(state["best_f"]) or state["nonfinite"] > max_nonfinite:
+                raise _NonFinite()
+            # A wall instead of NaN: a value well above the best makes the line search back off
+            # towards the last good point, as it does for any step that overshoots.
+            return abs(state["best_f"]) * 2.0 + 1.0, np.zeros_like(g)
+        state["nonfinite"] = 0
         if f < state["best_f"]:
             state["best_f"], state["best_x"], state["best_info"] = f, x.copy(), info
         return f, g

@@ -1,0 +1,219 @@
+"""Image input/output: every Pillow mode to correct RGB, alpha, EXIF, bad files, atomic saving."""
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nstlite import image as im
+
+
+def rgb_of(src):
+    return im.load_image(src, "test").rgb
+
+
+# --------------------------------------------------------------------------- modes
+@pytest.mark.parametrize("mode, value, expected", [
+    ("L", 100, (100, 100, 100)),
+    ("1", 1, (255, 255, 255)),
+    ("RGB", (10, 200, 30), (10, 200, 30)),
+    ("RGBX", (10, 200, 30, 0), (10, 200, 30)),
+    ("CMYK", (0, 255, 255, 0), (255, 0, 0)),     # cyan-free, full magenta+yellow = red
+    ("YCbCr", (255, 128, 128), (255, 255, 255)),
+    ("HSV", (0, 255, 255), (255, 0, 0)),
+    ("LAB", (255, 128, 128), (255, 255, 255)),
+])
+def test_colour_modes_convert_to_rgb(mode, value, expected):
+    img = im.load_image(Image.new(mode, (5, 4), value), "t")
+    assert img.rgb.shape == (4, 5, 3) and img.alpha is None
+    np.testing.assert_allclose(img.rgb[0, 0], expected, atol=3)
+
+
+def test_palette_expands_through_palette_and_transparency(tmp_path):
+    p = Image.new("P", (4, 4), 0)
+    p.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    p.putpixel((1, 1), 1)
+    path = tmp_path / "p.png"
+    p.save(path, transparency=1)
+    img = im.load_image(path, "t")
+    np.testing.assert_allclose(img.rgb[0, 0], (255, 0, 0))
+    assert img.alpha[0, 0] == 255 and img.alpha[1, 1] == 0
+    np.testing.assert_allclose(img.rgb[1, 1], (255, 255, 255))  # transparent: over white
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16bit_grey_is_scaled_not_clipped(tmp_path, mode):
+    a = np.array([[0, 32768, 65535, 1000]], dtype=np.uint16)
+    src = Image.fromarray(a) if mode == "I;16" else Image.fromarray(a.astype(np.int32), mode="I")
+    path = tmp_path / ("g16.png" if mode == "I;16" else "g32.tif")
+    src.save(path)
+    rgb = rgb_of(path)
+    np.testing.assert_allclose(rgb[0, :, 0], a[0] * 255.0 / 65535.0, atol=1e-6)
+    assert np.all(rgb[..., 0] == rgb[..., 2])
+
+
+def test_float_modes_scaled(tmp_path):
+    unit = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32), mode="F")
+    np.testing.assert_allclose(rgb_of(unit)[0, :, 1], [0, 127.5, 255])
+    big = Image.fromarray(np.array([[0.0, 100.0, 300.0]], dtype=np.float32), mode="F")
+    np.testing.assert_allclose(rgb_of(big)[0, :, 1], [0, 100, 255])
+    path = tmp_path / "f.tif"
+    unit.save(path)
+    np.testing.assert_allclose(rgb_of(path)[0, :, 1], [0, 127.5, 255])
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "PA", "RGBa"])
+def test_alpha_modes_keep_alpha_and_composite_over_white(mode):
+    base = Image.new("RGBA", (3, 2), (0, 0, 0, 0))
+    base.putpixel((0, 0), (200, 200, 200, 255))
+    base.putpixel((1, 0), (0, 0, 0, 128))
+    src = base.convert(mode) if mode != "PA" else base.convert("PA")
+    img = im.load_image(src, "t")
+    assert img.alpha is not None
+    assert img.alpha[0, 0] == 255 and img.alpha[1, 2] == 0
+    np.testing.assert_allclose(img.rgb[1, 2], (255, 255, 255), atol=1)  # fully transparent -> white
+    assert img.rgb[0, 0, 0] == pytest.approx(200, abs=2)
+    assert 120 < img.rgb[0, 1, 0] < 135  # half-transparent black over white
+
+
+def test_premultiplied_La_is_unpremultiplied():
+    img = im.load_image(Image.frombytes("La", (1, 1), bytes([50, 128])), "t")
+    assert img.alpha[0, 0] == 128
+    # colour 50 * 255 / 128 ~ 99.6, then half over white: ~ 99.6 * 0.5 + 127.5
+    assert img.rgb[0, 0, 0] == pytest.approx(99.6 * 128 / 255 + 255 * 127 / 255, abs=1.5)
+
+
+def test_exif_orientation_applied(tmp_path):
+    a = np.zeros((2, 6, 3), np.uint8)
+    a[:, :3] = 255  # left half white
+    src = Image.fromarray(a)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    path = tmp_path / "o.jpg"
+    src.save(path, exif=exif, quality=100)
+    rgb = rgb_of(path)
+    assert rgb.shape[:2] == (6, 2)
+    assert rgb[0, 0, 0] > 200 and rgb[-1, 0, 0] < 60  # top was left
+
+
+@pytest.mark.parametrize("arr, expected", [
+    (np.full((2, 3), 7, np.uint8), 7.0),
+    (np.full((2, 3, 3), 65535, np.uint16), 255.0),
+    (np.full((2, 3, 3), 0.5, np.float32), 127.5),
+    (np.full((2, 3, 3), 80.0), 80.0),
+    (np.ones((2, 3), bool), 255.0),
+])
+def test_arrays(arr, expected):
+    rgb = rgb_of(arr)
+    assert rgb.shape == (2, 3, 3)
+    np.testing.assert_allclose(rgb, expected)
+
+
+def test_array_with_alpha():
+    a = np.zeros((2, 2, 4), np.uint8)
+    a[..., 3] = [[255, 0], [0, 255]]
+    img = im.load_image(a, "t")
+    np.testing.assert_array_equal(img.alpha, [[255, 0], [0, 255]])
+    np.testing.assert_allclose(img.rgb[0, 1], 255)
+
+
+# --------------------------------------------------------------------------- bad files
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width x height (a decompression-bomb shape)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    idat = zlib.compress(b"\x00" * 10)
+    chunk = b"IDAT" + idat
+    data += struct.pack(">I", len(idat)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    path.write_bytes(data + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+def _truncated_jpeg(path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "not found"),
+    ("empty", "empty file"),
+    ("text", "not an image"),
+    ("truncated", "truncated or damaged"),
+    ("bomb", "decompression bomb"),
+    ("folder", "folder"),
+])
+def test_bad_files_give_one_line_errors(tmp_path, case, words):
+    path = tmp_path / "x.png"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "text":
+        path.write_text("hello, not an image\n")
+    elif case == "truncated":
+        path = tmp_path / "x.jpg"
+        _truncated_jpeg(path)
+    elif case == "bomb":
+        _png_header_only(path, 30000, 30000)
+    elif case == "folder":
+        path = tmp_path
+    with pytest.raises(im.ImageError) as e:
+        im.load_image(path, "content image")
+    msg = str(e.value)
+    assert words in msg and "\n" not in msg and "content image" in msg
+
+
+# --------------------------------------------------------------------------- resizing
+def test_resize_longest_side_and_no_resample_at_size():
+    rgb = np.random.default_rng(0).uniform(0, 255, (30, 40, 3))
+    img = im.Image(rgb, None)
+    assert im.resize_longest(img, 40).rgb is rgb  # already that size: untouched
+    out = im.resize_longest(img, 20).rgb
+    assert out.shape == (15, 20, 3) and out.dtype == np.float64
+    assert im.fit_longest(300, 100, 64) == (64, 21)
+
+
+def test_resize_keeps_float_precision():
+    a = np.full((8, 8, 3), 100.25)
+    np.testing.assert_allclose(im.resize(a, 4, 4), 100.25, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- saving
+def test_output_format_checks():
+    assert im.output_format("a.png") == "PNG"
+    assert im.output_format("a.JPG") == "JPEG"
+    for bad in ("a.xyz", "noext", "a."):
+        with pytest.raises(im.ImageError, match="extension"):
+            im.output_format(bad)
+    with pytest.raises(im.ImageError, match="folder does not exist"):
+        im.output_format("/no/such/folder/a.png")
+
+
+def test_save_png_keeps_alpha_jpeg_composites(tmp_path):
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    alpha = np.full((3, 4), 255, np.uint8)
+    alpha[0, 0] = 0
+    im.save_image(tmp_path / "a.png", rgb, alpha)
+    back = Image.open(tmp_path / "a.png")
+    assert back.mode == "RGBA" and np.asarray(back)[0, 0, 3] == 0
+    im.save_image(tmp_path / "a.jpg", rgb, alpha)
+    back = np.asarray(Image.open(tmp_path / "a.jpg"))
+    assert back.shape == (3, 4, 3) and back[0, 0, 0] > 200 and back[2, 3, 0] < 40
+
+
+def test_failed_save_leaves_existing_file(tmp_path, monkeypatch):
+    path = tmp_path / "keep.png"
+    path.write_bytes(b"precious")
+
+    def boom(self, fp, format=None, **kw):
+        with open(fp, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", boom)
+    with pytest.raises(im.ImageError, match="disk full"):
+        im.save_image(path, np.zeros((2, 2, 3), np.uint8))
+    assert path.read_bytes() == b"precious"
+    assert os.listdir(tmp_path) == ["keep.png"]  # no temp file left behind

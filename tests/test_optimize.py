@@ -1,0 +1,119 @@
+"""The L-BFGS-B driver: runs the requested iterations, keeps the box, tracks the best point,
+recovers from NaN and line-search failures, counts, and stops on request or Ctrl-C."""
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from nstlite.optimize import (STOP_CALLBACK, STOP_INTERRUPTED, STOP_ITERATIONS, STOP_NONFINITE,
+                              minimize_lbfgsb)
+
+N = 200
+SCALES = np.logspace(0, 5, N)  # an ill-conditioned quadratic: many iterations to converge
+OFFSET = 1e12  # a large constant, like style losses in the paper's normalisation
+
+
+def quad(x):
+    d = x - 1.0
+    return OFFSET + float(np.sum(SCALES * d * d)), 2 * SCALES * d, {}
+
+
+def test_runs_the_requested_iterations_where_scipy_defaults_stop_early():
+    x0 = np.zeros(N)
+    naive = minimize(lambda x: quad(x)[:2], x0, jac=True, method="L-BFGS-B", options={"maxiter": 60})
+    assert naive.nit < 60  # REL_REDUCTION_OF_F at a huge loss: the known failure
+    calls = []
+    res = minimize_lbfgsb(lambda x: calls.append(1) or quad(x), x0, -10, 10, iterations=60)
+    assert res.iterations == 60 and res.stop_reason == STOP_ITERATIONS
+    assert res.evaluations == len(calls)
+    assert res.loss - OFFSET < naive.fun - OFFSET
+
+
+def test_box_is_respected_and_best_point_returned():
+    seen = []
+
+    def fun(x):
+        f, g, _ = quad(x)
+        seen.append((f, x.copy()))
+        return f, g, {"f": f}
+
+    res = minimize_lbfgsb(fun, np.zeros(N), -10.0, 0.5, iterations=30)
+    assert np.all(res.x <= 0.5 + 1e-12) and np.all(res.x >= -10)
+    assert all(np.all(x <= 0.5 + 1e-12) for _, x in seen)
+    best_f, best_x = min(seen, key=lambda t: t[0])
+    assert res.loss == best_f and np.array_equal(res.x, best_x) and res.info == {"f": best_f}
+    np.testing.assert_allclose(res.x[-20:], 0.5)  # stiff coordinates sit on the bound
+
+
+def test_nonfinite_loss_never_reaches_lbfgs_and_best_point_is_kept():
+    # NaN beyond x > 0.6: the minimum at 1 lies in the NaN region
+    def fun(x):
+        f, g, _ = quad(x)
+        if np.any(x > 0.6):
+            return float("nan"), g, {}
+        return f, g, {}
+
+    res = minimize_lbfgsb(fun, np.zeros(N), -10, 10, iterations=50, max_restarts=3)
+    assert np.isfinite(res.loss) and np.all(res.x <= 0.6)
+    assert res.loss < quad(np.zeros(N))[0]
+    assert res.stop_reason in (STOP_NONFINITE, STOP_ITERATIONS, "line search failed", "evaluation limit")
+
+
+def test_nonfinite_runs_end_in_restarts_then_stop():
+    calls = [0]
+
+    def fun(x):  # finite at the start only
+        calls[0] += 1
+        f, g, _ = quad(x)
+        return (f, g, {}) if calls[0] == 1 else (float("inf"), g, {})
+
+    res = minimize_lbfgsb(fun, np.zeros(N), -10, 10, iterations=50, max_restarts=2, max_nonfinite=3)
+    assert res.stop_reason == STOP_NONFINITE and res.restarts == 3
+    assert res.loss == quad(np.zeros(N))[0] and np.array_equal(res.x, np.zeros(N))
+
+
+def test_callback_stops_and_counts_continue_from_start_iteration():
+    its = []
+
+    def on_iteration(it, ev, x):
+        its.append(it)
+        return it >= 14
+
+    res = minimize_lbfgsb(quad, np.zeros(N), -10, 10, iterations=20, on_iteration=on_iteration,
+                          start_iteration=10)
+    assert its == list(range(11, 15))
+    assert res.iterations == 14 and res.stop_reason == STOP_CALLBACK
+
+
+def test_keyboard_interrupt_returns_best_so_far():
+    count = [0]
+
+    def fun(x):
+        count[0] += 1
+        if count[0] == 8:
+            raise KeyboardInterrupt
+        return quad(x)
+
+    res = minimize_lbfgsb(fun, np.zeros(N), -10, 10, iterations=50)
+    assert res.stop_reason == STOP_INTERRUPTED
+    assert res.evaluations == 7 and res.loss < quad(np.zeros(N))[0]
+
+
+def test_evaluation_hook_sees_every_evaluation():
+    rows = []
+    res = minimize_lbfgsb(quad, np.zeros(N), -10, 10, iterations=5,
+                          on_evaluation=lambda it, ev, f, info: rows.append((it, ev, f)))
+    assert [r[1] for r in rows] == list(range(1, res.evaluations + 1))
+    assert rows[0][0] == 0 and rows[-1][0] <= 5
+    assert min(r[2] for r in rows) == res.loss
+
+
+def test_zero_iterations_returns_start():
+    x0 = np.full(N, 0.25)
+    res = minimize_lbfgsb(quad, x0, -10, 10, iterations=0)
+    assert res.iterations == 0 and res.evaluations == 0 and np.array_equal(res.x, x0)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_nonfinite_at_start_stops_cleanly(bad):
+    res = minimize_lbfgsb(lambda x: (bad, np.zeros_like(x), {}), np.zeros(4), -1, 1, iterations=5)
+    assert res.stop_reason == STOP_NONFINITE and res.info is None
