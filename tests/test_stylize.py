@@ -1,0 +1,327 @@
+"""``nstlite.stylize`` and ``nstlite stylize`` end to end, on tiny images with a tiny random VGG19."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import nstlite
+from nstlite import colors
+from nstlite.cli import main
+from nstlite.errors import NstliteError
+from nstlite.style_transfer import (StylizeInterrupted, check_memory, estimate_peak_bytes, largest_fitting_size,
+                                    parse_layer_weights, stylize)
+from nstlite.vgg import VGG19
+from nstlite.weights import default_weights_path, random_params, write_weights
+
+MEAN = (103.939, 116.779, 123.68)
+WIDTHS = (4, 4, 6, 6, 8)
+LOG_KEYS = {"iteration", "evaluation", "seconds", "total", "content", "style", "tv", "style_layers"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stylize")
+    write_weights(d / "tiny.h5", random_params(0, widths=WIDTHS), "BGR", 255, MEAN, (1, 1, 1), "test")
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:40, 0:48]
+    photo = np.stack([x * 5, y * 6, (x + y) * 3], axis=2).astype(np.uint8)  # smooth gradients
+    Image.fromarray(photo).save(d / "content.png")
+    Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(d / "style.jpg", quality=95)
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(d / "style2.png")
+    rgba = np.dstack([photo, np.where(x < 24, 255, 0).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(d / "rgba.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def net():
+    return VGG19(random_params(0, widths=WIDTHS))
+
+
+def run(files, net, **kw):
+    opts = dict(size=48, iterations=12, net=net, quiet=True)
+    opts.update(kw)
+    styles = opts.pop("styles", [files / "style.jpg"])
+    return stylize(opts.pop("content", files / "content.png"), styles, **opts)
+
+
+# --------------------------------------------------------------------------- API
+def test_api_loss_falls_and_result_is_complete(files, net):
+    r = run(files, net)
+    assert r.image.shape == (40, 48, 3) and r.image.dtype == np.uint8
+    assert r.x.shape == (3, 40, 48) and r.x.dtype == np.float64
+    assert r.iterations == 12 and r.evaluations == len(r.history) >= 12
+    assert r.stop_reason == "iterations"
+    assert all(set(h) == LOG_KEYS for h in r.history)
+    assert r.final["total"] < 0.05 * r.history[0]["total"] or r.final["total"] < 0.05 * r.history[1]["total"]
+    assert r.final["total"] == min(h["total"] for h in r.history)
+    # total = alpha content + beta style (+ tv) in the paper's normalisation
+    f = r.final
+    assert f["total"] == pytest.approx(1.0 * f["content"] + 1e3 * f["style"] + f["tv"], rel=1e-4)
+    assert f["style"] == pytest.approx(sum(0.2 * e for e in f["style_layers"].values()), rel=1e-4)
+    np.testing.assert_array_equal(r.image, net.deprocess(r.x))  # the image is the returned x
+    lo, hi = net.input_bounds()
+    assert np.all(r.x >= lo[:, None, None] - 1e-9) and np.all(r.x <= hi[:, None, None] + 1e-9)
+
+
+def test_inputs_as_arrays_and_pil_images_match_paths(files, net):
+    a = run(files, net, iterations=3)
+    b = run(files, net, iterations=3, content=np.asarray(Image.open(files / "content.png")),
+            styles=[Image.open(files / "style.jpg")])
+    np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_content_reconstruction_without_style(files, net):
+    r = run(files, net, styles=[], init="noise", iterations=30)
+    assert r.final["style"] == 0 and r.final["style_layers"] == {}
+    assert r.final["content"] < 0.02 * r.history[0]["content"]
+
+
+def test_style_reconstruction_without_content(files, net):
+    r = run(files, net, content_weight=0, init="noise", iterations=15)
+    assert r.final["content"] == 0
+    assert r.final["style"] < 0.1 * r.history[0]["style"]
+    assert r.image.shape == (40, 48, 3)  # the content still sets the size
+
+
+def test_nothing_to_optimise_is_an_error(files, net):
+    with pytest.raises(NstliteError, match="nothing to optimise"):
+        run(files, net, styles=[], content_weight=0)
+
+
+def test_blend_weights_select_styles(files, net):
+    one = run(files, net, iterations=4)
+    blended = run(files, net, iterations=4, styles=[files / "style.jpg", files / "style2.png"],
+                  style_blend_weights=[1.0, 0.0])
+    mixed = run(files, net, iterations=4, styles=[files / "style.jpg", files / "style2.png"],
+                style_blend_weights="0.5,0.5")
+    np.testing.assert_allclose([h["total"] for h in blended.history], [h["total"] for h in one.history], rtol=1e-5)
+    assert mixed.history[0]["total"] != pytest.approx(one.history[0]["total"], rel=1e-3)
+    with pytest.raises(NstliteError, match="blend weights"):
+        run(files, net, style_blend_weights=[1, 2])
+
+
+def test_style_layer_weights_parsing():
+    assert parse_layer_weights("conv1_1:0.5,conv2_1", ()) == {"conv1_1": 0.5, "conv2_1": 0.5}
+    assert parse_layer_weights(None, ("a", "b", "c", "d")) == {n: 0.25 for n in "abcd"}
+    assert parse_layer_weights({"conv3_1": 2}, ()) == {"conv3_1": 2.0}
+    for bad in ("conv1_1:x", "conv1_1,conv1_1", "conv1_1:-1"):
+        with pytest.raises(NstliteError):
+            parse_layer_weights(bad, ())
+
+
+def test_init_kinds(files, net):
+    content = run(files, net, iterations=0)
+    np.testing.assert_array_equal(content.image, np.asarray(Image.open(files / "content.png")))
+    n0, n0b, n1 = (run(files, net, iterations=0, init="noise", seed=s) for s in (0, 0, 1))
+    np.testing.assert_array_equal(n0.image, n0b.image)
+    assert np.abs(n0.image.astype(int) - n1.image.astype(int)).mean() > 40
+    style = run(files, net, iterations=0, init="style")
+    assert style.image.shape == (40, 48, 3) and not np.array_equal(style.image, content.image)
+    from_path = run(files, net, iterations=0, init=files / "style2.png")
+    from_array = run(files, net, iterations=0, init=np.asarray(Image.open(files / "style2.png")))
+    np.testing.assert_array_equal(from_path.image, from_array.image)
+
+
+def test_scales_coarse_to_fine(files, net):
+    r = run(files, net, scales=(24, 48), iterations=5)
+    assert r.image.shape == (40, 48, 3) and r.iterations == 10
+    assert [h["scale"] for h in r.history][0] == 24 and r.history[-1]["scale"] == 48
+
+
+def test_original_colors_luminance_keeps_content_chrominance(files, net):
+    r = run(files, net, original_colors="luminance", iterations=8)
+    content = np.asarray(Image.open(files / "content.png"), dtype=np.float64)
+    out_iq = colors.rgb_to_yiq(r.image.astype(np.float64))[..., 1:]
+    # equal up to rounding and the 0..255 clip
+    inside = np.all((r.image > 2) & (r.image < 253), axis=2)
+    np.testing.assert_allclose(out_iq[inside], colors.rgb_to_yiq(content)[..., 1:][inside], atol=1.5)
+
+
+def test_original_colors_histogram(files, net):
+    r = run(files, net, original_colors="histogram", iterations=4)
+    assert r.image.shape == (40, 48, 3)
+    rng = np.random.default_rng(0)
+    style = rng.uniform(0, 255, (20, 20, 3)) * [1, 0.2, 0.5]
+    content = rng.uniform(50, 200, (30, 30, 3)) @ np.array([[1, 0.3, 0], [0, 1, 0.2], [0.1, 0, 0.6]])
+    content = np.clip(content, 0, 255)
+    m = colors.match_color_histogram(style, content)
+    np.testing.assert_allclose(m.reshape(-1, 3).mean(0), content.reshape(-1, 3).mean(0), atol=3)
+    np.testing.assert_allclose(np.cov(m.reshape(-1, 3), rowvar=False), np.cov(content.reshape(-1, 3), rowvar=False),
+                               rtol=0.15, atol=30)
+
+
+def test_alpha_is_kept(files, net, tmp_path):
+    r = run(files, net, content=files / "rgba.png", iterations=3, output=tmp_path / "o.png")
+    assert r.image.shape == (40, 48, 4)
+    assert np.all(r.image[:, :24, 3] == 255) and np.all(r.image[:, 24:, 3] == 0)
+    back = Image.open(tmp_path / "o.png")
+    assert back.mode == "RGBA" and back.size == (48, 40)
+
+
+def test_callback_and_interrupt_save_best_image(files, net, tmp_path):
+    seen = []
+    r = run(files, net, iterations=10, callback=lambda info: seen.append(info["iteration"]) or info["iteration"] >= 4)
+    assert seen == [1, 2, 3, 4] and r.stop_reason == "callback" and r.iterations == 4
+
+    def interrupt(info):
+        if info["iteration"] == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "int.png"
+    with pytest.raises(StylizeInterrupted) as e:
+        run(files, net, iterations=10, callback=interrupt, output=out)
+    assert e.value.result.stop_reason == "interrupted" and os.path.exists(out)
+    assert e.value.result.final["total"] == min(h["total"] for h in e.value.result.history)
+
+
+def test_too_small_for_the_network(files, net):
+    with pytest.raises(NstliteError, match="at least 16x16"):
+        run(files, net, size=12)
+
+
+# --------------------------------------------------------------------------- memory
+def test_memory_estimate_scales_with_area_and_refuses(net):
+    ch = {n: int(w.shape[0]) for n, (w, b) in net.weights.items()}
+    layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1"]
+    depth = net.layer_names[: net.layer_names.index("conv5_1") + 1]
+    small = estimate_peak_bytes(ch, 128, 128, depth, layers)
+    big = estimate_peak_bytes(ch, 256, 256, depth, layers)
+    assert 3.8 < big / small < 4.2
+    # the real VGG19 at 512 px: around 1-3 GB (features, workspaces, L-BFGS history)
+    full = {n: c for n, c in zip(net.weights, [64, 64, 128, 128] + [256] * 4 + [512] * 8)}
+    gb = estimate_peak_bytes(full, 512, 512, depth, layers) / 2**30
+    assert 0.8 < gb < 4
+    with pytest.raises(NstliteError) as e:
+        check_memory(net, 400, 300, layers, layers, 10, available=small)
+    msg = str(e.value)
+    assert "--size" in msg and "\n" not in msg
+    biggest = int(msg.split("--size ")[1].split()[0])
+    fits = lambda h, w: estimate_peak_bytes(ch, h, w, depth, layers) <= small  # noqa: E731
+    assert biggest == largest_fitting_size(fits, 300, 400, 400)
+    assert fits(*nstlite.image.fit_longest(300, 400, biggest)) and not fits(*nstlite.image.fit_longest(300, 400, biggest + 1))
+    assert check_memory(net, 40, 48, layers, layers, 10, available=10**12) > 0
+
+
+# --------------------------------------------------------------------------- CLI
+def cli(files, tmp_path, *extra, content=None, style=None, output=None):
+    args = ["stylize", "--content", str(content or files / "content.png"), "--style", str(style or files / "style.jpg"),
+            "--output", str(output or tmp_path / "out.png"), "--weights", str(files / "tiny.h5"), "--size", "48",
+            "--iterations", "8"] + [str(a) for a in extra]
+    return main(args)
+
+
+def test_cli_end_to_end_with_log_and_checkpoints(files, tmp_path, capsys):
+    log = tmp_path / "run.jsonl"
+    rc = cli(files, tmp_path, "--log", log, "--save-every", 4, "--print-every", 2, output=tmp_path / "out.jpg")
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "it     2/8" in err and "ETA" in err and "final losses: total" in err and "out.jpg" in err.splitlines()[-1]
+    out = Image.open(tmp_path / "out.jpg")
+    assert out.format == "JPEG" and out.size == (48, 40) and out.mode == "RGB"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all(set(r) == LOG_KEYS for r in rows)
+    assert [r["evaluation"] for r in rows] == list(range(1, len(rows) + 1))
+    assert set(rows[0]["style_layers"]) == {"conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"}
+    assert rows[-1]["iteration"] <= 8 and min(r["total"] for r in rows) < rows[0]["total"]
+    for it in (4, 8):
+        assert (tmp_path / f"out_{it}.jpg").exists()
+        with np.load(tmp_path / f"out_{it}.npz") as z:
+            assert z["x"].shape == (3, 40, 48) and z["x"].dtype == np.float64
+
+    # resume from iteration 4 to 12: continues the counts, starts exactly at the saved state
+    rc = cli(files, tmp_path, "--resume", tmp_path / "out_4.npz", "--iterations", 12, "--log", log, "--quiet",
+             output=tmp_path / "resumed.png")
+    assert rc == 0
+    rows2 = [json.loads(line) for line in log.read_text().splitlines()][len(rows):]
+    assert rows2[0]["iteration"] == 4 and rows2[-1]["iteration"] <= 12
+    with np.load(tmp_path / "out_4.npz") as z:
+        meta = json.loads(str(z["meta"]))
+    assert rows2[0]["evaluation"] == meta["evaluations"] + 1
+    at_checkpoint = [r["total"] for r in rows if r["iteration"] <= 4 and r["evaluation"] <= meta["evaluations"]]
+    assert rows2[0]["total"] == pytest.approx(min(at_checkpoint), rel=1e-5)  # the exact float state
+    assert min(r["total"] for r in rows2) < rows2[0]["total"]
+
+
+@pytest.mark.parametrize("case", ["not_image", "truncated", "empty", "too_small", "bomb", "bad_ext", "missing",
+                                  "bad_layer", "bad_init"])
+def test_cli_bad_inputs_one_line_exit_2_output_untouched(files, tmp_path, capsys, case):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"user's file")
+    content, extra = None, []
+    if case == "not_image":
+        content = tmp_path / "c.png"
+        content.write_text("just text")
+    elif case == "truncated":
+        content = tmp_path / "c.png"
+        data = (files / "content.png").read_bytes()
+        content.write_bytes(data[: len(data) // 2])
+    elif case == "empty":
+        content = tmp_path / "c.jpg"
+        content.write_bytes(b"")
+    elif case == "too_small":
+        extra = ["--size", 10]
+    elif case == "bomb":
+        from test_image import _png_header_only
+        content = tmp_path / "c.png"
+        _png_header_only(content, 40000, 40000)
+    elif case == "bad_ext":
+        out = tmp_path / "out.unknownext"
+    elif case == "missing":
+        content = tmp_path / "nope.png"
+    elif case == "bad_layer":
+        extra = ["--style-layers", "conv9_9"]
+    elif case == "bad_init":
+        extra = ["--init", "sideways"]
+    rc = cli(files, tmp_path, *extra, content=content, output=out)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("nstlite: error: ")
+    if case != "bad_ext":
+        assert out.read_bytes() == b"user's file"
+    assert sorted(os.listdir(tmp_path)) == sorted(p for p in os.listdir(tmp_path) if not p.startswith("."))
+
+
+def test_sigterm_saves_best_image(files, tmp_path):
+    out = tmp_path / "term.png"
+    out.write_bytes(b"old")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(nstlite.__file__))))
+    cmd = [sys.executable, "-m", "nstlite", "stylize", "--content", str(files / "content.png"), "--style",
+           str(files / "style.jpg"), "--output", str(out), "--weights", str(files / "tiny.h5"), "--size", "48",
+           "--iterations", "100000", "--print-every", "1"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in p.stderr:  # wait until it is optimising
+            if line.startswith("it "):
+                break
+        time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        rest = p.stderr.read()
+        rc = p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert rc == 130
+    assert "best image so far saved to" in rest
+    assert Image.open(out).size == (48, 40)
+
+
+# --------------------------------------------------------------------------- real weights
+@pytest.mark.weights
+@pytest.mark.skipif(not os.path.exists(default_weights_path()), reason="real VGG19 weights not present")
+def test_real_weights_short_run(tmp_path):
+    here = os.path.dirname(os.path.abspath(__file__))
+    images = os.path.join(here, "..", "..", "shared", "images")
+    if not os.path.exists(os.path.join(images, "tubingen.jpg")):
+        pytest.skip("shared example images not present")
+    r = stylize(os.path.join(images, "tubingen.jpg"), [os.path.join(images, "starry_night.jpg")], size=64,
+                iterations=10, quiet=True, output=tmp_path / "t.png")
+    assert r.iterations == 10 and r.stop_reason == "iterations"
+    assert r.final["style"] < 0.3 * r.history[0]["style"]
+    assert Image.open(tmp_path / "t.png").size == (64, 48)
