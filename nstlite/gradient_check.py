@@ -144,18 +144,34 @@ def _without_pool_ties(rng, shape, margin=1e-3):
             return x
 
 
-def _tiny_net(pooling, device, seed):
+def _tiny_net(pooling, device, seed, conv_kernel=None):
     params = random_params(seed, widths=TINY_WIDTHS, dtype=np.float64)
-    return VGG19(params, None, pooling=pooling, device=device, dtype="float64")
+    return VGG19(params, None, pooling=pooling, device=device, dtype="float64", conv_kernel=conv_kernel)
+
+
+def _network_kernels():
+    """The whole-network checks run the reference path and, when it differs, the default
+    (fast, channels-last) path: both are checked end to end."""
+    return ["reference"] + ([L.DEFAULT_CONV_KERNEL] if L.DEFAULT_CONV_KERNEL != "reference" else [])
 
 
 def _network_checks(device, rng, seed):
+    results = []
+    for kernel in _network_kernels():
+        tag = "" if kernel == "reference" else f" [{kernel}]"
+        for c in _network_checks_for(device, rng, seed, kernel):
+            c.name += tag
+            results.append(c)
+    return results
+
+
+def _network_checks_for(device, rng, seed, kernel):
     xp = xp_for(device)
     results = []
     H, W = TINY_SIZE
     probe_layers = ["conv1_1", "pool2", "conv3_1", "conv4_2", "conv5_1"]
     for pooling in ("avg", "max"):
-        net = _tiny_net(pooling, device, seed)
+        net = _tiny_net(pooling, device, seed, kernel)
         # (a) the network alone: f(x) = sum_l <F_l(x), R_l>, gradient net.backward({l: R_l})
         for attempt in range(20):
             x = xp.asarray(rng.standard_normal((3, H, W)) * 20.0)

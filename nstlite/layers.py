@@ -9,6 +9,7 @@ of the input (NumPy or CuPy), so the same lines run on CPU and GPU.
 Convolution kernels are chosen by name from ``CONV_KERNELS``. ``"reference"`` is the plain,
 obviously-correct implementation below and the oracle every faster kernel is tested against.
 """
+from . import conv_fast
 from .backend import get_array_module
 
 
@@ -72,8 +73,9 @@ def conv3x3_backward_reference(dout, cache):
 # (see ``nstlite.conv_fast``) and are tested against "reference".
 CONV_KERNELS = {
     "reference": (conv3x3_forward_reference, conv3x3_backward_reference),
+    **conv_fast.KERNELS,  # "shifted_gemm", "winograd", "fast" (channels-last GEMM / Winograd kernels)
 }
-DEFAULT_CONV_KERNEL = "reference"
+DEFAULT_CONV_KERNEL = "fast"  # channels-last path (nstlite.conv_fast); "reference" is the oracle
 
 
 def get_conv_kernel(name=None):

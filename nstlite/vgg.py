@@ -7,6 +7,7 @@ The same strings name the groups of the weights file and the CLI options.
 """
 import numpy as np
 
+from . import conv_fast as CF
 from . import layers as L
 from .backend import to_device, to_host, xp_for
 from .errors import NstliteError
@@ -33,6 +34,12 @@ class VGG19:
     device : 'cpu' (NumPy) or 'gpu' (CuPy).
     dtype : 'float32' (default) or 'float64' (gradient checks).
     conv_kernel : name of a kernel in ``nstlite.layers.CONV_KERNELS`` (None: the default).
+        ``'reference'`` runs the layer-by-layer path of ``nstlite.layers`` on (C, H, W) arrays
+        (the oracle); the kernels of ``nstlite.conv_fast`` ('fast', 'winograd',
+        'shifted_gemm') run the channels-last path (``_ChannelsLastPath``).
+
+    ``forward`` returns arrays that may live in buffers reused by the next ``forward``: copy
+    what must outlive it.
     """
 
     def __init__(self, params, attrs=None, pooling="avg", device="cpu", dtype="float32", conv_kernel=None):
@@ -71,6 +78,10 @@ class VGG19:
         self.mean = np.asarray(attrs.get("mean", (103.939, 116.779, 123.68)), dtype=np.float64).reshape(3)
         self.std = np.asarray(attrs.get("std", (1.0, 1.0, 1.0)), dtype=np.float64).reshape(3)
         self._tape = []  # (name, caches) of the last forward, in order
+        kernel_name = L.DEFAULT_CONV_KERNEL if conv_kernel is None else conv_kernel
+        self._fast = None
+        if kernel_name in CF.METHODS:
+            self._fast = _ChannelsLastPath(self, CF.METHODS[kernel_name])
 
     # ----------------------------------------------------------------- input conversion
     def preprocess(self, rgb):
@@ -122,6 +133,17 @@ class VGG19:
                                f"{', '.join(self.layer_names)}")
         return max(self.layer_names.index(n) for n in names)
 
+    def _check_size(self, height, width, depth):
+        """One-line errors for inputs too small for the requested depth."""
+        for name in self.layer_names[: depth + 1]:
+            if name.startswith("conv") and min(height, width) < 1:
+                raise NstliteError(f"input too small: nothing left at {name}")
+            if name.startswith("pool"):
+                if min(height, width) < 2:
+                    raise NstliteError(f"input too small for {name}: a map of {height}x{width} "
+                                       "cannot be pooled 2x2 (VGG19 needs at least 16x16 for pool4)")
+                height, width = height // 2, width // 2
+
     def forward(self, x, layers):
         """Responses of the requested layers to the input ``x`` (3, H, W).
 
@@ -134,6 +156,11 @@ class VGG19:
         depth = self._depth(layers)
         if x.ndim != 3 or x.shape[0] != 3:
             raise NstliteError(f"network input must have shape (3, H, W), got {tuple(x.shape)}")
+        self._check_size(x.shape[1], x.shape[2], depth)
+        if self._fast is not None:
+            feats = self._fast.forward(x, layers, depth)
+            self._tape = [(name, None) for name in self.layer_names[: depth + 1]]  # the layers computed
+            return feats
         h = x.astype(self.dtype, copy=False)
         pool_forward, _ = L.POOLING[self.pooling]
         tape, feats = [], {}
@@ -164,6 +191,8 @@ class VGG19:
         to the gradient arriving from above, so losses at several layers sum correctly.
         Returns dL/dx, shape (3, H, W).
         """
+        if self._fast is not None:
+            return self._fast.backward(grads)
         if not self._tape:
             raise NstliteError("backward called before forward")
         names = [n for n, _ in self._tape]
@@ -190,6 +219,8 @@ class VGG19:
         """The piecewise-linear state of the last forward: every ReLU's on/off mask (and every
         max-pool's winning taps). Gradient checks compare it at x +- h*d to make sure a finite
         difference did not cross a kink."""
+        if self._fast is not None:
+            return self._fast.activation_pattern()
         pattern = []
         for name, cache in self._tape:
             if name.startswith("conv"):
@@ -197,6 +228,206 @@ class VGG19:
             elif self.pooling == "max":
                 pattern.append(cache[1])
         return pattern
+
+
+class _ChannelsLastPath:
+    """VGG19's forward and input-gradient passes on channels-last buffers.
+
+    Every map lives in a zero-padded (Hp, Wp, C) buffer (``conv_fast.padded_shape``): each
+    conv reads its input buffer in place and writes bias + ReLU straight into the interior of
+    the next buffer; pooling reads one interior and writes the next. The buffers are
+    allocated once per input size and reused by every later evaluation of that size.
+
+    The backward pass walks the layers in reverse with two gradient buffers per map shape
+    (source and destination alternate). A gradient arriving at a conv layer's output is
+    already multiplied by that layer's ReLU mask (``out > 0``, eqs. 2 and 6): the kernel or
+    pooling that produced it applied the mask while the block was in cache, and a loss
+    gradient added there is masked as it is added.
+    """
+
+    def __init__(self, net, method):
+        self.net = net
+        self.xp = net.xp
+        self.plans = {name: CF.ConvPlan(w, b, method) for name, (w, b) in net.weights.items()}
+        self.ws = CF.Workspace(self.xp)
+        self.size = None       # (H, W) the buffers below are for
+        self.maps = {}         # layer name -> (padded buffer, h, w): the layer's response
+        self.features = {}     # layer name -> compact (h, w, C) copy handed out by forward
+        self.grad_buffers = {} # padded shape -> [buffer, buffer]
+        self.input_buffer = None
+        self.last = None       # (layers computed, input shape) of the last forward
+
+    # --------------------------------------------------------------- buffers
+    def _layout(self, height, width):
+        """layer name -> (h, w, C) of its response for an input of height x width."""
+        out, c = {}, 3
+        for name in self.net.layer_names:
+            if name.startswith("conv"):
+                c = self.plans[name].c_out
+            else:
+                height, width = height // 2, width // 2
+            out[name] = (height, width, c)
+        return out
+
+    def _buffers_for(self, height, width):
+        if self.size == (height, width):
+            return
+        xp, dtype = self.xp, self.net.dtype
+        self.maps, self.features, self.grad_buffers = {}, {}, {}  # drop the old size's buffers first
+        self.layout = self._layout(height, width)
+        self.input_buffer = xp.zeros(CF.padded_shape(height, width, 3), dtype=dtype)
+        for name, (h, w, c) in self.layout.items():
+            self.maps[name] = xp.zeros(CF.padded_shape(h, w, c), dtype=dtype)
+        self.size = (height, width)
+
+    def _grad_buffer(self, name, avoid=None):
+        """A zero-padded gradient buffer shaped like layer ``name``'s map, not ``avoid``."""
+        h, w, c = self.layout[name]
+        shape = CF.padded_shape(h, w, c)
+        pair = self.grad_buffers.get(shape)
+        if pair is None:
+            pair = self.grad_buffers[shape] = [self.xp.zeros(shape, dtype=self.net.dtype) for _ in range(2)]
+        return pair[1] if pair[0] is avoid else pair[0]
+
+    # --------------------------------------------------------------- forward
+    def forward(self, x, layers, depth):
+        xp = self.xp
+        height, width = x.shape[1], x.shape[2]
+        self._buffers_for(height, width)
+        CF.interior(self.input_buffer, height, width)[...] = x.transpose(1, 2, 0)
+        src, (h, w) = self.input_buffer, (height, width)
+        names = self.net.layer_names[: depth + 1]
+        feats = {}
+        for name in names:
+            dst = self.maps[name]
+            hn, wn, c = self.layout[name]
+            if name.startswith("conv"):
+                self.plans[name].forward(src, CF.interior(dst, h, w), h, w, self.ws, relu=True)
+            else:
+                _pool_forward(xp, self.net.pooling, CF.interior(src, h, w), CF.interior(dst, hn, wn))
+            src, h, w = dst, hn, wn
+            if name in layers:
+                compact = self.features.get(name)
+                if compact is None:
+                    compact = self.features[name] = xp.empty((h, w, c), dtype=self.net.dtype)
+                compact[...] = CF.interior(dst, h, w)
+                feats[name] = compact.transpose(2, 0, 1)  # (C, h, w) view of channels-last memory
+        self.last = (names, x.shape)
+        return feats
+
+    # --------------------------------------------------------------- backward
+    def backward(self, grads):
+        if self.last is None:
+            raise NstliteError("backward called before forward")
+        names, xshape = self.last
+        for n in grads:
+            if n not in names:
+                raise NstliteError(f"no gradient can flow from {n}: the last forward stopped at {names[-1]}")
+        xp = self.xp
+        depth = max(names.index(n) for n in grads)
+        g = None  # padded buffer: dL/d(response) of the current layer, ReLU mask applied for convs
+        for i in range(depth, -1, -1):
+            name = names[i]
+            h, w, _ = self.layout[name]
+            below = names[i - 1] if i > 0 else None
+            if name in grads:
+                g = self._add_loss_gradient(name, g, grads[name])
+            if g is None:
+                continue
+            hb, wb = (self.layout[below][:2] if below else xshape[1:])
+            if name.startswith("conv"):
+                if below is None:
+                    dx = xp.empty((hb, wb, 3), dtype=self.net.dtype)
+                    self.plans[name].backward(g, dx, hb, wb, self.ws)
+                    return xp.ascontiguousarray(dx.transpose(2, 0, 1))
+                dst = self._grad_buffer(below, avoid=g)
+                # the layer below is a conv (a pool's input is never at the bottom): mask it here
+                mask = CF.interior(self.maps[below], hb, wb) if below.startswith("conv") else None
+                self.plans[name].backward(g, CF.interior(dst, hb, wb), hb, wb, self.ws, mask=mask)
+            else:
+                dst = self._grad_buffer(below, avoid=g)
+                _pool_backward(xp, self.net.pooling, CF.interior(g, h, w), CF.interior(dst, hb, wb),
+                               CF.interior(self.maps[below], hb, wb), CF.interior(self.maps[name], h, w))
+            g = dst
+        raise AssertionError("the walk ends at conv1_1")  # pragma: no cover
+
+    def _add_loss_gradient(self, name, g, grad):
+        """g + grad on the layer's map (masked by the ReLU for a conv layer's response)."""
+        xp = self.xp
+        h, w, _ = self.layout[name]
+        grad_cl = grad.transpose(1, 2, 0)  # (h, w, C) view
+        if name.startswith("conv"):
+            grad_cl = grad_cl * (CF.interior(self.maps[name], h, w) > 0)
+        if g is None:
+            g = self._grad_buffer(name)
+            CF.interior(g, h, w)[...] = grad_cl
+        else:
+            xp.add(CF.interior(g, h, w), grad_cl, out=CF.interior(g, h, w))
+        return g
+
+    def activation_pattern(self):
+        """As ``VGG19.activation_pattern``, in the same (C, h, w) layout."""
+        if self.last is None:
+            return []
+        names, _ = self.last
+        pattern = []
+        for i, name in enumerate(names):
+            h, w, _ = self.layout[name]
+            if name.startswith("conv"):
+                pattern.append((CF.interior(self.maps[name], h, w) > 0).transpose(2, 0, 1))
+            elif self.net.pooling == "max":
+                below = self.layout[names[i - 1]]
+                pattern.append(_max_pool_winner(self.xp, CF.interior(self.maps[names[i - 1]], *below[:2]),
+                                                CF.interior(self.maps[name], h, w)).transpose(2, 0, 1))
+        return pattern
+
+
+def _pool_taps(x, ho, wo):
+    """The four (ho, wo, C) views of a 2x2/stride-2 window grid over x (h, w, C), row-major."""
+    return [x[i:2 * ho:2, j:2 * wo:2] for i in range(2) for j in range(2)]
+
+
+def _pool_forward(xp, pooling, x, out):
+    """2x2 pooling of the interior x (h, w, C) into out (h//2, w//2, C), in place."""
+    a, b, c, d = _pool_taps(x, out.shape[0], out.shape[1])
+    if pooling == "avg":
+        xp.add(a, b, out=out)
+        xp.add(out, c, out=out)
+        xp.add(out, d, out=out)
+        xp.multiply(out, 0.25, out=out)
+    else:
+        xp.maximum(a, b, out=out)
+        xp.maximum(out, c, out=out)
+        xp.maximum(out, d, out=out)
+
+
+def _max_pool_winner(xp, x, out):
+    """Index 0..3 of each window's first maximal tap (ties to the first, as layers.max_pool)."""
+    winner = xp.full(out.shape, 3, dtype=xp.int8)
+    for k, tap in reversed(list(enumerate(_pool_taps(x, out.shape[0], out.shape[1])[:3]))):
+        winner[tap == out] = k
+    return winner
+
+
+def _pool_backward(xp, pooling, dout, dx, x, out):
+    """Gradient of 2x2 pooling: dout (ho, wo, C) -> dx (h, w, C), times the ReLU mask of the
+    conv layer below (``x`` is its response; ``out`` the pooled map). A row or column that
+    the floor-mode pooling dropped gets zero."""
+    ho, wo = dout.shape[:2]
+    taps = _pool_taps(dx, ho, wo)
+    xtaps = _pool_taps(x, ho, wo)
+    if pooling == "avg":
+        for t, xt in zip(taps, xtaps):
+            xp.multiply(dout, 0.25, out=t)
+            xp.multiply(t, xt > 0, out=t)
+    else:
+        winner = _max_pool_winner(xp, x, out)
+        for k, (t, xt) in enumerate(zip(taps, xtaps)):
+            xp.multiply(dout, (winner == k) & (xt > 0), out=t)
+    if dx.shape[0] > 2 * ho:
+        dx[2 * ho:] = 0
+    if dx.shape[1] > 2 * wo:
+        dx[:, 2 * wo:] = 0
 
 
 def load_vgg19(path=None, pooling="avg", device="cpu", dtype="float32", conv_kernel=None):

@@ -1,0 +1,317 @@
+"""Seconds per evaluation of the default style-transfer objective, nstlite vs PyTorch.
+
+One evaluation = VGG19 forward to conv5_1 (average pooling, float32, batch 1), the losses
+(content conv4_2; style conv1_1, conv2_1, conv3_1, conv4_1, conv5_1) and the backward pass
+to the image. PyTorch (when importable) does the same work in the same run, interleaved
+with nstlite so that both see the same machine load; the table quotes medians and the ratio.
+
+    python benchmarks/bench_objective.py --sizes 256,512
+
+Also prints a per-layer table (forward and input-gradient conv times with GF/s against the
+2 * H * W * C_in * C_out * 9 FLOP count, for both libraries) and the peak memory of an
+nstlite-only evaluation loop, measured in a fresh child process (peak RSS and the peak of
+NumPy allocations seen by tracemalloc).
+
+Weights: the real VGG19 (``nstlite.load_vgg19()``) when the file exists, else random
+He-scaled weights of the same shapes (the timings do not depend on the values).
+"""
+import os
+
+# OpenBLAS's worker threads otherwise spin after each GEMM and slow the NumPy work that
+# follows; the variable is read when NumPy loads OpenBLAS, so it must be set first.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from nstlite import conv_fast as CF  # noqa: E402
+from nstlite.objective import Objective, content_targets, positions_of, style_targets  # noqa: E402
+from nstlite.vgg import VGG19, load_vgg19  # noqa: E402
+from nstlite.weights import default_weights_path, random_params  # noqa: E402
+
+CONTENT = ["conv4_2"]
+STYLE = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+DEPTH_CONVS = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv3_4",
+               "conv4_1", "conv4_2", "conv4_3", "conv4_4", "conv5_1"]
+
+
+def load_params():
+    """(params, attrs, label): the real weights when present, else random ones."""
+    if os.path.exists(default_weights_path()):
+        net = load_vgg19(conv_kernel="reference")
+        params = {n: tuple(np.asarray(a) for a in net.weights[n]) for n in DEPTH_CONVS}
+        return params, None, "real VGG19"
+    return random_params(0), None, "random (He-scaled)"
+
+
+def conv_flops(size, backward_too=True):
+    """FLOPs of the convs to conv5_1: forward, and the input gradient of every conv."""
+    total, h, c_in = 0, size, 3
+    for name in DEPTH_CONVS:
+        block = int(name[4])
+        c_out = (64, 128, 256, 512, 512)[block - 1]
+        if name.endswith("_1") and block > 1:
+            h //= 2
+        total += 2 * h * h * c_in * c_out * 9
+        c_in = c_out
+    return total * (2 if backward_too else 1)
+
+
+def make_images(size, seed=0):
+    rng = np.random.default_rng(seed)
+    photo = rng.uniform(0, 255, (size, size, 3))
+    art = rng.uniform(0, 255, (size, size, 3))
+    start = rng.uniform(0, 255, (size, size, 3))
+    return photo, art, start
+
+
+# ----------------------------------------------------------------------------- nstlite
+def nstlite_objective(params, size, kernel):
+    net = VGG19(params, None, pooling="avg", dtype="float32", conv_kernel=kernel)
+    photo, art, start = make_images(size)
+    xp_photo, xp_art, x = net.preprocess(photo), net.preprocess(art), net.preprocess(start)
+    P = content_targets(net, xp_photo, CONTENT)
+    A = style_targets(net, [xp_art], STYLE, positions=positions_of(net, xp_photo, STYLE))
+    obj = Objective(net, P, A, {n: 0.2 for n in STYLE}, alpha=1.0, beta=1e3)
+    return net, obj, x
+
+
+def nstlite_layer_times(net, size, repeats):
+    """layer -> (forward seconds, input-gradient seconds), each the median of ``repeats``."""
+    fast = net._fast
+    obj_layers = CONTENT + STYLE
+    x = net.preprocess(make_images(size)[2])
+    net.forward(x, obj_layers)
+    out = {}
+    names = net.layer_names[: net.layer_names.index("conv5_1") + 1]
+    for i, name in enumerate(names):
+        if not name.startswith("conv"):
+            continue
+        below = names[i - 1] if i else None
+        src = fast.maps[below] if below else fast.input_buffer
+        h, w, _ = fast.layout[name]
+        plan = fast.plans[name]
+        dst = CF.interior(fast.maps[name], h, w)
+        grad_in = fast._grad_buffer(name)
+        dx = np.empty((h, w, plan.c_in), np.float32)
+        tf, tb = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            plan.forward(src, dst, h, w, fast.ws)
+            t1 = time.perf_counter()
+            plan.backward(grad_in, dx, h, w, fast.ws)
+            t2 = time.perf_counter()
+            tf.append(t1 - t0)
+            tb.append(t2 - t1)
+        out[name] = (float(np.median(tf)), float(np.median(tb)), plan.forward_method, plan.backward_method,
+                     2 * h * w * plan.c_in * plan.c_out * 9)
+    return out
+
+
+# ----------------------------------------------------------------------------- PyTorch
+def torch_objective(torch, params, size, nstlite_net):
+    """The same objective in PyTorch autograd, same weights, same inputs and targets."""
+    F = torch.nn.functional
+    weights = {n: (torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)),
+                   torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))) for n, (w, b) in params.items()}
+    names = nstlite_net.layer_names[: nstlite_net.layer_names.index("conv5_1") + 1]
+
+    def features(x):
+        feats, h = {}, x[None]
+        for name in names:
+            if name.startswith("conv"):
+                w, b = weights[name]
+                h = F.relu(F.conv2d(h, w, b, padding=1))
+            else:
+                h = F.avg_pool2d(h, 2)
+            if name in CONTENT or name in STYLE:
+                feats[name] = h[0]
+        return feats
+
+    def gram(f):
+        m = f.reshape(f.shape[0], -1)
+        return m @ m.T
+
+    photo, art, start = make_images(size)
+    with torch.no_grad():
+        fp = features(torch.from_numpy(np.asarray(nstlite_net.preprocess(photo))))
+        P = {n: fp[n].clone() for n in CONTENT}
+        fa = features(torch.from_numpy(np.asarray(nstlite_net.preprocess(art))))
+        A = {n: gram(fa[n]) for n in STYLE}
+    x0 = torch.from_numpy(np.asarray(nstlite_net.preprocess(start)))
+
+    def evaluate():
+        x = x0.clone().requires_grad_(True)
+        f = features(x)
+        loss = sum(0.5 * ((f[n] - P[n]) ** 2).sum() for n in CONTENT)
+        for n in STYLE:
+            c, m = f[n].shape[0], f[n].shape[1] * f[n].shape[2]
+            loss = loss + 1e3 * 0.2 * ((gram(f[n]) - A[n]) ** 2).sum() / (4.0 * c * c * m * m)
+        loss.backward()
+        return x.grad
+
+    return evaluate, weights
+
+
+def torch_layer_times(torch, weights, size, repeats):
+    F = torch.nn.functional
+    out, h = {}, size
+    for name in DEPTH_CONVS:
+        w, b = weights[name]
+        if name.endswith("_1") and name != "conv1_1":
+            h //= 2
+        x = torch.randn(1, w.shape[1], h, h)
+        g = torch.randn(1, w.shape[0], h, h)
+        tf, tb = [], []
+        with torch.no_grad():
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                F.relu(F.conv2d(x, w, b, padding=1))
+                t1 = time.perf_counter()
+                torch.nn.grad.conv2d_input(x.shape, w, g, padding=1)
+                t2 = time.perf_counter()
+                tf.append(t1 - t0)
+                tb.append(t2 - t1)
+        out[name] = (float(np.median(tf)), float(np.median(tb)))
+    return out
+
+
+# ----------------------------------------------------------------------------- memory
+def memory_child(size, kernel, evals=3):
+    """Run in a fresh process: peak RSS and tracemalloc peak of an nstlite evaluation loop."""
+    import tracemalloc
+
+    tracemalloc.start()
+    params = random_params(0)
+    net, obj, x = nstlite_objective(params, size, kernel)
+    for _ in range(evals):
+        obj(x)
+    _, peak = tracemalloc.get_traced_memory()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps({"peak_rss": rss, "tracemalloc_peak": peak,
+                      "workspace": net._fast.ws.nbytes if net._fast else 0}))
+
+
+def measure_memory(size, kernel):
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", str(size), "--kernel", kernel]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="256,512", help="comma-separated image sides")
+    ap.add_argument("--repeats", type=int, default=5, help="timed evaluations per library and size")
+    ap.add_argument("--kernel", default="fast", help="nstlite conv kernel (fast, winograd, shifted_gemm, reference)")
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when importable")
+    ap.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.kernel)
+        return 0
+
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(os.cpu_count() or 1)
+        except ImportError:
+            torch = None
+    params, _, label = load_params()
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{_cpu_model()}; numpy {np.__version__}"
+          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch not importable"))
+    print(f"# weights: {label}; kernel: {args.kernel}; OPENBLAS_THREAD_TIMEOUT="
+          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}; repeats: {args.repeats}")
+    summary = []
+    for size in sizes:
+        net, obj, x = nstlite_objective(params, size, args.kernel)
+        obj(x)  # warm up: allocate buffers and the workspace
+        t_torch = []
+        if torch is not None:
+            evaluate, tweights = torch_objective(torch, params, size, net)
+            evaluate()
+        t_nst = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            obj(x)
+            t_nst.append(time.perf_counter() - t0)
+            if torch is not None:
+                t0 = time.perf_counter()
+                evaluate()
+                t_torch.append(time.perf_counter() - t0)
+        gflop = conv_flops(size) / 1e9
+        med_n = float(np.median(t_nst))
+        med_t = float(np.median(t_torch)) if t_torch else float("nan")
+        row = {"size": size, "nstlite_s": med_n, "torch_s": med_t, "ratio": med_n / med_t if t_torch else None,
+               "gflop": gflop}
+        print(f"\n## {size}x{size}: {gflop:.1f} GFLOP of convs per evaluation (direct count)")
+        print(f"nstlite : median {med_n:.3f} s  ({gflop / med_n:.0f} GF/s effective)  all: "
+              + " ".join(f"{t:.3f}" for t in t_nst))
+        if t_torch:
+            print(f"pytorch : median {med_t:.3f} s  ({gflop / med_t:.0f} GF/s)  all: "
+                  + " ".join(f"{t:.3f}" for t in t_torch))
+            print(f"ratio nstlite/pytorch: {med_n / med_t:.2f}")
+        if not args.no_layers and net._fast is not None:
+            reps = 3
+            lt = nstlite_layer_times(net, size, reps)
+            tt = torch_layer_times(torch, tweights, size, reps) if torch is not None else {}
+            print(f"\n{'layer':8s} {'method fwd/bwd':24s} {'GFLOP':>6s} {'fwd ms':>8s} {'GF/s':>5s} {'bwd ms':>8s} "
+                  f"{'GF/s':>5s}" + (f" | {'torch fwd':>9s} {'torch bwd':>9s}" if tt else ""))
+            for name, (tf, tb, mf, mb, fl) in lt.items():
+                line = (f"{name:8s} {mf + '/' + mb:24s} {fl / 1e9:6.2f} {tf * 1e3:8.1f} {fl / tf / 1e9:5.0f} "
+                        f"{tb * 1e3:8.1f} {fl / tb / 1e9:5.0f}")
+                if name in tt:
+                    line += f" | {tt[name][0] * 1e3:9.1f} {tt[name][1] * 1e3:9.1f}"
+                print(line)
+            print(f"{'sum':8s} {'':24s} {sum(v[4] for v in lt.values()) / 1e9:6.2f} "
+                  f"{sum(v[0] for v in lt.values()) * 1e3:8.1f} {'':5s} {sum(v[1] for v in lt.values()) * 1e3:8.1f}"
+                  + (f" {'':5s} | {sum(v[0] for v in tt.values()) * 1e3:9.1f} "
+                     f"{sum(v[1] for v in tt.values()) * 1e3:9.1f}" if tt else ""))
+        del net, obj, x
+        if not args.no_memory:
+            mem = measure_memory(size, args.kernel)
+            if mem:
+                row.update(mem)
+                print(f"\nmemory (nstlite only, fresh process, 3 evaluations): peak RSS {mem['peak_rss'] / 2**20:.0f} MiB, "
+                      f"tracemalloc peak {mem['tracemalloc_peak'] / 2**20:.0f} MiB, shared conv workspace "
+                      f"{mem['workspace'] / 2**20:.1f} MiB")
+        summary.append(row)
+    print("\n| size | nstlite s/eval | PyTorch s/eval | ratio | nstlite peak RSS |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in summary:
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+        rss = f"{r['peak_rss'] / 2**20:.0f} MiB" if "peak_rss" in r else "-"
+        torch_s = f"{r['torch_s']:.3f}" if r["ratio"] else "-"
+        print(f"| {r['size']}² | {r['nstlite_s']:.3f} | {torch_s} | {ratio} | {rss} |")
+    return 0
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

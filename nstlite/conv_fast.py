@@ -1,0 +1,413 @@
+"""Fast 3x3 convolutions on channels-last, zero-padded buffers: the kernels behind VGG19's
+forward and input-gradient passes.
+
+Layout
+------
+A map of C channels and size H x W lives in a *padded buffer* of shape (Hp, Wp, C),
+channels last, with the map in ``buf[1:H+1, 1:W+1]`` and zeros everywhere else. Hp and Wp are
+rounded up so that a 4x4 output tiling fits (``padded_shape``): every kernel reads its input
+straight from such a buffer (no padding copy, no im2col) and writes its output straight into
+the interior of the next layer's buffer.
+
+Kernels
+-------
+``shifted_gemm_conv``
+    The definition as three GEMMs over shifted views: with the buffer flattened to
+    (Hp*Wp, C), the input under kernel row i is the contiguous slice starting at row
+    ``i*Wp``; the three column taps j are gathered side by side into one (M, 3C) operand so
+    each GEMM has K = 3 C. Exact up to float rounding; used for conv1_1 (C = 3) and as the
+    general fallback.
+``winograd_conv``
+    Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016): each 6x6 input tile d is
+    transformed to B^T d B, multiplied element-wise (summed over input channels: 36 GEMMs of
+    (tiles, C_in) @ (C_in, C_out), batched in one ``matmul``) with the transformed kernel
+    U = G g G^T, and transformed back by A^T (.) A into a 4x4 output tile. 36 products per 16
+    outputs instead of 144: a quarter of the multiplications. Tile rows are processed in
+    blocks so that the transformed tiles stay in cache; the block work space is shared by all
+    layers.
+
+The input gradient of a 3x3, stride-1, pad-1 convolution is the same convolution of the
+output gradient with the kernel flipped in both spatial axes and its in/out channels swapped
+(``flip_kernel``): the backward pass reuses the forward kernels with that weight.
+
+Every array operation goes through ``xp`` (NumPy or CuPy): the same lines run on both.
+
+References
+----------
+A. Lavin, S. Gray. *Fast Algorithms for Convolutional Neural Networks*. CVPR 2016 (arXiv:1509.09308).
+"""
+import numpy as np
+
+from .backend import get_array_module
+
+# ----------------------------------------------------------------------------- F(4x4, 3x3)
+# Lavin & Gray's matrices for F(4, 3) with interpolation points 0, +-1, +-2, infinity.
+# Y = A^T [ (G g G^T) (.) (B^T d B) ] A     for a 3x3 kernel g and a 6x6 input tile d.
+WINO_BT = np.array([[4, 0, -5, 0, 1, 0],
+                    [0, -4, -4, 1, 1, 0],
+                    [0, 4, -4, -1, 1, 0],
+                    [0, -2, -1, 2, 1, 0],
+                    [0, 2, -1, -2, 1, 0],
+                    [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+WINO_G = np.array([[1 / 4, 0, 0],
+                   [-1 / 6, -1 / 6, -1 / 6],
+                   [-1 / 6, 1 / 6, -1 / 6],
+                   [1 / 24, 1 / 12, 1 / 6],
+                   [1 / 24, -1 / 12, 1 / 6],
+                   [0, 0, 1]], dtype=np.float64)
+WINO_AT = np.array([[1, 1, 1, 1, 1, 0],
+                    [0, 1, -1, 2, -2, 0],
+                    [0, 1, 1, 4, 4, 0],
+                    [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+TILE = 4    # output tile side m
+ALPHA = 6   # input tile side m + r - 1
+
+
+def tiles(n):
+    """Number of 4-wide output tiles covering n pixels."""
+    return -(-n // TILE)
+
+
+def padded_shape(h, w, c):
+    """Shape of the zero-padded channels-last buffer for an h x w x c map: one pixel of zeros
+    on every side, rounded up so that ceil(h/4) x ceil(w/4) Winograd tiles (6x6 windows with
+    stride 4) fit inside."""
+    return (TILE * tiles(h) + 2, TILE * tiles(w) + 2, c)
+
+
+def interior(buf, h, w):
+    """The h x w x C map inside a padded buffer (a view)."""
+    return buf[1:h + 1, 1:w + 1]
+
+
+def to_padded(x, out=None):
+    """(C, H, W) map -> a fresh (or the given) padded channels-last buffer holding it."""
+    xp = get_array_module(x)
+    c, h, w = x.shape
+    if out is None:
+        out = xp.zeros(padded_shape(h, w, c), dtype=x.dtype)
+    interior(out, h, w)[...] = x.transpose(1, 2, 0)
+    return out
+
+
+def flip_kernel(w):
+    """The kernel of the input gradient: (C_out, C_in, 3, 3) -> (C_in, C_out, 3, 3), flipped
+    in both spatial axes. ``conv(dout, flip_kernel(w)) = d/dx sum(conv(x, w) * dout)``."""
+    return w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+
+
+def winograd_weights(w, dtype=None):
+    """U = G g G^T for every (out, in) kernel: (C_out, C_in, 3, 3) -> (36, C_in, C_out).
+
+    Computed in float64 on the host side of ``xp`` (once per network) and cast to ``dtype``.
+    """
+    xp = get_array_module(w)
+    dtype = w.dtype if dtype is None else dtype
+    G = xp.asarray(WINO_G)
+    u = xp.einsum("ai,ocij,bj->abco", G, w.astype(xp.float64), G)  # (6, 6, C_in, C_out)
+    return xp.ascontiguousarray(u.reshape(ALPHA * ALPHA, w.shape[1], w.shape[0]).astype(dtype))
+
+
+def gemm_weights(w, dtype=None):
+    """(C_out, C_in, 3, 3) -> (3, 3*C_in, C_out): per kernel row i, the three column taps
+    stacked along K in the order of ``shifted_gemm_conv``'s gathered operand."""
+    xp = get_array_module(w)
+    dtype = w.dtype if dtype is None else dtype
+    c_out, c_in = w.shape[:2]
+    return xp.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(3, 3 * c_in, c_out).astype(dtype))
+
+
+class Workspace:
+    """Scratch memory shared by every conv of a network: one flat array per dtype that grows
+    to the largest request and is handed out as views (contents undefined between calls)."""
+
+    def __init__(self, xp):
+        self.xp = xp
+        self._flat = {}
+
+    def take(self, dtype, *shapes):
+        """Views of consecutive, non-overlapping parts of the flat array, one per shape."""
+        dtype = np.dtype(dtype)
+        sizes = [int(np.prod(s)) for s in shapes]
+        need = sum(sizes)
+        flat = self._flat.get(dtype)
+        if flat is None or flat.size < need:
+            flat = self.xp.empty(need, dtype=dtype)
+            self._flat[dtype] = flat
+        views, at = [], 0
+        for s, n in zip(shapes, sizes):
+            views.append(flat[at:at + n].reshape(s))
+            at += n
+        return views
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in self._flat.values())
+
+
+# ----------------------------------------------------------------------------- epilogue
+def _epilogue(xp, dst, bias, relu, mask):
+    """In place on a freshly written output block: + bias, ReLU, or * (mask > 0)."""
+    if bias is not None:
+        xp.add(dst, bias, out=dst)
+    if relu:
+        xp.maximum(dst, 0, out=dst)
+    if mask is not None:
+        xp.multiply(dst, mask > 0, out=dst)
+
+
+# ----------------------------------------------------------------------------- shifted GEMM
+def shifted_gemm_conv(xpad, wk, out, h, w, bias=None, relu=False, mask=None, ws=None, rows_per_block=None):
+    """3x3 convolution by GEMMs over shifted views of a padded buffer.
+
+    Parameters
+    ----------
+    xpad : (Hp, Wp, C_in) padded input buffer (zeros outside the h x w map)
+    wk : (3, 3*C_in, C_out) from ``gemm_weights``
+    out : (h, w, C_out) destination (e.g. ``interior(next_buffer, h, w)``)
+    bias : (C_out,) or None; relu : apply max(., 0); mask : (h, w, C_out) or None, multiply
+        the result by ``mask > 0`` (the ReLU mask of the layer below, in the backward pass)
+    ws : Workspace for the block scratch
+
+    Notes
+    -----
+    For output row y the input rows y..y+2 of the padded buffer are read. A block of rows is
+    computed over the full padded width Wp as a (rows*Wp, 3*C_in) @ (3*C_in, C_out) GEMM per
+    kernel row; the two columns per row that fall on the padding are dropped when copying
+    out. The gathered operand puts the taps j = 0, 1, 2 side by side: row p of it is
+    ``flat[p], flat[p+1], flat[p+2]``.
+    """
+    xp = get_array_module(xpad)
+    hp, wp, c_in = xpad.shape
+    c_out = wk.shape[2]
+    ws = ws or Workspace(xp)
+    if rows_per_block is None:
+        rows_per_block = max(1, min(h, (1 << 20) // max(1, wp * (3 * c_in + c_out) * xpad.itemsize)))
+    flat = xpad.reshape(hp * wp, c_in)
+    nflat = hp * wp
+    for y0 in range(0, h, rows_per_block):
+        rb = min(rows_per_block, h - y0)
+        m = rb * wp
+        gathered, acc, part = ws.take(xpad.dtype, (m, 3 * c_in), (m, c_out), (m, c_out))
+        for i in range(3):
+            start = (y0 + i) * wp
+            g3 = gathered.reshape(m, 3, c_in)
+            for j in range(3):
+                # the last row's taps may run past the buffer end: those columns are dropped
+                stop = min(start + j + m, nflat)
+                g3[: stop - start - j, j] = flat[start + j: stop]
+                if stop - start - j < m:
+                    g3[stop - start - j:, j] = 0
+            if i == 0:
+                xp.matmul(gathered, wk[0], out=acc)
+            else:
+                xp.matmul(gathered, wk[i], out=part)
+                acc += part
+        dst = out[y0:y0 + rb]
+        dst[...] = acc.reshape(rb, wp, c_out)[:, :w]
+        _epilogue(xp, dst, bias, relu, None if mask is None else mask[y0:y0 + rb])
+    return out
+
+
+# ----------------------------------------------------------------------------- Winograd
+def _input_transform(xp, src, dst, tmp):
+    """B^T d B on every tile of a block.
+
+    src : (nb, 6, Wv, C) view: for each of the nb tile rows, its 6 input rows (full width)
+    dst : (6, 6, nb, tw, C) transformed tiles, dst[a, b, r, t] = (B^T d B)[a, b] of tile (r, t)
+    tmp : (6, nb, Wv, C) scratch for the row pass
+    """
+    tw = dst.shape[3]
+    # rows: tmp[a] = sum_k BT[a, k] src[:, k]   (Lavin & Gray's B^T, evaluated with shared terms)
+    _bt_pass(xp, [src[:, k] for k in range(ALPHA)], [tmp[k] for k in range(ALPHA)])
+    # columns: tile t takes columns 4t .. 4t+5 of the padded width
+    cols = [tmp[:, :, k:k + TILE * (tw - 1) + 1:TILE] for k in range(ALPHA)]  # each (6, nb, tw, C)
+    _bt_pass(xp, cols, [dst[:, k] for k in range(ALPHA)])
+
+
+def _bt_pass(xp, d, v):
+    """v = B^T d along one axis, d and v lists of 6 arrays. B^T of F(4, 3):
+        v0 = 4 d0 - 5 d2 + d4           v3 = -2 d1 - d2 + 2 d3 + d4
+        v1 = -4 d1 - 4 d2 + d3 + d4     v4 = 2 d1 - d2 - 2 d3 + d4
+        v2 = 4 d1 - 4 d2 - d3 + d4      v5 = 4 d1 - 5 d3 + d5
+    Written with shared terms, every step in place into the outputs (no temporaries)."""
+    d0, d1, d2, d3, d4, d5 = d
+    v0, v1, v2, v3, v4, v5 = v
+    # v0 = 4 (d0 - d2) + (d4 - d2)
+    xp.subtract(d0, d2, out=v0)
+    xp.multiply(v0, 4, out=v0)
+    xp.subtract(d4, d2, out=v3)          # v3 <- d4 - d2 (shared by v3, v4)
+    xp.add(v0, v3, out=v0)
+    # v5 = 4 (d1 - d3) + (d5 - d3)
+    xp.subtract(d1, d3, out=v5)
+    xp.multiply(v5, 4, out=v5)
+    xp.add(v5, d5, out=v5)
+    xp.subtract(v5, d3, out=v5)
+    # v1, v2 = (d4 - 4 d2) +- (d3 - 4 d1)
+    xp.multiply(d2, -4, out=v1)
+    xp.add(v1, d4, out=v1)               # v1 <- d4 - 4 d2
+    xp.multiply(d1, -4, out=v2)
+    xp.add(v2, d3, out=v2)               # v2 <- d3 - 4 d1
+    xp.subtract(v1, v2, out=v4)          # v4 used as scratch: v1 - v2
+    xp.add(v1, v2, out=v1)
+    xp.copyto(v2, v4)
+    # v3, v4 = (d4 - d2) +- 2 (d3 - d1)
+    xp.subtract(d3, d1, out=v4)
+    xp.multiply(v4, 2, out=v4)           # v4 <- 2 (d3 - d1)
+    xp.add(v3, v4, out=v3)               # v3 = (d4 - d2) + 2 (d3 - d1)
+    xp.multiply(v4, -2, out=v4)          # v4 <- -4 (d3 - d1)
+    xp.add(v4, v3, out=v4)               # v4 = (d4 - d2) - 2 (d3 - d1)
+
+
+def _at_pass(xp, m, y):
+    """y = A^T m along one axis, m a list of 6 arrays (overwritten), y a list of 4. A^T of F(4, 3):
+        y0 = m0 + (m1 + m2) + (m3 + m4)        y2 = (m1 + m2) + 4 (m3 + m4)
+        y1 = (m1 - m2) + 2 (m3 - m4)           y3 = (m1 - m2) + 8 (m3 - m4) + m5
+    """
+    m0, m1, m2, m3, m4, m5 = m
+    y0, y1, y2, y3 = y
+    xp.add(m1, m2, out=y2)               # y2 <- s = m1 + m2
+    xp.subtract(m1, m2, out=m1)          # m1 <- d = m1 - m2
+    xp.add(m3, m4, out=m2)               # m2 <- s2 = m3 + m4
+    xp.subtract(m3, m4, out=m3)          # m3 <- d2 = m3 - m4
+    xp.add(m0, y2, out=y0)
+    xp.add(y0, m2, out=y0)               # y0 = m0 + s + s2
+    xp.multiply(m2, 4, out=m2)
+    xp.add(y2, m2, out=y2)               # y2 = s + 4 s2
+    xp.multiply(m3, 2, out=m4)
+    xp.add(m1, m4, out=y1)               # y1 = d + 2 d2
+    xp.multiply(m3, 8, out=m4)
+    xp.add(m1, m4, out=y3)
+    xp.add(y3, m5, out=y3)               # y3 = d + 8 d2 + m5
+
+
+def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None, tile_rows=None):
+    """3x3 convolution by Winograd F(4x4, 3x3) from a padded buffer.
+
+    Parameters
+    ----------
+    xpad : (Hp, Wp, C_in) padded input buffer with Hp >= 4 ceil(h/4) + 2, Wp >= 4 ceil(w/4) + 2
+        (``padded_shape``), zeros outside the h x w map
+    U : (36, C_in, C_out) from ``winograd_weights``
+    out : (h, w, C_out) destination view (e.g. ``interior(next_buffer, h, w)``)
+    bias, relu, mask, ws : as ``shifted_gemm_conv``
+    tile_rows : tile rows per block (None: about 256 tiles per block)
+    """
+    xp = get_array_module(xpad)
+    c_in = xpad.shape[2]
+    c_out = U.shape[2]
+    th, tw = tiles(h), tiles(w)
+    wv = TILE * tw + 2  # padded columns the tiles read
+    ws = ws or Workspace(xp)
+    if tile_rows is None:
+        # ~256 tiles per block: enough rows for efficient GEMMs, small enough to stay in cache
+        tile_rows = max(1, min(th, 256 // tw))
+    row_stride = xpad.strides[0]
+    for r0 in range(0, th, tile_rows):
+        nb = min(tile_rows, th - r0)
+        V, M, tmp, R, Y = ws.take(xpad.dtype, (ALPHA, ALPHA, nb, tw, c_in), (ALPHA, ALPHA, nb, tw, c_out),
+                                  (ALPHA, nb, wv, c_in), (TILE, ALPHA, nb, tw, c_out),
+                                  (nb, TILE, tw, TILE, c_out))
+        # (nb, 6, wv, C): tile row r reads padded rows 4r .. 4r+5 (overlapping windows, a view)
+        src = xp.lib.stride_tricks.as_strided(
+            xpad[TILE * r0:], shape=(nb, ALPHA, wv, c_in),
+            strides=(TILE * row_stride, row_stride, xpad.strides[1], xpad.strides[2]))
+        _input_transform(xp, src, V, tmp)
+        # the 36 GEMMs: (nb*tw, C_in) @ (C_in, C_out) for every (a, b) element of the tile
+        xp.matmul(V.reshape(ALPHA * ALPHA, nb * tw, c_in), U, out=M.reshape(ALPHA * ALPHA, nb * tw, c_out))
+        # back to 4x4 tiles: A^T M A, first along the tile's rows, then along its columns
+        _at_pass(xp, [M[k] for k in range(ALPHA)], [R[k] for k in range(TILE)])
+        Yk = Y.transpose(1, 3, 0, 2, 4)                           # (4, 4, nb, tw, C_out) view
+        _at_pass(xp, [R[:, k] for k in range(ALPHA)], [Yk[:, l] for l in range(TILE)])
+        y0 = TILE * r0
+        rows = min(TILE * nb, h - y0)
+        dst = out[y0:y0 + rows]
+        dst[...] = Y.reshape(TILE * nb, TILE * tw, c_out)[:rows, :w]
+        _epilogue(xp, dst, bias, relu, None if mask is None else mask[y0:y0 + rows])
+    return out
+
+
+# ----------------------------------------------------------------------------- kernel choice
+def use_winograd(c_in, c_out):
+    """Winograd pays where the 36 GEMMs dominate the tile transforms: both channel counts
+    of at least 16 (in VGG19 every conv but conv1_1 and conv1_1's input gradient)."""
+    return c_in >= 16 and c_out >= 16
+
+
+class ConvPlan:
+    """Everything one 3x3 conv layer needs for its forward and input-gradient passes, in the
+    form the chosen kernel wants (computed once per network).
+
+    w : (C_out, C_in, 3, 3) kernel; b : (C_out,) bias; method : 'winograd', 'shifted_gemm'
+    or 'auto' (``use_winograd`` decides, per direction).
+    """
+
+    def __init__(self, w, b, method="auto"):
+        self.c_out, self.c_in = w.shape[:2]
+        self.bias = b
+        wf = flip_kernel(w)
+        self.forward_method = _pick(method, self.c_in, self.c_out)
+        self.backward_method = _pick(method, self.c_out, self.c_in)
+        self.forward_weights = _prepare(self.forward_method, w)
+        self.backward_weights = _prepare(self.backward_method, wf)
+
+    def forward(self, xpad, out, h, w, ws, relu=True):
+        """out (h, w, C_out) <- relu(conv(x) + b), x the map in the padded buffer ``xpad``."""
+        return _run(self.forward_method, xpad, self.forward_weights, out, h, w, ws,
+                    bias=self.bias, relu=relu)
+
+    def backward(self, dpad, dx, h, w, ws, mask=None):
+        """dx (h, w, C_in) <- the input gradient for the output gradient in the padded buffer
+        ``dpad`` (times ``mask > 0`` when a mask is given)."""
+        return _run(self.backward_method, dpad, self.backward_weights, dx, h, w, ws, mask=mask)
+
+
+def _pick(method, c_in, c_out):
+    if method == "auto":
+        return "winograd" if use_winograd(c_in, c_out) else "shifted_gemm"
+    if method not in ("winograd", "shifted_gemm"):
+        raise ValueError(f"unknown conv method {method!r}")
+    return method
+
+
+def _prepare(method, w):
+    return winograd_weights(w) if method == "winograd" else gemm_weights(w)
+
+
+def _run(method, xpad, weights, out, h, w, ws, **epilogue):
+    if method == "winograd":
+        return winograd_conv(xpad, weights, out, h, w, ws=ws, **epilogue)
+    return shifted_gemm_conv(xpad, weights, out, h, w, ws=ws, **epilogue)
+
+
+# ----------------------------------------------------------------------------- layer interface
+# The (C, H, W) forward/backward pairs of ``nstlite.layers.CONV_KERNELS``: the same kernels,
+# with the layout conversion at the edges, so the gradient checks and the reference tests see
+# them exactly like the reference kernel.
+def _layer_kernel(method):
+    def forward(x, w, b):
+        xp = get_array_module(x)
+        c, h, wd = x.shape
+        plan = ConvPlan(w.astype(x.dtype, copy=False), b.astype(x.dtype, copy=False), method)
+        out = xp.empty((h, wd, w.shape[0]), dtype=x.dtype)
+        plan.forward(to_padded(x), out, h, wd, Workspace(xp), relu=False)
+        return xp.ascontiguousarray(out.transpose(2, 0, 1)), plan
+
+    def backward(dout, plan):
+        xp = get_array_module(dout)
+        _, h, wd = dout.shape
+        dx = xp.empty((h, wd, plan.c_in), dtype=dout.dtype)
+        plan.backward(to_padded(dout), dx, h, wd, Workspace(xp))
+        return xp.ascontiguousarray(dx.transpose(2, 0, 1))
+
+    forward.__name__ = f"conv3x3_forward_{method}"
+    backward.__name__ = f"conv3x3_backward_{method}"
+    forward.__doc__ = (f"3x3 conv (stride 1, pad 1) + bias by the {method!r} kernel of nstlite.conv_fast; "
+                       "x (C_in, H, W) -> (out (C_out, H, W), cache).")
+    backward.__doc__ = f"Input gradient of the {method!r} kernel: dout (C_out, H, W) -> dx (C_in, H, W)."
+    return forward, backward
+
+
+# name -> (forward, backward); "fast" picks per layer (``use_winograd``), as the VGG19 fast path does.
+METHODS = {"shifted_gemm": "shifted_gemm", "winograd": "winograd", "fast": "auto"}
+KERNELS = {name: _layer_kernel(method) for name, method in METHODS.items()}

@@ -1,0 +1,156 @@
+"""The fast conv kernels (nstlite.conv_fast) and the channels-last VGG19 path against the
+reference convolution and the reference VGG19 path.
+
+Tolerances (normwise relative error, max|fast - ref| / max|ref|):
+  float64: 1e-12 for every kernel (Winograd's transforms lose a few digits: ~1e-14 seen);
+  float32: 2e-6 for the shifted GEMM, 2e-5 for Winograd F(4x4, 3x3) (its transforms
+  amplify rounding by roughly 10x; ~2e-6 seen on these inputs).
+"""
+import numpy as np
+import pytest
+
+from nstlite import conv_fast as CF
+from nstlite import layers as L
+from nstlite.vgg import VGG19
+from nstlite.weights import random_params
+
+FAST_KERNELS = ["shifted_gemm", "winograd", "fast"]
+TOL = {("float64", "shifted_gemm"): 1e-12, ("float64", "winograd"): 1e-12, ("float64", "fast"): 1e-12,
+       ("float32", "shifted_gemm"): 2e-6, ("float32", "winograd"): 2e-5, ("float32", "fast"): 2e-5}
+SHAPES = [(3, 7, 9, 4), (5, 13, 6, 7), (16, 11, 17, 16), (8, 1, 1, 3), (4, 5, 2, 3), (20, 4, 8, 17)]
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("c_in,h,w,c_out", SHAPES)
+def test_kernel_matches_reference(kernel, dtype, c_in, h, w, c_out):
+    rng = np.random.default_rng(c_in * 100 + h * 10 + w)
+    x = rng.standard_normal((c_in, h, w)).astype(dtype)
+    wt = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    dout = rng.standard_normal((c_out, h, w)).astype(dtype)
+    ref_out, ref_cache = L.conv3x3_forward_reference(x, wt, b)
+    ref_dx = L.conv3x3_backward_reference(dout, ref_cache)
+    fwd, bwd = L.CONV_KERNELS[kernel]
+    out, cache = fwd(x, wt, b)
+    dx = bwd(dout, cache)
+    assert out.shape == ref_out.shape and out.dtype == np.dtype(dtype)
+    assert dx.shape == ref_dx.shape and dx.dtype == np.dtype(dtype)
+    assert rel(out, ref_out) < TOL[dtype, kernel]
+    assert rel(dx, ref_dx) < TOL[dtype, kernel]
+
+
+@pytest.mark.parametrize("kernel", ["shifted_gemm", "winograd"])
+def test_block_sizes_do_not_change_result(kernel):
+    """Blocking is an implementation detail: 1 row/tile row per block == the default."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 19, 23))
+    wt = rng.standard_normal((5, 6, 3, 3))
+    plan = CF.ConvPlan(wt, np.zeros(5), kernel)
+    xpad = CF.to_padded(x)
+    a, b = np.empty((19, 23, 5)), np.empty((19, 23, 5))
+    run = CF.winograd_conv if kernel == "winograd" else CF.shifted_gemm_conv
+    extra = {"tile_rows": 1} if kernel == "winograd" else {"rows_per_block": 1}
+    run(xpad, plan.forward_weights, a, 19, 23)
+    run(xpad, plan.forward_weights, b, 19, 23, **extra)
+    assert rel(a, b) < 1e-13
+
+
+def test_epilogue_relu_and_mask():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 9, 10))
+    wt = rng.standard_normal((16, 16, 3, 3))
+    bias = rng.standard_normal(16)
+    mask = rng.standard_normal((9, 10, 16))
+    ref, _ = L.conv3x3_forward_reference(x, wt, bias)
+    ref = ref.transpose(1, 2, 0)
+    for method in ("winograd", "shifted_gemm"):
+        plan = CF.ConvPlan(wt, bias, method)
+        out = np.empty((9, 10, 16))
+        plan.forward(CF.to_padded(x), out, 9, 10, CF.Workspace(np), relu=True)
+        assert rel(out, np.maximum(ref, 0)) < 1e-12
+        # the backward epilogue: result * (mask > 0)
+        dx = np.empty((9, 10, 16))
+        plan.backward(CF.to_padded(x), dx, 9, 10, CF.Workspace(np), mask=mask)
+        ref_dx = L.conv3x3_backward_reference(x, (x, wt)).transpose(1, 2, 0) * (mask > 0)
+        assert rel(dx, ref_dx) < 1e-12
+
+
+def test_padded_buffer_layout():
+    assert CF.padded_shape(5, 8, 3) == (10, 10, 3)
+    x = np.arange(2 * 5 * 6, dtype=float).reshape(2, 5, 6) + 1
+    buf = CF.to_padded(x)
+    assert buf.shape == CF.padded_shape(5, 6, 2)
+    assert np.array_equal(CF.interior(buf, 5, 6), x.transpose(1, 2, 0))
+    assert buf.sum() == x.sum()  # zeros everywhere else
+
+
+def test_winograd_matrices_reproduce_direct_1d():
+    """F(4, 3) in one dimension: A^T [(G g) * (B^T d)] equals the 4 outputs of a 3-tap correlation."""
+    rng = np.random.default_rng(5)
+    d, g = rng.standard_normal(6), rng.standard_normal(3)
+    y = CF.WINO_AT @ ((CF.WINO_G @ g) * (CF.WINO_BT @ d))
+    direct = np.array([d[i:i + 3] @ g for i in range(4)])
+    assert np.allclose(y, direct, rtol=0, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------- VGG19 paths
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kernel", ["winograd", "shifted_gemm", "fast"])
+@pytest.mark.parametrize("size", [(32, 36), (37, 29)])
+def test_vgg_fast_path_matches_reference(pooling, dtype, kernel, size):
+    """Features and image gradients of the channels-last path equal the reference path's."""
+    params = random_params(0, widths=(4, 5, 6, 6, 8), dtype=np.float64)
+    ref = VGG19(params, None, pooling=pooling, dtype=dtype, conv_kernel="reference")
+    fast = VGG19(params, None, pooling=pooling, dtype=dtype, conv_kernel=kernel)
+    rng = np.random.default_rng(sum(size))
+    x = (rng.standard_normal((3,) + size) * 20).astype(dtype)
+    layers = ["conv1_1", "conv2_1", "conv3_1", "pool3", "conv4_1", "conv4_2", "conv5_1"]
+    fr, ff = ref.forward(x, layers), fast.forward(x, layers)
+    tol = TOL[dtype, kernel] * 5
+    for n in layers:
+        assert ff[n].shape == fr[n].shape and ff[n].dtype == np.dtype(dtype)
+        assert rel(ff[n], fr[n]) < tol, n
+    grads = {n: rng.standard_normal(fr[n].shape).astype(dtype) for n in layers}
+    gr, gf = ref.backward(grads), fast.backward(grads)
+    assert gf.shape == x.shape and gf.dtype == np.dtype(dtype)
+    assert rel(gf, gr) < tol
+    # a shallower gradient after the same forward, and the activation patterns agree
+    gr2, gf2 = ref.backward({"conv2_1": grads["conv2_1"]}), fast.backward({"conv2_1": grads["conv2_1"]})
+    assert rel(gf2, gr2) < tol
+    pr, pf = ref.activation_pattern(), fast.activation_pattern()
+    assert len(pr) == len(pf)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(pr, pf)) or dtype == "float32"
+
+
+def test_vgg_fast_path_reuses_buffers_across_sizes():
+    """Two sizes in turn (style image, then content image) give the reference's answers."""
+    params = random_params(1, widths=(4, 5, 6, 6, 8), dtype=np.float64)
+    ref = VGG19(params, None, dtype="float64", conv_kernel="reference")
+    fast = VGG19(params, None, dtype="float64", conv_kernel="winograd")
+    rng = np.random.default_rng(7)
+    for shape in [(3, 40, 33), (3, 32, 32), (3, 40, 33)]:
+        x = rng.standard_normal(shape) * 10
+        fr, ff = ref.forward(x, ["conv5_1", "conv1_1"]), fast.forward(x, ["conv5_1", "conv1_1"])
+        assert rel(ff["conv5_1"], fr["conv5_1"]) < 1e-12
+        g = {"conv5_1": np.ones_like(fr["conv5_1"]), "conv1_1": np.ones_like(fr["conv1_1"])}
+        assert rel(fast.backward(g), ref.backward(g)) < 1e-12
+
+
+def test_vgg_fast_path_errors():
+    params = random_params(0, widths=(4, 5, 6, 6, 8), dtype=np.float64)
+    net = VGG19(params, None, dtype="float64", conv_kernel="fast")
+    from nstlite.errors import NstliteError
+    with pytest.raises(NstliteError):
+        net.backward({"conv1_1": np.zeros((4, 8, 8))})
+    with pytest.raises(NstliteError):
+        net.forward(np.zeros((3, 8, 8)), ["conv5_1"])
+    net.forward(np.zeros((3, 16, 16)), ["conv2_1"])
+    with pytest.raises(NstliteError):
+        net.backward({"conv3_1": np.zeros((6, 4, 4))})
