@@ -63,7 +63,7 @@ def test_api_loss_falls_and_result_is_complete(files, net):
     assert r.final["total"] == min(h["total"] for h in r.history)
     # total = alpha content + beta style (+ tv) in the paper's normalisation
     f = r.final
-    assert f["total"] == pytest.approx(1.0 * f["content"] + 1e3 * f["style"] + f["tv"], rel=1e-4)
+    assert f["total"] == pytest.approx(1.0 * f["content"] + 1e4 * f["style"] + f["tv"], rel=1e-4)
     assert f["style"] == pytest.approx(sum(0.2 * e for e in f["style_layers"].values()), rel=1e-4)
     np.testing.assert_array_equal(r.image, net.deprocess(r.x))  # the image is the returned x
     lo, hi = net.input_bounds()
@@ -191,9 +191,10 @@ def test_memory_estimate_scales_with_area_and_refuses(net):
     ch = {n: int(w.shape[0]) for n, (w, b) in net.weights.items()}
     layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1"]
     depth = net.layer_names[: net.layer_names.index("conv5_1") + 1]
+    ratio = estimate_peak_bytes(ch, 256, 256, depth, layers, overhead=0) / estimate_peak_bytes(
+        ch, 128, 128, depth, layers, overhead=0)
+    assert 3.8 < ratio < 4.2
     small = estimate_peak_bytes(ch, 128, 128, depth, layers)
-    big = estimate_peak_bytes(ch, 256, 256, depth, layers)
-    assert 3.8 < big / small < 4.2
     # the real VGG19 at 512 px: around 1-3 GB (features, workspaces, L-BFGS history)
     full = {n: c for n, c in zip(net.weights, [64, 64, 128, 128] + [256] * 4 + [512] * 8)}
     gb = estimate_peak_bytes(full, 512, 512, depth, layers) / 2**30
@@ -320,8 +321,8 @@ def test_real_weights_short_run(tmp_path):
     images = os.path.join(here, "..", "..", "shared", "images")
     if not os.path.exists(os.path.join(images, "tubingen.jpg")):
         pytest.skip("shared example images not present")
-    r = stylize(os.path.join(images, "tubingen.jpg"), [os.path.join(images, "starry_night.jpg")], size=64,
-                iterations=10, quiet=True, output=tmp_path / "t.png")
-    assert r.iterations == 10 and r.stop_reason == "iterations"
+    r = stylize(os.path.join(images, "tubingen.jpg"), [os.path.join(images, "starry_night.jpg")], size=48,
+                iterations=8, quiet=True, output=tmp_path / "t.png")
+    assert r.iterations == 8 and r.stop_reason == "iterations"
     assert r.final["style"] < 0.3 * r.history[0]["style"]
-    assert Image.open(tmp_path / "t.png").size == (64, 48)
+    assert Image.open(tmp_path / "t.png").size == (48, 36)
