@@ -75,8 +75,8 @@ def make_images(size, seed=0):
 
 
 # ----------------------------------------------------------------------------- nstlite
-def nstlite_objective(params, size, kernel):
-    net = VGG19(params, None, pooling="avg", dtype="float32", conv_kernel=kernel)
+def nstlite_objective(params, size, kernel, dtype="float32"):
+    net = VGG19(params, None, pooling="avg", dtype=dtype, conv_kernel=kernel)
     photo, art, start = make_images(size)
     xp_photo, xp_art, x = net.preprocess(photo), net.preprocess(art), net.preprocess(start)
     P = content_targets(net, xp_photo, CONTENT)
@@ -99,7 +99,7 @@ def nstlite_layer_times(net, size, repeats):
         below = names[i - 1] if i else None
         src = fast.maps[below] if below else fast.input_buffer
         h, w, _ = fast.layout[name]
-        plan = fast.plans[name]
+        plan = fast.plan(name)
         dst = CF.interior(fast.maps[name], h, w)
         grad_in = fast._grad_buffer(name)
         dx = np.empty((h, w, plan.c_in), np.float32)

@@ -8,7 +8,15 @@ Public API::
     nstlite.losses.content_loss / gram / style_layer_loss / style_loss / total_loss / tv_loss
     results = nstlite.gradcheck()
 """
+import os as _os
+
 __version__ = "0.1.0"
+
+# OpenBLAS worker threads otherwise busy-wait after each GEMM and slow the NumPy work that
+# follows. OpenBLAS reads this when NumPy first loads it, and `nstlite` / `python -m nstlite`
+# import this package (and NumPy) before cli.main runs, so it is set here; an explicit setting
+# or an earlier NumPy import wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 from . import losses  # noqa: E402,F401
 from .errors import NstliteError  # noqa: E402,F401

@@ -28,7 +28,9 @@ Kernels
 
 The input gradient of a 3x3, stride-1, pad-1 convolution is the same convolution of the
 output gradient with the kernel flipped in both spatial axes and its in/out channels swapped
-(``flip_kernel``): the backward pass reuses the forward kernels with that weight.
+(``flip_kernel``): the shifted-GEMM backward is the forward kernel with that weight. The
+Winograd backward is instead the adjoint of the forward algorithm (``winograd_conv_adjoint``),
+which reuses the forward's transformed kernel U, so only one U (4x the kernel) is kept.
 
 Every array operation goes through ``xp`` (NumPy or CuPy): the same lines run on both.
 
@@ -327,6 +329,147 @@ def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None,
     return out
 
 
+def _a_pass(xp, y, z):
+    """z = A y along one axis (the adjoint of ``_at_pass``), y a list of 4 arrays, z of 6:
+        z0 = y0     z1, z2 = (y0 + y2) +- (y1 + y3)     z3, z4 = (y0 + 4 y2) +- (2 y1 + 8 y3)     z5 = y3
+    """
+    y0, y1, y2, y3 = y
+    z0, z1, z2, z3, z4, z5 = z
+    xp.copyto(z0, y0)
+    xp.copyto(z5, y3)
+    xp.add(y0, y2, out=z1)               # z1 <- e = y0 + y2
+    xp.add(y1, y3, out=z2)               # z2 <- o = y1 + y3
+    xp.subtract(z1, z2, out=z3)          # z3 used as scratch: e - o
+    xp.add(z1, z2, out=z1)
+    xp.copyto(z2, z3)
+    xp.multiply(y2, 4, out=z3)
+    xp.add(z3, y0, out=z3)               # z3 <- e4 = y0 + 4 y2
+    xp.multiply(y3, 4, out=z4)
+    xp.add(z4, y1, out=z4)
+    xp.multiply(z4, 2, out=z4)           # z4 <- o4 = 2 y1 + 8 y3
+    xp.subtract(z3, z4, out=z4)          # z4 = e4 - o4
+    xp.multiply(z3, 2, out=z3)
+    xp.subtract(z3, z4, out=z3)          # z3 = e4 + o4 = 2 e4 - (e4 - o4)
+
+
+def _b_pass(xp, m, v):
+    """v = B m along one axis (the adjoint of ``_bt_pass``), m a list of 6 arrays (overwritten):
+        v0 = 4 m0                                  v5 = m5
+        v1 = -4 (m1 - m2) - 2 (m3 - m4) + 4 m5     v3 = (m1 - m2) + 2 (m3 - m4) - 5 m5
+        v2 = -5 m0 - 4 (m1 + m2) - (m3 + m4)       v4 = m0 + (m1 + m2) + (m3 + m4)
+    """
+    m0, m1, m2, m3, m4, m5 = m
+    v0, v1, v2, v3, v4, v5 = v
+    xp.multiply(m0, 4, out=v0)
+    xp.copyto(v5, m5)
+    xp.add(m1, m2, out=v2)               # v2 <- s = m1 + m2
+    xp.subtract(m1, m2, out=m1)          # m1 <- d = m1 - m2
+    xp.add(m3, m4, out=v4)               # v4 <- s2 = m3 + m4
+    xp.subtract(m3, m4, out=m3)          # m3 <- d2 = m3 - m4
+    xp.multiply(m3, 2, out=m3)           # m3 <- 2 d2
+    xp.add(m1, m3, out=v3)
+    xp.multiply(m5, 5, out=m2)
+    xp.subtract(v3, m2, out=v3)          # v3 = d + 2 d2 - 5 m5
+    xp.multiply(m1, -4, out=v1)
+    xp.subtract(v1, m3, out=v1)
+    xp.multiply(m5, 4, out=m2)
+    xp.add(v1, m2, out=v1)               # v1 = -4 d - 2 d2 + 4 m5
+    xp.add(v2, v4, out=m1)               # m1 <- s + s2
+    xp.multiply(v2, -3, out=v2)
+    xp.subtract(v2, m1, out=v2)          # -3 s - (s + s2) = -4 s - s2
+    xp.multiply(m0, 5, out=m2)
+    xp.subtract(v2, m2, out=v2)          # v2 = -5 m0 - 4 s - s2
+    xp.add(m0, m1, out=v4)               # v4 = m0 + s + s2
+
+
+def _overlap_add(xp, M, S, nb, tw):
+    """S[4r + i, 4t + j] = sum over tiles of M[i, j][r, t] (M (6, 6, nb, tw, C), S (4 nb + 2, >= 4 tw + 2, C))."""
+    span = TILE * tw
+    for j in range(TILE):
+        # rows 4r + i, i < 4, column 4t + j: (nb, 4, tw, C) views of S and of M[0:4, j]
+        S[:TILE * nb, j:span:TILE].reshape(nb, TILE, tw, -1)[...] = M[:TILE, j].transpose(1, 0, 2, 3)
+    S[TILE * nb:] = 0
+    S[:TILE * nb, span:] = 0
+    for j in range(TILE, ALPHA):
+        dst = S[:TILE * nb, j:j + span - TILE + 1:TILE].reshape(nb, TILE, tw, -1)
+        xp.add(dst, M[:TILE, j].transpose(1, 0, 2, 3), out=dst)
+    for i in range(TILE, ALPHA):
+        rows = S[i:i + TILE * (nb - 1) + 1:TILE]                       # (nb, Wv, C)
+        dst = rows[:, :span].reshape(nb, tw, TILE, -1)
+        xp.add(dst, M[i, :TILE].transpose(1, 2, 0, 3), out=dst)
+        for j in range(TILE, ALPHA):
+            dst = rows[:, j:j + span - TILE + 1:TILE]
+            xp.add(dst, M[i, j], out=dst)
+
+
+def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None):
+    """Input gradient of ``winograd_conv`` with the *same* transformed kernel U: the adjoint
+    of every step of the forward algorithm, in reverse order.
+
+        forward:  Y = A^T [ U (.) (B^T d B) ] A           (summed over input channels)
+        adjoint:  dd = B [ U^T (.) (A dY A^T) ] B^T        (summed over output channels)
+
+    Each output-gradient tile dY (4x4, non-overlapping) gives a 6x6 input-gradient tile dd;
+    neighbouring tiles overlap by two rows/columns, where their contributions are added.
+    Sharing U with the forward pass means no second transformed kernel is kept.
+
+    dpad : (Hp, Wp, C_out) padded buffer of the output gradient (zeros outside h x w)
+    U : (36, C_in, C_out) from ``winograd_weights`` of the forward kernel
+    dx : (h, w, C_in) destination; mask : as ``shifted_gemm_conv``
+    """
+    xp = get_array_module(dpad)
+    c_in, c_out = U.shape[1], U.shape[2]
+    th, tw = tiles(h), tiles(w)
+    wv = TILE * tw + 2
+    ws = ws or Workspace(xp)
+    if tile_rows is None:
+        tile_rows = max(1, min(th, 256 // tw))
+    Ut = U.transpose(0, 2, 1)  # (36, C_out, C_in): a view, the GEMM reads it transposed
+
+    def shapes(nb):
+        return [(ALPHA, ALPHA, nb, tw, c_out),     # Z = A dY A^T
+                (ALPHA, nb, TILE * tw, c_out),     # A dY, the row pass
+                (ALPHA, ALPHA, nb, tw, c_in),      # M = U^T Z, then B M B^T
+                (ALPHA, ALPHA, nb, tw, c_in),      # B M, the row pass
+                (TILE * nb + 2, wv, c_in)]         # the block's padded input-gradient rows
+    # flat parts sized for the largest block, so the carried rows keep their place in memory
+    flats = ws.take(dpad.dtype, *[(int(np.prod(sh)),) for sh in shapes(min(tile_rows, th))], (2, wv, c_in))
+    carry, have_carry = flats[-1].reshape(2, wv, c_in), False
+    for r0 in range(0, th, tile_rows):
+        nb = min(tile_rows, th - r0)
+        Z, rowsA, M, BM, S = [f[:int(np.prod(sh))].reshape(sh) for f, sh in zip(flats, shapes(nb))]
+        # A dY A^T: row k of tile row r is padded row 1 + 4r + k, columns 1 .. 4 tw
+        base = dpad[1 + TILE * r0:, 1:1 + TILE * tw]
+        _a_pass(xp, [base[k:k + TILE * (nb - 1) + 1:TILE] for k in range(TILE)], [rowsA[a] for a in range(ALPHA)])
+        _a_pass(xp, [rowsA[:, :, l::TILE] for l in range(TILE)], [Z[:, b] for b in range(ALPHA)])
+        # the 36 GEMMs, now summing over output channels: (nb*tw, C_out) @ (C_out, C_in)
+        xp.matmul(Z.reshape(ALPHA * ALPHA, nb * tw, c_out), Ut, out=M.reshape(ALPHA * ALPHA, nb * tw, c_in))
+        # B M B^T: rows (M[a] -> BM[i]), then columns (BM[:, b] -> M[:, j])
+        _b_pass(xp, [M[a] for a in range(ALPHA)], [BM[i] for i in range(ALPHA)])
+        _b_pass(xp, [BM[:, b] for b in range(ALPHA)], [M[:, j] for j in range(ALPHA)])
+        # overlap-add the 6x6 tiles (stride 4) into the block's padded rows 4 r0 .. 4 r0 + 4 nb + 1:
+        # the top-left 4x4 of every tile tiles the plane (assign), the last two rows/columns
+        # land on the next tile's first two (add)
+        _overlap_add(xp, M, S, nb, tw)
+        if have_carry:
+            S[:2] += carry
+        # padded rows 4 r0 .. 4 r0 + 4 nb - 1 are now complete; input row y is padded row y + 1
+        p0, p1 = TILE * r0, TILE * (r0 + nb)
+        y0, y1 = max(p0 - 1, 0), min(p1 - 1, h)
+        if y1 > y0:
+            dst = dx[y0:y1]
+            dst[...] = S[y0 + 1 - p0:y1 + 1 - p0, 1:w + 1]
+            _epilogue(xp, dst, None, False, None if mask is None else mask[y0:y1])
+        carry[...] = S[TILE * nb:]
+        have_carry = True
+    # the last input row may sit in the final carry (when h is a multiple of 4)
+    if th * TILE - 1 < h:
+        y = th * TILE - 1
+        dx[y] = carry[0, 1:w + 1]
+        _epilogue(xp, dx[y:y + 1], None, False, None if mask is None else mask[y:y + 1])
+    return dx
+
+
 # ----------------------------------------------------------------------------- kernel choice
 def use_winograd(c_in, c_out):
     """Winograd pays where the 36 GEMMs dominate the tile transforms: both channel counts
@@ -345,11 +488,14 @@ class ConvPlan:
     def __init__(self, w, b, method="auto"):
         self.c_out, self.c_in = w.shape[:2]
         self.bias = b
-        wf = flip_kernel(w)
         self.forward_method = _pick(method, self.c_in, self.c_out)
         self.backward_method = _pick(method, self.c_out, self.c_in)
         self.forward_weights = _prepare(self.forward_method, w)
-        self.backward_weights = _prepare(self.backward_method, wf)
+        if self.backward_method == "winograd" and self.forward_method == "winograd":
+            # the adjoint of the forward algorithm reuses U: no second transformed kernel
+            self.backward_method, self.backward_weights = "winograd_adjoint", self.forward_weights
+        else:
+            self.backward_weights = _prepare(self.backward_method, flip_kernel(w))
 
     def forward(self, xpad, out, h, w, ws, relu=True):
         """out (h, w, C_out) <- relu(conv(x) + b), x the map in the padded buffer ``xpad``."""
@@ -375,6 +521,8 @@ def _prepare(method, w):
 
 
 def _run(method, xpad, weights, out, h, w, ws, **epilogue):
+    if method == "winograd_adjoint":
+        return winograd_conv_adjoint(xpad, weights, out, h, w, ws=ws, **epilogue)
     if method == "winograd":
         return winograd_conv(xpad, weights, out, h, w, ws=ws, **epilogue)
     return shifted_gemm_conv(xpad, weights, out, h, w, ws=ws, **epilogue)

@@ -248,7 +248,8 @@ class _ChannelsLastPath:
     def __init__(self, net, method):
         self.net = net
         self.xp = net.xp
-        self.plans = {name: CF.ConvPlan(w, b, method) for name, (w, b) in net.weights.items()}
+        self.method = method
+        self._plans = {}       # conv name -> conv_fast.ConvPlan, made when the layer first runs
         self.ws = CF.Workspace(self.xp)
         self.size = None       # (H, W) the buffers below are for
         self.maps = {}         # layer name -> (padded buffer, h, w): the layer's response
@@ -257,13 +258,22 @@ class _ChannelsLastPath:
         self.input_buffer = None
         self.last = None       # (layers computed, input shape) of the last forward
 
+    def plan(self, name):
+        """The ConvPlan of conv layer ``name``, made on first use: only layers that run get
+        transformed kernels."""
+        p = self._plans.get(name)
+        if p is None:
+            w, b = self.net.weights[name]
+            p = self._plans[name] = CF.ConvPlan(w, b, self.method)
+        return p
+
     # --------------------------------------------------------------- buffers
     def _layout(self, height, width):
         """layer name -> (h, w, C) of its response for an input of height x width."""
         out, c = {}, 3
         for name in self.net.layer_names:
             if name.startswith("conv"):
-                c = self.plans[name].c_out
+                c = self.net.weights[name][0].shape[0]
             else:
                 height, width = height // 2, width // 2
             out[name] = (height, width, c)
@@ -302,7 +312,7 @@ class _ChannelsLastPath:
             dst = self.maps[name]
             hn, wn, c = self.layout[name]
             if name.startswith("conv"):
-                self.plans[name].forward(src, CF.interior(dst, h, w), h, w, self.ws, relu=True)
+                self.plan(name).forward(src, CF.interior(dst, h, w), h, w, self.ws, relu=True)
             else:
                 _pool_forward(xp, self.net.pooling, CF.interior(src, h, w), CF.interior(dst, hn, wn))
             src, h, w = dst, hn, wn
@@ -338,12 +348,12 @@ class _ChannelsLastPath:
             if name.startswith("conv"):
                 if below is None:
                     dx = xp.empty((hb, wb, 3), dtype=self.net.dtype)
-                    self.plans[name].backward(g, dx, hb, wb, self.ws)
+                    self.plan(name).backward(g, dx, hb, wb, self.ws)
                     return xp.ascontiguousarray(dx.transpose(2, 0, 1))
                 dst = self._grad_buffer(below, avoid=g)
                 # the layer below is a conv (a pool's input is never at the bottom): mask it here
                 mask = CF.interior(self.maps[below], hb, wb) if below.startswith("conv") else None
-                self.plans[name].backward(g, CF.interior(dst, hb, wb), hb, wb, self.ws, mask=mask)
+                self.plan(name).backward(g, CF.interior(dst, hb, wb), hb, wb, self.ws, mask=mask)
             else:
                 dst = self._grad_buffer(below, avoid=g)
                 _pool_backward(xp, self.net.pooling, CF.interior(g, h, w), CF.interior(dst, hb, wb),

@@ -154,3 +154,31 @@ def test_vgg_fast_path_errors():
     net.forward(np.zeros((3, 16, 16)), ["conv2_1"])
     with pytest.raises(NstliteError):
         net.backward({"conv3_1": np.zeros((6, 4, 4))})
+
+
+@pytest.mark.parametrize("h,w", [(16, 12), (13, 9), (4, 4), (3, 5), (1, 1)])
+def test_winograd_adjoint_blocks_and_edges(h, w):
+    """The adjoint carries the two overlapping rows from one block of tile rows to the next,
+    and the last input row may only arrive with the final carry (h a multiple of 4)."""
+    rng = np.random.default_rng(h * 31 + w)
+    wt = rng.standard_normal((7, 5, 3, 3))
+    dout = rng.standard_normal((7, h, w))
+    ref = L.conv3x3_backward_reference(dout, (np.zeros((5, h, w)), wt)).transpose(1, 2, 0)
+    U = CF.winograd_weights(wt)
+    mask = rng.standard_normal((h, w, 5))
+    for tile_rows in (1, 2, None):
+        dx = np.full((h, w, 5), np.nan)
+        CF.winograd_conv_adjoint(CF.to_padded(dout), U, dx, h, w, tile_rows=tile_rows)
+        assert rel(dx, ref) < 1e-12
+        CF.winograd_conv_adjoint(CF.to_padded(dout), U, dx, h, w, mask=mask, tile_rows=tile_rows)
+        assert rel(dx, ref * (mask > 0)) < 1e-12
+
+
+def test_winograd_backward_shares_the_forward_kernel():
+    """Only one transformed kernel per layer is kept (memory): the adjoint reuses U."""
+    rng = np.random.default_rng(8)
+    plan = CF.ConvPlan(rng.standard_normal((32, 16, 3, 3)), np.zeros(32), "auto")
+    assert plan.forward_method == "winograd" and plan.backward_method == "winograd_adjoint"
+    assert plan.backward_weights is plan.forward_weights
+    small = CF.ConvPlan(rng.standard_normal((32, 3, 3, 3)), np.zeros(32), "auto")
+    assert small.forward_method == "shifted_gemm" and small.backward_method == "shifted_gemm"
