@@ -28,9 +28,9 @@ Kernels
 
 The input gradient of a 3x3, stride-1, pad-1 convolution is the same convolution of the
 output gradient with the kernel flipped in both spatial axes and its in/out channels swapped
-(``flip_kernel``): the shifted-GEMM backward is the forward kernel with that weight. The
-Winograd backward is instead the adjoint of the forward algorithm (``winograd_conv_adjoint``),
-which reuses the forward's transformed kernel U, so only one U (4x the kernel) is kept.
+(``flip_kernel``). Each kernel computes it as the adjoint of its own forward algorithm
+(``shifted_gemm_conv_adjoint``, ``winograd_conv_adjoint``), reading the forward's weights
+(transposed views): one weight copy per kernel, never a flipped second one.
 
 Every array operation goes through ``xp`` (NumPy or CuPy): the same lines run on both.
 
@@ -209,6 +209,42 @@ def shifted_gemm_conv(xpad, wk, out, h, w, bias=None, relu=False, mask=None, ws=
         dst[...] = acc.reshape(rb, wp, c_out)[:, :w]
         _epilogue(xp, dst, bias, relu, None if mask is None else mask[y0:y0 + rb])
     return out
+
+
+def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_block=None):
+    """Input gradient of ``shifted_gemm_conv`` with the *same* weights ``wk`` (3, 3*C_in, C_out).
+
+    ``dx[y, x] = sum_{i,j} dpad[y + i, x + j] @ w[:, :, 2-i, 2-j]`` (the conv with the flipped
+    kernel): nine GEMMs per block, each reading a contiguous slice of the flattened padded
+    gradient and the (C_in, C_out) block of ``wk`` for tap (2-i, 2-j) transposed (a view, no
+    copy of the kernel).
+
+    dpad : (Hp, Wp, C_out) padded output gradient; dx : (h, w, C_in); mask : as above.
+    """
+    xp = get_array_module(dpad)
+    hp, wp, c_out = dpad.shape
+    c_in = wk.shape[1] // 3
+    ws = ws or Workspace(xp)
+    if rows_per_block is None:
+        rows_per_block = max(1, min(h, (1 << 20) // max(1, wp * (c_in + c_out) * dpad.itemsize)))
+    flat = dpad.reshape(hp * wp, c_out)
+    nflat = hp * wp
+    for y0 in range(0, h, rows_per_block):
+        rb = min(rows_per_block, h - y0)
+        m = rb * wp
+        acc, part = ws.take(dpad.dtype, (m, c_in), (m, c_in))
+        acc[...] = 0
+        for i in range(3):
+            for j in range(3):
+                start = (y0 + i) * wp + j
+                rows = min(m, nflat - start)  # past the end only the dropped padding columns
+                tap = wk[2 - i, (2 - j) * c_in:(3 - j) * c_in].T  # (C_out, C_in) view
+                xp.matmul(flat[start:start + rows], tap, out=part[:rows])
+                xp.add(acc[:rows], part[:rows], out=acc[:rows])
+        dst = dx[y0:y0 + rb]
+        dst[...] = acc.reshape(rb, wp, c_in)[:, :w]
+        _epilogue(xp, dst, None, False, None if mask is None else mask[y0:y0 + rb])
+    return dx
 
 
 # ----------------------------------------------------------------------------- Winograd
@@ -471,61 +507,59 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None)
 
 
 # ----------------------------------------------------------------------------- kernel choice
-def use_winograd(c_in, c_out):
-    """Winograd pays where the 36 GEMMs dominate the tile transforms: both channel counts
-    of at least 16 (in VGG19 every conv but conv1_1 and conv1_1's input gradient)."""
-    return c_in >= 16 and c_out >= 16
+WINOGRAD_MIN_TILES = 256  # below this many 4x4 tiles (a 64x64 map) direct GEMMs win
+
+
+def use_winograd(c_in, c_out, h, w):
+    """Winograd pays where the 36 GEMMs dominate the tile transforms and are big enough to
+    run at full speed: both channel counts at least 16 (every VGG19 conv but conv1_1) and
+    a map of at least ``WINOGRAD_MIN_TILES`` tiles. On smaller maps the transformed kernel
+    (4x the kernel) is streamed from memory for too few tiles; direct GEMMs are as fast and
+    need no transformed copy."""
+    return c_in >= 16 and c_out >= 16 and tiles(h) * tiles(w) >= WINOGRAD_MIN_TILES
 
 
 class ConvPlan:
-    """Everything one 3x3 conv layer needs for its forward and input-gradient passes, in the
-    form the chosen kernel wants (computed once per network).
+    """One 3x3 conv layer's forward and input-gradient passes; chooses the kernel per call
+    from the map size and keeps each kernel's form of the weights, made on first use.
 
     w : (C_out, C_in, 3, 3) kernel; b : (C_out,) bias; method : 'winograd', 'shifted_gemm'
-    or 'auto' (``use_winograd`` decides, per direction).
+    or 'auto' (``use_winograd`` decides). Both directions share one weight form per kernel:
+    the input gradients are the adjoints of the forward algorithms
+    (``winograd_conv_adjoint``, ``shifted_gemm_conv_adjoint``).
     """
 
     def __init__(self, w, b, method="auto"):
+        if method not in ("auto", "winograd", "shifted_gemm"):
+            raise ValueError(f"unknown conv method {method!r}")
         self.c_out, self.c_in = w.shape[:2]
-        self.bias = b
-        self.forward_method = _pick(method, self.c_in, self.c_out)
-        self.backward_method = _pick(method, self.c_out, self.c_in)
-        self.forward_weights = _prepare(self.forward_method, w)
-        if self.backward_method == "winograd" and self.forward_method == "winograd":
-            # the adjoint of the forward algorithm reuses U: no second transformed kernel
-            self.backward_method, self.backward_weights = "winograd_adjoint", self.forward_weights
-        else:
-            self.backward_weights = _prepare(self.backward_method, flip_kernel(w))
+        self.w, self.bias, self.method = w, b, method
+        self._weights = {}
+
+    def method_for(self, h, w):
+        if self.method == "auto":
+            return "winograd" if use_winograd(self.c_in, self.c_out, h, w) else "shifted_gemm"
+        return self.method
+
+    def weights(self, method):
+        """The kernel in ``method``'s form: U (36, C_in, C_out) or taps (3, 3*C_in, C_out)."""
+        wk = self._weights.get(method)
+        if wk is None:
+            wk = self._weights[method] = (winograd_weights if method == "winograd" else gemm_weights)(self.w)
+        return wk
 
     def forward(self, xpad, out, h, w, ws, relu=True):
         """out (h, w, C_out) <- relu(conv(x) + b), x the map in the padded buffer ``xpad``."""
-        return _run(self.forward_method, xpad, self.forward_weights, out, h, w, ws,
-                    bias=self.bias, relu=relu)
+        method = self.method_for(h, w)
+        run = winograd_conv if method == "winograd" else shifted_gemm_conv
+        return run(xpad, self.weights(method), out, h, w, bias=self.bias, relu=relu, ws=ws)
 
     def backward(self, dpad, dx, h, w, ws, mask=None):
         """dx (h, w, C_in) <- the input gradient for the output gradient in the padded buffer
         ``dpad`` (times ``mask > 0`` when a mask is given)."""
-        return _run(self.backward_method, dpad, self.backward_weights, dx, h, w, ws, mask=mask)
-
-
-def _pick(method, c_in, c_out):
-    if method == "auto":
-        return "winograd" if use_winograd(c_in, c_out) else "shifted_gemm"
-    if method not in ("winograd", "shifted_gemm"):
-        raise ValueError(f"unknown conv method {method!r}")
-    return method
-
-
-def _prepare(method, w):
-    return winograd_weights(w) if method == "winograd" else gemm_weights(w)
-
-
-def _run(method, xpad, weights, out, h, w, ws, **epilogue):
-    if method == "winograd_adjoint":
-        return winograd_conv_adjoint(xpad, weights, out, h, w, ws=ws, **epilogue)
-    if method == "winograd":
-        return winograd_conv(xpad, weights, out, h, w, ws=ws, **epilogue)
-    return shifted_gemm_conv(xpad, weights, out, h, w, ws=ws, **epilogue)
+        method = self.method_for(h, w)
+        run = winograd_conv_adjoint if method == "winograd" else shifted_gemm_conv_adjoint
+        return run(dpad, self.weights(method), dx, h, w, mask=mask, ws=ws)
 
 
 # ----------------------------------------------------------------------------- layer interface
@@ -556,6 +590,6 @@ def _layer_kernel(method):
     return forward, backward
 
 
-# name -> (forward, backward); "fast" picks per layer (``use_winograd``), as the VGG19 fast path does.
+# name -> (forward, backward); "fast" picks per call (``use_winograd``), as the VGG19 fast path does.
 METHODS = {"shifted_gemm": "shifted_gemm", "winograd": "winograd", "fast": "auto"}
 KERNELS = {name: _layer_kernel(method) for name, method in METHODS.items()}

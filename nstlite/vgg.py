@@ -238,8 +238,8 @@ class _ChannelsLastPath:
     the next buffer; pooling reads one interior and writes the next. The buffers are
     allocated once per input size and reused by every later evaluation of that size.
 
-    The backward pass walks the layers in reverse with two gradient buffers per map shape
-    (source and destination alternate). A gradient arriving at a conv layer's output is
+    The backward pass walks the layers in reverse with two gradient buffers (source and
+    destination alternate) shared by all layers. A gradient arriving at a conv layer's output is
     already multiplied by that layer's ReLU mask (``out > 0``, eqs. 2 and 6): the kernel or
     pooling that produced it applied the mask while the block was in cache, and a loss
     gradient added there is masked as it is added.
@@ -254,7 +254,7 @@ class _ChannelsLastPath:
         self.size = None       # (H, W) the buffers below are for
         self.maps = {}         # layer name -> (padded buffer, h, w): the layer's response
         self.features = {}     # layer name -> compact (h, w, C) copy handed out by forward
-        self.grad_buffers = {} # padded shape -> [buffer, buffer]
+        self.grad_buffers = [] # two flat arrays, see _grad_buffer
         self.input_buffer = None
         self.last = None       # (layers computed, input shape) of the last forward
 
@@ -283,7 +283,7 @@ class _ChannelsLastPath:
         if self.size == (height, width):
             return
         xp, dtype = self.xp, self.net.dtype
-        self.maps, self.features, self.grad_buffers = {}, {}, {}  # drop the old size's buffers first
+        self.maps, self.features, self.grad_buffers = {}, {}, []  # drop the old size's buffers first
         self.layout = self._layout(height, width)
         self.input_buffer = xp.zeros(CF.padded_shape(height, width, 3), dtype=dtype)
         for name, (h, w, c) in self.layout.items():
@@ -291,13 +291,24 @@ class _ChannelsLastPath:
         self.size = (height, width)
 
     def _grad_buffer(self, name, avoid=None):
-        """A zero-padded gradient buffer shaped like layer ``name``'s map, not ``avoid``."""
+        """A zero-padded gradient buffer shaped like layer ``name``'s map, not sharing memory
+        with ``avoid``. Only a source and a destination are ever live, so two flat arrays
+        sized for the largest map serve every layer: each hand-out zeroes the border the
+        kernels read around the map (the interior is always fully written by the caller)."""
+        xp = self.xp
         h, w, c = self.layout[name]
         shape = CF.padded_shape(h, w, c)
-        pair = self.grad_buffers.get(shape)
-        if pair is None:
-            pair = self.grad_buffers[shape] = [self.xp.zeros(shape, dtype=self.net.dtype) for _ in range(2)]
-        return pair[1] if pair[0] is avoid else pair[0]
+        if not self.grad_buffers:
+            size = max(int(np.prod(CF.padded_shape(*hwc))) for hwc in self.layout.values())
+            self.grad_buffers = [xp.zeros(size, dtype=self.net.dtype) for _ in range(2)]
+        first, second = self.grad_buffers
+        flat = second if avoid is not None and xp.may_share_memory(avoid, first) else first
+        buf = flat[: int(np.prod(shape))].reshape(shape)
+        buf[0] = 0
+        buf[h + 1:] = 0
+        buf[:, 0] = 0
+        buf[:, w + 1:] = 0
+        return buf
 
     # --------------------------------------------------------------- forward
     def forward(self, x, layers, depth):

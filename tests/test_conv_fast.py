@@ -50,15 +50,22 @@ def test_block_sizes_do_not_change_result(kernel):
     """Blocking is an implementation detail: 1 row/tile row per block == the default."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((6, 19, 23))
+    d = rng.standard_normal((5, 19, 23))
     wt = rng.standard_normal((5, 6, 3, 3))
-    plan = CF.ConvPlan(wt, np.zeros(5), kernel)
-    xpad = CF.to_padded(x)
+    wk = CF.ConvPlan(wt, np.zeros(5), kernel).weights(kernel)
+    if kernel == "winograd":
+        run, adjoint, extra = CF.winograd_conv, CF.winograd_conv_adjoint, {"tile_rows": 1}
+    else:
+        run, adjoint, extra = CF.shifted_gemm_conv, CF.shifted_gemm_conv_adjoint, {"rows_per_block": 1}
     a, b = np.empty((19, 23, 5)), np.empty((19, 23, 5))
-    run = CF.winograd_conv if kernel == "winograd" else CF.shifted_gemm_conv
-    extra = {"tile_rows": 1} if kernel == "winograd" else {"rows_per_block": 1}
-    run(xpad, plan.forward_weights, a, 19, 23)
-    run(xpad, plan.forward_weights, b, 19, 23, **extra)
+    run(CF.to_padded(x), wk, a, 19, 23)
+    run(CF.to_padded(x), wk, b, 19, 23, **extra)
     assert rel(a, b) < 1e-13
+    da, db = np.empty((19, 23, 6)), np.empty((19, 23, 6))
+    adjoint(CF.to_padded(d), wk, da, 19, 23)
+    adjoint(CF.to_padded(d), wk, db, 19, 23, **extra)
+    assert rel(da, db) < 1e-13
+    assert rel(da, L.conv3x3_backward_reference(d, (x, wt)).transpose(1, 2, 0)) < 1e-12
 
 
 def test_epilogue_relu_and_mask():
@@ -174,11 +181,18 @@ def test_winograd_adjoint_blocks_and_edges(h, w):
         assert rel(dx, ref * (mask > 0)) < 1e-12
 
 
-def test_winograd_backward_shares_the_forward_kernel():
-    """Only one transformed kernel per layer is kept (memory): the adjoint reuses U."""
+def test_backward_shares_the_forward_weights():
+    """One weight form per kernel (memory): the adjoints read the forward's arrays, and the
+    'auto' choice takes Winograd only for wide layers on maps of at least 256 tiles."""
     rng = np.random.default_rng(8)
     plan = CF.ConvPlan(rng.standard_normal((32, 16, 3, 3)), np.zeros(32), "auto")
-    assert plan.forward_method == "winograd" and plan.backward_method == "winograd_adjoint"
-    assert plan.backward_weights is plan.forward_weights
+    assert plan.method_for(64, 64) == "winograd" and plan.method_for(60, 60) == "shifted_gemm"
     small = CF.ConvPlan(rng.standard_normal((32, 3, 3, 3)), np.zeros(32), "auto")
-    assert small.forward_method == "shifted_gemm" and small.backward_method == "shifted_gemm"
+    assert small.method_for(512, 512) == "shifted_gemm"
+    for method in ("winograd", "shifted_gemm"):
+        p = CF.ConvPlan(rng.standard_normal((6, 5, 3, 3)), np.zeros(6), method)
+        d = rng.standard_normal((6, 9, 10))
+        dx = np.empty((9, 10, 5))
+        p.backward(CF.to_padded(d), dx, 9, 10, CF.Workspace(np))
+        p.forward(CF.to_padded(rng.standard_normal((5, 9, 10))), np.empty((9, 10, 6)), 9, 10, CF.Workspace(np))
+        assert list(p._weights) == [method]
