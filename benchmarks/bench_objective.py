@@ -97,11 +97,12 @@ def nstlite_layer_times(net, size, repeats):
         if not name.startswith("conv"):
             continue
         below = names[i - 1] if i else None
-        src = fast.maps[below] if below else fast.input_buffer
+        src = fast._buffer(below) if below else fast.input_buffer
         h, w, _ = fast.layout[name]
         plan = fast.plan(name)
-        dst = CF.interior(fast.maps[name], h, w)
-        grad_in = fast._grad_buffer(name)
+        out = fast._buffer(name, avoid=src)
+        dst = CF.interior(out, h, w)
+        grad_in = out
         dx = np.empty((h, w, plan.c_in), np.float32)
         tf, tb = [], []
         for _ in range(repeats):

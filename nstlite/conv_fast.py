@@ -147,6 +147,17 @@ class Workspace:
         return sum(a.nbytes for a in self._flat.values())
 
 
+# ----------------------------------------------------------------------------- blocking
+# Scratch per block of rows: large enough that each GEMM call does millions of multiply-adds
+# (so OpenBLAS's per-call threading overhead is amortised), small enough to stay in the
+# last-level cache and to keep the shared workspace small.
+BLOCK_BYTES = 16 << 20
+
+
+def _rows_per_block(rows, bytes_per_row):
+    return max(1, min(rows, BLOCK_BYTES // max(1, bytes_per_row)))
+
+
 # ----------------------------------------------------------------------------- epilogue
 def _epilogue(xp, dst, bias, relu, mask):
     """In place on a freshly written output block: + bias, ReLU, or * (mask > 0)."""
@@ -155,7 +166,7 @@ def _epilogue(xp, dst, bias, relu, mask):
     if relu:
         xp.maximum(dst, 0, out=dst)
     if mask is not None:
-        xp.multiply(dst, mask > 0, out=dst)
+        xp.multiply(dst, mask if mask.dtype == bool else mask > 0, out=dst)
 
 
 # ----------------------------------------------------------------------------- shifted GEMM
@@ -168,7 +179,8 @@ def shifted_gemm_conv(xpad, wk, out, h, w, bias=None, relu=False, mask=None, ws=
     wk : (3, 3*C_in, C_out) from ``gemm_weights``
     out : (h, w, C_out) destination (e.g. ``interior(next_buffer, h, w)``)
     bias : (C_out,) or None; relu : apply max(., 0); mask : (h, w, C_out) or None, multiply
-        the result by ``mask > 0`` (the ReLU mask of the layer below, in the backward pass)
+        the result by ``mask > 0`` or by a boolean mask (the ReLU mask of the layer below, in
+        the backward pass)
     ws : Workspace for the block scratch
 
     Notes
@@ -184,7 +196,7 @@ def shifted_gemm_conv(xpad, wk, out, h, w, bias=None, relu=False, mask=None, ws=
     c_out = wk.shape[2]
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = max(1, min(h, (1 << 20) // max(1, wp * (3 * c_in + c_out) * xpad.itemsize)))
+        rows_per_block = _rows_per_block(h, wp * (3 * c_in + 2 * c_out) * xpad.itemsize)
     flat = xpad.reshape(hp * wp, c_in)
     nflat = hp * wp
     for y0 in range(0, h, rows_per_block):
@@ -226,7 +238,7 @@ def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_b
     c_in = wk.shape[1] // 3
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = max(1, min(h, (1 << 20) // max(1, wp * (c_in + c_out) * dpad.itemsize)))
+        rows_per_block = _rows_per_block(h, wp * 2 * c_in * dpad.itemsize)
     flat = dpad.reshape(hp * wp, c_out)
     nflat = hp * wp
     for y0 in range(0, h, rows_per_block):
@@ -329,7 +341,7 @@ def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None,
     U : (36, C_in, C_out) from ``winograd_weights``
     out : (h, w, C_out) destination view (e.g. ``interior(next_buffer, h, w)``)
     bias, relu, mask, ws : as ``shifted_gemm_conv``
-    tile_rows : tile rows per block (None: about 256 tiles per block)
+    tile_rows : tile rows per block (None: ``BLOCK_BYTES`` of transformed tiles per block)
     """
     xp = get_array_module(xpad)
     c_in = xpad.shape[2]
@@ -339,7 +351,7 @@ def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None,
     ws = ws or Workspace(xp)
     if tile_rows is None:
         # ~256 tiles per block: enough rows for efficient GEMMs, small enough to stay in cache
-        tile_rows = max(1, min(th, 256 // tw))
+        tile_rows = _rows_per_block(th, ALPHA * ALPHA * tw * (c_in + c_out) * xpad.itemsize)
     row_stride = xpad.strides[0]
     for r0 in range(0, th, tile_rows):
         nb = min(tile_rows, th - r0)
@@ -459,7 +471,7 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None)
     wv = TILE * tw + 2
     ws = ws or Workspace(xp)
     if tile_rows is None:
-        tile_rows = max(1, min(th, 256 // tw))
+        tile_rows = _rows_per_block(th, ALPHA * ALPHA * tw * (c_in + c_out) * dpad.itemsize)
     Ut = U.transpose(0, 2, 1)  # (36, C_out, C_in): a view, the GEMM reads it transposed
 
     def shapes(nb):

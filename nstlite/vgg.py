@@ -235,14 +235,17 @@ class _ChannelsLastPath:
 
     Every map lives in a zero-padded (Hp, Wp, C) buffer (``conv_fast.padded_shape``): each
     conv reads its input buffer in place and writes bias + ReLU straight into the interior of
-    the next buffer; pooling reads one interior and writes the next. The buffers are
-    allocated once per input size and reused by every later evaluation of that size.
+    the next buffer; pooling reads one interior and writes the next. Only two such buffers
+    exist, sized for the largest map, used in turn by every layer of the forward pass and
+    again by the backward pass (one holds a layer's input, the other its output).
 
-    The backward pass walks the layers in reverse with two gradient buffers (source and
-    destination alternate) shared by all layers. A gradient arriving at a conv layer's output is
-    already multiplied by that layer's ReLU mask (``out > 0``, eqs. 2 and 6): the kernel or
-    pooling that produced it applied the mask while the block was in cache, and a loss
-    gradient added there is masked as it is added.
+    What the backward pass needs from the forward is kept compactly: each conv layer's ReLU
+    mask ``out > 0`` as booleans (eqs. 2 and 6: the paper's "if F > 0" factor) and, for max
+    pooling, each window's winning tap. A gradient arriving at a conv layer's output is
+    already multiplied by that layer's mask: the kernel or pooling that produced it applied
+    the mask while the block was in cache, and a loss gradient is masked as it is added.
+
+    All buffers are allocated for one input size and reused by every evaluation of that size.
     """
 
     def __init__(self, net, method):
@@ -252,15 +255,15 @@ class _ChannelsLastPath:
         self._plans = {}       # conv name -> conv_fast.ConvPlan, made when the layer first runs
         self.ws = CF.Workspace(self.xp)
         self.size = None       # (H, W) the buffers below are for
-        self.maps = {}         # layer name -> (padded buffer, h, w): the layer's response
+        self.masks = {}        # conv name -> bool (h, w, C) ReLU mask; max pool name -> int8 winner
         self.features = {}     # layer name -> compact (h, w, C) copy handed out by forward
-        self.grad_buffers = [] # two flat arrays, see _grad_buffer
+        self.buffers = []      # the two flat arrays behind every padded map, see _buffer
         self.input_buffer = None
         self.last = None       # (layers computed, input shape) of the last forward
 
     def plan(self, name):
         """The ConvPlan of conv layer ``name``, made on first use: only layers that run get
-        transformed kernels."""
+        weights in their kernel's form."""
         p = self._plans.get(name)
         if p is None:
             w, b = self.net.weights[name]
@@ -283,25 +286,21 @@ class _ChannelsLastPath:
         if self.size == (height, width):
             return
         xp, dtype = self.xp, self.net.dtype
-        self.maps, self.features, self.grad_buffers = {}, {}, []  # drop the old size's buffers first
+        self.masks, self.features, self.buffers = {}, {}, []  # drop the old size's buffers first
         self.layout = self._layout(height, width)
         self.input_buffer = xp.zeros(CF.padded_shape(height, width, 3), dtype=dtype)
-        for name, (h, w, c) in self.layout.items():
-            self.maps[name] = xp.zeros(CF.padded_shape(h, w, c), dtype=dtype)
+        size = max(int(np.prod(CF.padded_shape(*hwc))) for hwc in self.layout.values())
+        self.buffers = [xp.zeros(size, dtype=dtype) for _ in range(2)]
         self.size = (height, width)
 
-    def _grad_buffer(self, name, avoid=None):
-        """A zero-padded gradient buffer shaped like layer ``name``'s map, not sharing memory
-        with ``avoid``. Only a source and a destination are ever live, so two flat arrays
-        sized for the largest map serve every layer: each hand-out zeroes the border the
-        kernels read around the map (the interior is always fully written by the caller)."""
+    def _buffer(self, name, avoid=None):
+        """A padded buffer shaped like layer ``name``'s map, in the flat array that does not
+        hold ``avoid``, with the border around the map zeroed (the caller writes the whole
+        interior; the kernels read the border as the convolution's zero padding)."""
         xp = self.xp
         h, w, c = self.layout[name]
         shape = CF.padded_shape(h, w, c)
-        if not self.grad_buffers:
-            size = max(int(np.prod(CF.padded_shape(*hwc))) for hwc in self.layout.values())
-            self.grad_buffers = [xp.zeros(size, dtype=self.net.dtype) for _ in range(2)]
-        first, second = self.grad_buffers
+        first, second = self.buffers
         flat = second if avoid is not None and xp.may_share_memory(avoid, first) else first
         buf = flat[: int(np.prod(shape))].reshape(shape)
         buf[0] = 0
@@ -309,6 +308,12 @@ class _ChannelsLastPath:
         buf[:, 0] = 0
         buf[:, w + 1:] = 0
         return buf
+
+    def _mask(self, name, shape, dtype):
+        m = self.masks.get(name)
+        if m is None:
+            m = self.masks[name] = self.xp.empty(shape, dtype=dtype)
+        return m
 
     # --------------------------------------------------------------- forward
     def forward(self, x, layers, depth):
@@ -320,18 +325,22 @@ class _ChannelsLastPath:
         names = self.net.layer_names[: depth + 1]
         feats = {}
         for name in names:
-            dst = self.maps[name]
             hn, wn, c = self.layout[name]
+            dst = self._buffer(name, avoid=src)
+            out = CF.interior(dst, hn, wn)
             if name.startswith("conv"):
-                self.plan(name).forward(src, CF.interior(dst, h, w), h, w, self.ws, relu=True)
+                self.plan(name).forward(src, out, h, w, self.ws, relu=True)
+                xp.greater(out, 0, out=self._mask(name, out.shape, bool))
             else:
-                _pool_forward(xp, self.net.pooling, CF.interior(src, h, w), CF.interior(dst, hn, wn))
+                _pool_forward(xp, self.net.pooling, CF.interior(src, h, w), out)
+                if self.net.pooling == "max":
+                    _max_pool_winner(xp, CF.interior(src, h, w), out, self._mask(name, out.shape, xp.int8))
             src, h, w = dst, hn, wn
             if name in layers:
                 compact = self.features.get(name)
                 if compact is None:
                     compact = self.features[name] = xp.empty((h, w, c), dtype=self.net.dtype)
-                compact[...] = CF.interior(dst, h, w)
+                compact[...] = out
                 feats[name] = compact.transpose(2, 0, 1)  # (C, h, w) view of channels-last memory
         self.last = (names, x.shape)
         return feats
@@ -361,14 +370,14 @@ class _ChannelsLastPath:
                     dx = xp.empty((hb, wb, 3), dtype=self.net.dtype)
                     self.plan(name).backward(g, dx, hb, wb, self.ws)
                     return xp.ascontiguousarray(dx.transpose(2, 0, 1))
-                dst = self._grad_buffer(below, avoid=g)
-                # the layer below is a conv (a pool's input is never at the bottom): mask it here
-                mask = CF.interior(self.maps[below], hb, wb) if below.startswith("conv") else None
+                dst = self._buffer(below, avoid=g)
+                # a conv's input is a pool (no ReLU) or a conv, whose mask is applied here
+                mask = self.masks[below] if below.startswith("conv") else None
                 self.plan(name).backward(g, CF.interior(dst, hb, wb), hb, wb, self.ws, mask=mask)
             else:
-                dst = self._grad_buffer(below, avoid=g)
+                dst = self._buffer(below, avoid=g)
                 _pool_backward(xp, self.net.pooling, CF.interior(g, h, w), CF.interior(dst, hb, wb),
-                               CF.interior(self.maps[below], hb, wb), CF.interior(self.maps[name], h, w))
+                               self.masks[below], self.masks.get(name))
             g = dst
         raise AssertionError("the walk ends at conv1_1")  # pragma: no cover
 
@@ -378,29 +387,21 @@ class _ChannelsLastPath:
         h, w, _ = self.layout[name]
         grad_cl = grad.transpose(1, 2, 0)  # (h, w, C) view
         if name.startswith("conv"):
-            grad_cl = grad_cl * (CF.interior(self.maps[name], h, w) > 0)
+            grad_cl = grad_cl * self.masks[name]
         if g is None:
-            g = self._grad_buffer(name)
+            g = self._buffer(name)
             CF.interior(g, h, w)[...] = grad_cl
         else:
             xp.add(CF.interior(g, h, w), grad_cl, out=CF.interior(g, h, w))
         return g
 
     def activation_pattern(self):
-        """As ``VGG19.activation_pattern``, in the same (C, h, w) layout."""
+        """As ``VGG19.activation_pattern``, in the same (C, h, w) layout (copies)."""
         if self.last is None:
             return []
         names, _ = self.last
-        pattern = []
-        for i, name in enumerate(names):
-            h, w, _ = self.layout[name]
-            if name.startswith("conv"):
-                pattern.append((CF.interior(self.maps[name], h, w) > 0).transpose(2, 0, 1))
-            elif self.net.pooling == "max":
-                below = self.layout[names[i - 1]]
-                pattern.append(_max_pool_winner(self.xp, CF.interior(self.maps[names[i - 1]], *below[:2]),
-                                                CF.interior(self.maps[name], h, w)).transpose(2, 0, 1))
-        return pattern
+        return [self.masks[n].transpose(2, 0, 1).copy() for n in names
+                if n.startswith("conv") or self.net.pooling == "max"]
 
 
 def _pool_taps(x, ho, wo):
@@ -422,29 +423,28 @@ def _pool_forward(xp, pooling, x, out):
         xp.maximum(out, d, out=out)
 
 
-def _max_pool_winner(xp, x, out):
-    """Index 0..3 of each window's first maximal tap (ties to the first, as layers.max_pool)."""
-    winner = xp.full(out.shape, 3, dtype=xp.int8)
+def _max_pool_winner(xp, x, out, winner):
+    """winner <- index 0..3 of each window's first maximal tap (ties to the first, as
+    ``layers.max_pool_forward``)."""
+    winner[...] = 3
     for k, tap in reversed(list(enumerate(_pool_taps(x, out.shape[0], out.shape[1])[:3]))):
         winner[tap == out] = k
     return winner
 
 
-def _pool_backward(xp, pooling, dout, dx, x, out):
+def _pool_backward(xp, pooling, dout, dx, relu_mask, winner):
     """Gradient of 2x2 pooling: dout (ho, wo, C) -> dx (h, w, C), times the ReLU mask of the
-    conv layer below (``x`` is its response; ``out`` the pooled map). A row or column that
-    the floor-mode pooling dropped gets zero."""
+    conv layer below (bool (h, w, C)); ``winner`` is max pooling's winning tap per window. A
+    row or column that the floor-mode pooling dropped gets zero."""
     ho, wo = dout.shape[:2]
     taps = _pool_taps(dx, ho, wo)
-    xtaps = _pool_taps(x, ho, wo)
-    if pooling == "avg":
-        for t, xt in zip(taps, xtaps):
+    mtaps = _pool_taps(relu_mask, ho, wo)
+    for k, (t, m) in enumerate(zip(taps, mtaps)):
+        if pooling == "avg":
             xp.multiply(dout, 0.25, out=t)
-            xp.multiply(t, xt > 0, out=t)
-    else:
-        winner = _max_pool_winner(xp, x, out)
-        for k, (t, xt) in enumerate(zip(taps, xtaps)):
-            xp.multiply(dout, (winner == k) & (xt > 0), out=t)
+            xp.multiply(t, m, out=t)
+        else:
+            xp.multiply(dout, (winner == k) & m, out=t)
     if dx.shape[0] > 2 * ho:
         dx[2 * ho:] = 0
     if dx.shape[1] > 2 * wo:
