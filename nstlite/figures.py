@@ -66,10 +66,10 @@ DEFAULTS = {
     2: {"size": 128, "iterations": 150},
     3: {"size": 96, "iterations": 100},
 }
-HELP_TIMES = {  # wall time of the defaults on a 2-core CPU (see docs/parts/figures.md)
-    1: "about 8 minutes with --jobs 2",
-    2: "about 4 minutes per style with --jobs 2",
-    3: "about 10 minutes with --jobs 2",
+HELP_TIMES = {  # measured with the defaults on a shared 2-core CPU (see docs/parts/figures.md)
+    1: "about 4 minutes with --jobs 2 (217 s measured)",
+    2: "about 1 minute per style with --jobs 2 (4 styles: 219 s measured)",
+    3: "about 6 minutes with --jobs 2 (345 s measured)",
 }
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
