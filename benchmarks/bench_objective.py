@@ -21,6 +21,20 @@ import os
 # follows; the variable is read when NumPy loads OpenBLAS, so it must be set first.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
+
+def _threads_from_argv(argv):
+    """--threads N has to reach OpenBLAS before NumPy is imported."""
+    for k, a in enumerate(argv):
+        if a == "--threads" and k + 1 < len(argv):
+            return argv[k + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return None
+
+
+if _threads_from_argv(__import__("sys").argv):
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _threads_from_argv(__import__("sys").argv)
+
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -100,9 +114,9 @@ def nstlite_layer_times(net, size, repeats):
         src = fast._buffer(below) if below else fast.input_buffer
         h, w, _ = fast.layout[name]
         plan = fast.plan(name)
-        out = fast._buffer(name, avoid=src)
-        dst = CF.interior(out, h, w)
-        grad_in = out
+        out_buffer = fast._buffer(name, avoid=src)
+        dst = CF.interior(out_buffer, h, w)
+        grad_in = out_buffer
         dx = np.empty((h, w, plan.c_in), np.float32)
         tf, tb = [], []
         for _ in range(repeats):
@@ -203,7 +217,7 @@ def memory_child(size, kernel, evals=3):
 
 
 def measure_memory(size, kernel):
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", str(size), "--kernel", kernel]
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", str(size), "--kernel", kernel, "--threads", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         return None
@@ -219,6 +233,7 @@ def main():
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when importable")
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    ap.add_argument("--threads", type=int, help="threads for OpenBLAS and PyTorch (default: all cores)")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -229,7 +244,7 @@ def main():
     if not args.no_torch:
         try:
             import torch
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(args.threads or os.cpu_count() or 1)
         except ImportError:
             torch = None
     params, _, label = load_params()
@@ -238,7 +253,8 @@ def main():
           f"{_cpu_model()}; numpy {np.__version__}"
           + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch not importable"))
     print(f"# weights: {label}; kernel: {args.kernel}; OPENBLAS_THREAD_TIMEOUT="
-          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}; repeats: {args.repeats}")
+          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}; OPENBLAS_NUM_THREADS="
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', '(all)')}; repeats: {args.repeats}")
     summary = []
     for size in sizes:
         net, obj, x = nstlite_objective(params, size, args.kernel)
