@@ -211,9 +211,23 @@ def memory_child(size, kernel, evals=3):
     for _ in range(evals):
         obj(x)
     _, peak = tracemalloc.get_traced_memory()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    rss = _peak_rss()
     print(json.dumps({"peak_rss": rss, "tracemalloc_peak": peak,
                       "workspace": net._fast.ws.nbytes if net._fast else 0}))
+
+
+def _peak_rss():
+    """Peak resident memory of this process in bytes. VmHWM belongs to the process's own
+    address space; ru_maxrss would also count the parent's size at fork (Linux keeps it
+    across exec), so it is only the fallback."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure_memory(size, kernel):
