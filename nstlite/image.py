@@ -22,11 +22,12 @@ Decisions, so that nothing is damaged silently:
   and given back to the output of a content image.
 """
 import os
-import tempfile
 import warnings
 from collections import namedtuple
 
 import numpy as np
+
+from .atomic import atomic_write  # noqa: F401  (re-exported: image.atomic_write)
 
 from .errors import NstliteError
 
@@ -237,30 +238,6 @@ def output_format(path):
 def to_uint8(a):
     """Float 0..255 -> uint8 (rounded and clipped)."""
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
-
-
-def atomic_write(path, write):
-    """Call ``write(tmp_path)`` on a temporary file in ``path``'s folder, then rename it over
-    ``path``: an interrupted or failed write leaves any existing file untouched."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        try:  # mkstemp makes 0600; give the file the permissions a plain open() would
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_image(path, rgb, alpha=None):

@@ -19,10 +19,10 @@ Network input for an RGB uint8 image ``rgb``:
 ``x[c] = (reorder(rgb)[c] * input_scale / 255 - mean[c]) / std[c]``.
 """
 import os
-import tempfile
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import NstliteError
 
 FORMAT_NAME = "nstlite-vgg19"
@@ -111,11 +111,9 @@ def write_weights(path, params, channel_order, input_scale, mean, std, source, s
     import h5py
 
     path = os.path.expanduser(str(path))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".nstlite-weights-", suffix=".h5.tmp", dir=folder)
-    os.close(fd)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(tmp):
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT_NAME
             f.attrs["format_version"] = FORMAT_VERSION
@@ -132,15 +130,8 @@ def write_weights(path, params, channel_order, input_scale, mean, std, source, s
                 g = f.create_group(name)
                 g.create_dataset("weight", data=np.ascontiguousarray(w, dtype=np.float32))
                 g.create_dataset("bias", data=np.ascontiguousarray(b, dtype=np.float32))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def random_params(seed=0, widths=VGG19_WIDTHS, dtype=np.float32, scale=None):
