@@ -30,14 +30,32 @@ That factor is the derivative of the ReLU that produced F^l. Here the losses ret
 unmasked derivative with respect to the rectified response and the ReLU backward
 (``nstlite.layers.relu_backward``) applies the mask, once, when the gradient travels back
 through the network. Applying it in the loss as well would be harmless but redundant.
+
+A feature map may be stored channel by channel ((C, H, W) memory: F row by row) or position by
+position (channels-last (H, W, C) memory seen through ``transpose(2, 0, 1)``, as the fast
+VGG19 path hands its maps out: F^T row by row). ``_as_matrix`` returns F as a view in either
+case, and eq. (6) is evaluated in the orientation that writes dF in F's own layout, so neither
+the loss nor the network backward has to copy a map into the other layout.
 """
 from .backend import get_array_module
 
 
 def _as_matrix(feat):
-    """(C, H, W) feature map -> the paper's N_l x M_l matrix F^l (a view, no copy)."""
+    """(C, H, W) feature map -> the paper's N_l x M_l matrix F^l, a view of feat's memory.
+
+    Channel-major memory is F row by row (a reshape); channels-last memory is F^T (M_l x N_l)
+    row by row, and F is its transpose (a reshape would copy the whole map).
+    """
     c = feat.shape[0]
+    if _channels_last(feat):
+        return feat.transpose(1, 2, 0).reshape(-1, c).T
     return feat.reshape(c, -1)
+
+
+def _channels_last(feat):
+    """True when the (C, H, W) array is a view of contiguous (H, W, C) memory (and not also
+    channel-major, as a map with one channel or one position is)."""
+    return feat.transpose(1, 2, 0).flags.c_contiguous and not feat.flags.c_contiguous
 
 
 def content_loss(F, P):
@@ -82,9 +100,15 @@ def style_layer_loss(F, A):
     G = Fm @ Fm.T  # eq. (3)
     diff = G - A
     loss = xp.sum(diff * diff) / (4.0 * norm)  # eq. (4)
-    dF = (diff.T @ Fm) / norm  # eq. (6): (F^T (G - A))^T = (G - A)^T F
     # Eq. (6) is the exact derivative of eq. (4) when A is symmetric, which every Gram matrix
-    # (and every blend of them) is.
+    # (and every blend of them) is. The product is formed in the orientation of F's memory:
+    if _channels_last(F):
+        dFt = Fm.T @ diff  # eq. (6) as written: F^T (G - A), M_l x N_l, channels-last like F
+        dFt /= norm
+        c, h, w = F.shape
+        return loss, dFt.reshape(h, w, c).transpose(2, 0, 1)
+    dF = diff.T @ Fm  # eq. (6) transposed: (F^T (G - A))^T = (G - A)^T F, N_l x M_l
+    dF /= norm
     return loss, dF.reshape(F.shape)
 
 
@@ -106,7 +130,8 @@ def style_loss(feats, targets, layer_weights):
         E_l, dF = style_layer_loss(feats[name], targets[name])
         per_layer[name] = E_l
         loss = loss + w_l * E_l  # eq. (5)
-        grads[name] = dF * w_l
+        dF *= w_l  # a fresh array: scaled in place, keeping its layout
+        grads[name] = dF
     return loss, grads, per_layer
 
 

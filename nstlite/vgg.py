@@ -385,14 +385,22 @@ class _ChannelsLastPath:
         """g + grad on the layer's map (masked by the ReLU for a conv layer's response)."""
         xp = self.xp
         h, w, _ = self.layout[name]
-        grad_cl = grad.transpose(1, 2, 0)  # (h, w, C) view
-        if name.startswith("conv"):
-            grad_cl = grad_cl * self.masks[name]
+        grad_cl = grad.transpose(1, 2, 0)  # (h, w, C) view; contiguous when the loss kept the
+        # channels-last layout of the map it was given (``nstlite.losses``)
+        mask = self.masks[name] if name.startswith("conv") else None
         if g is None:
             g = self._buffer(name)
-            CF.interior(g, h, w)[...] = grad_cl
+            dst = CF.interior(g, h, w)
+            if mask is None:
+                dst[...] = grad_cl
+            else:
+                xp.multiply(grad_cl, mask, out=dst)
         else:
-            xp.add(CF.interior(g, h, w), grad_cl, out=CF.interior(g, h, w))
+            # the gradient from above is already masked, so masking the sum masks the new term
+            dst = CF.interior(g, h, w)
+            xp.add(dst, grad_cl, out=dst)
+            if mask is not None:
+                xp.multiply(dst, mask, out=dst)
         return g
 
     def activation_pattern(self):

@@ -196,3 +196,25 @@ def test_backward_shares_the_forward_weights():
         p.backward(CF.to_padded(d), dx, 9, 10, CF.Workspace(np))
         p.forward(CF.to_padded(rng.standard_normal((5, 9, 10))), np.empty((9, 10, 6)), 9, 10, CF.Workspace(np))
         assert list(p._weights) == [method]
+
+
+# ----------------------------------------------------------------------------- losses on channels-last maps
+@pytest.mark.parametrize("shape", [(5, 4, 3), (1, 3, 3), (4, 1, 1), (3, 2, 7)])
+def test_losses_on_channels_last_maps_equal_plain(shape):
+    """The fast path hands out (C, H, W) views of (H, W, C) memory: the style loss reads F as a
+    view in either layout and returns dF laid out like F; values equal the plain layout's."""
+    from nstlite import losses
+    rng = np.random.default_rng(sum(shape))
+    F = rng.standard_normal(shape)
+    A = losses.gram(rng.standard_normal(shape))
+    F_cl = np.ascontiguousarray(F.transpose(1, 2, 0)).transpose(2, 0, 1)  # same values, channels-last memory
+    assert np.array_equal(losses.gram(F_cl), losses.gram(F)) or rel(losses.gram(F_cl), losses.gram(F)) < 1e-14
+    E, dF = losses.style_layer_loss(F, A)
+    E_cl, dF_cl = losses.style_layer_loss(F_cl, A)
+    assert abs(float(E_cl) - float(E)) <= 1e-14 * abs(float(E))
+    assert dF_cl.shape == dF.shape and rel(dF_cl, dF) < 1e-14
+    if shape[0] > 1 and shape[1] * shape[2] > 1:
+        assert dF_cl.transpose(1, 2, 0).flags.c_contiguous  # channels-last, like F_cl
+        assert np.shares_memory(losses._as_matrix(F_cl), F_cl)  # F as a view, no copy
+    _, grads, _ = losses.style_loss({"a": F_cl}, {"a": A}, {"a": 0.3})
+    assert rel(grads["a"], 0.3 * dF) < 1e-14
