@@ -266,6 +266,106 @@ def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_b
     return dx
 
 
+# ----------------------------------------------------------------------------- im2col (the image)
+# conv1_1 reads the 3-channel image: K = 9 C_in = 27 is too small for the shifted GEMMs
+# (three K = 9 GEMMs and two passes to sum them). Its input is the caller's (C, H, W) image,
+# so here the columns are built channel-major, every row of the (28, m) column block one
+# contiguous copy, and the bias rides along as a row of ones: one GEMM with K = 28.
+def im2col_weights(w, b, dtype=None):
+    """(C_out, C_in, 3, 3), (C_out,) -> (9 C_in + 1, C_out): row (c*3 + i)*3 + j holds tap
+    (i, j) of input channel c, the last row the bias."""
+    xp = get_array_module(w)
+    dtype = w.dtype if dtype is None else dtype
+    c_out = w.shape[0]
+    return xp.ascontiguousarray(xp.concatenate([w.reshape(c_out, -1).T, b.reshape(1, c_out)]).astype(dtype))
+
+
+def _image_padded(xp, x, ws_array):
+    """(C, H, W) image -> its zero-padded channel-major copy (C, Hp + 1, Wp) in ``ws_array``
+    (one spare row: the last block's taps read two elements past row Hp - 1)."""
+    c, h, w = x.shape
+    ws_array[...] = 0
+    ws_array[:, 1:h + 1, 1:w + 1] = x
+    return ws_array
+
+
+def _im2col_rows(xp, h, wp, c_in, c_out, itemsize):
+    return _rows_per_block(h, wp * (9 * c_in + 1 + c_out) * itemsize)
+
+
+def im2col_conv(x, wk, out, ws=None, relu=True, rows_per_block=None):
+    """3x3 convolution (stride 1, pad 1) + bias (+ ReLU) of a (C_in, H, W) image into ``out``
+    (H, W, C_out), e.g. the interior of a padded channels-last buffer.
+
+    For padded-flat output position p = y Wp + x the window starts at flat input p, and tap
+    (i, j) of channel c is ``xcm[c].flat[p + i Wp + j]``: for a block of rows, row k of the
+    columns is a contiguous slice. Each output row's last Wp - W positions are dropped."""
+    xp = get_array_module(x)
+    c_in, h, w = x.shape
+    c_out = wk.shape[1]
+    hp, wp, _ = padded_shape(h, w, c_in)
+    ws = ws or Workspace(xp)
+    if rows_per_block is None:
+        rows_per_block = _im2col_rows(xp, h, wp, c_in, c_out, x.itemsize)
+    mb = rows_per_block * wp
+    xcm, cols, acc = ws.take(out.dtype, (c_in, hp + 1, wp), (9 * c_in + 1, mb), (mb, c_out))
+    xflat = _image_padded(xp, x, xcm).reshape(c_in, -1)
+    cols[9 * c_in] = 1  # the bias row
+    for y0 in range(0, h, rows_per_block):
+        rb = min(rows_per_block, h - y0)
+        m = rb * wp
+        for c in range(c_in):
+            for i in range(3):
+                for j in range(3):
+                    start = (y0 + i) * wp + j
+                    cols[(c * 3 + i) * 3 + j, :m] = xflat[c, start:start + m]
+        res = acc[:m]
+        xp.matmul(cols[:, :m].T, wk, out=res)   # (m, 28) @ (28, C_out): conv + bias
+        dst = out[y0:y0 + rb]
+        src = res.reshape(rb, wp, c_out)[:, :w]
+        if relu:
+            xp.maximum(src, 0, out=dst)
+        else:
+            dst[...] = src
+    return out
+
+
+def im2col_conv_adjoint(dpad, wk, h, w, ws=None, rows_per_block=None):
+    """Input gradient of ``im2col_conv`` with the same weights: dpad (Hp, Wp, C_out) padded
+    output gradient -> dx (C_in, h, w), channel-major like the image.
+
+    The adjoint of each step: per block, the columns' gradient (m, 27) = dY W^T (one GEMM;
+    in this orientation OpenBLAS runs it several times faster than W^T dY^T), then each of
+    its 27 columns is added back where the forward read that column row from (into the
+    channel-major padded gradient). dY at flat position p is ``dpad.flat[p + Wp + 1]``; the
+    dropped positions read the buffer's zero border, so they add nothing."""
+    xp = get_array_module(dpad)
+    hp, wp, c_out = dpad.shape
+    c_in = (wk.shape[0] - 1) // 9
+    ws = ws or Workspace(xp)
+    if rows_per_block is None:
+        rows_per_block = _im2col_rows(xp, h, wp, c_in, c_out, dpad.itemsize)
+    mb = rows_per_block * wp
+    dcm, dcols = ws.take(dpad.dtype, (c_in, hp + 1, wp), (mb, 9 * c_in))
+    dcm[...] = 0
+    dflat = dcm.reshape(c_in, -1)
+    gflat = dpad.reshape(hp * wp, c_out)
+    taps = wk[:9 * c_in]                          # (27, C_out), the bias row has no input
+    for y0 in range(0, h, rows_per_block):
+        rb = min(rows_per_block, h - y0)
+        m = rb * wp
+        dy = gflat[(y0 + 1) * wp + 1:(y0 + 1) * wp + 1 + m]   # (m, C_out)
+        d = dcols[:m]
+        xp.matmul(dy, taps.T, out=d)
+        for c in range(c_in):
+            for i in range(3):
+                for j in range(3):
+                    start = (y0 + i) * wp + j
+                    seg = dflat[c, start:start + m]
+                    xp.add(seg, d[:, (c * 3 + i) * 3 + j], out=seg)
+    return xp.ascontiguousarray(dcm[:, 1:h + 1, 1:w + 1])
+
+
 # ----------------------------------------------------------------------------- Winograd
 def _input_transform(xp, src, dst, tmp):
     """B^T d B on every tile of a block.
@@ -526,6 +626,7 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None)
 
 
 # ----------------------------------------------------------------------------- kernel choice
+IM2COL_MAX_CHANNELS = 4  # an image (conv1_1): columns of 9 C_in + 1 rows
 WINOGRAD_MIN_TILES = 16  # a 16x16 map; on smaller ones the transforms cost more than they save
 
 
@@ -559,12 +660,30 @@ class ConvPlan:
             return "winograd" if use_winograd(self.c_in, self.c_out, h, w) else "shifted_gemm"
         return self.method
 
+    def reads_image(self):
+        """True when the layer reads a (C, H, W) image directly by ``im2col_conv`` (a few
+        input channels, kernel choice 'auto'): conv1_1."""
+        return self.method == "auto" and self.c_in <= IM2COL_MAX_CHANNELS
+
     def weights(self, method):
-        """The kernel in ``method``'s form: U (36, C_in, C_out) or taps (3, 3*C_in, C_out)."""
+        """The kernel in ``method``'s form: U (36, C_in, C_out), taps (3, 3*C_in, C_out) or
+        im2col rows (9*C_in + 1, C_out)."""
         wk = self._weights.get(method)
         if wk is None:
-            wk = self._weights[method] = (winograd_weights if method == "winograd" else gemm_weights)(self.w)
+            if method == "im2col":
+                wk = im2col_weights(self.w, self.bias)
+            else:
+                wk = (winograd_weights if method == "winograd" else gemm_weights)(self.w)
+            self._weights[method] = wk
         return wk
+
+    def forward_image(self, x, out, ws, relu=True):
+        """out (h, w, C_out) <- relu(conv(x) + b) for a (C_in, h, w) image (``im2col_conv``)."""
+        return im2col_conv(x, self.weights("im2col"), out, ws=ws, relu=relu)
+
+    def backward_image(self, dpad, h, w, ws):
+        """The image's gradient (C_in, h, w) for the output gradient in padded ``dpad``."""
+        return im2col_conv_adjoint(dpad, self.weights("im2col"), h, w, ws=ws)
 
     def forward(self, xpad, out, h, w, ws, relu=True):
         """out (h, w, C_out) <- relu(conv(x) + b), x the map in the padded buffer ``xpad``."""
@@ -590,12 +709,17 @@ def _layer_kernel(method):
         c, h, wd = x.shape
         plan = ConvPlan(w.astype(x.dtype, copy=False), b.astype(x.dtype, copy=False), method)
         out = xp.empty((h, wd, w.shape[0]), dtype=x.dtype)
-        plan.forward(to_padded(x), out, h, wd, Workspace(xp), relu=False)
+        if plan.reads_image():
+            plan.forward_image(x, out, Workspace(xp), relu=False)
+        else:
+            plan.forward(to_padded(x), out, h, wd, Workspace(xp), relu=False)
         return xp.ascontiguousarray(out.transpose(2, 0, 1)), plan
 
     def backward(dout, plan):
         xp = get_array_module(dout)
         _, h, wd = dout.shape
+        if plan.reads_image():
+            return plan.backward_image(to_padded(dout), h, wd, Workspace(xp))
         dx = xp.empty((h, wd, plan.c_in), dtype=dout.dtype)
         plan.backward(to_padded(dout), dx, h, wd, Workspace(xp))
         return xp.ascontiguousarray(dx.transpose(2, 0, 1))

@@ -329,7 +329,11 @@ class _ChannelsLastPath:
             dst = self._buffer(name, avoid=src)
             out = CF.interior(dst, hn, wn)
             if name.startswith("conv"):
-                self.plan(name).forward(src, out, h, w, self.ws, relu=True)
+                plan = self.plan(name)
+                if src is self.input_buffer and plan.reads_image():
+                    plan.forward_image(x.astype(self.net.dtype, copy=False), out, self.ws, relu=True)
+                else:
+                    plan.forward(src, out, h, w, self.ws, relu=True)
                 xp.greater(out, 0, out=self._mask(name, out.shape, bool))
             else:
                 _pool_forward(xp, self.net.pooling, CF.interior(src, h, w), out)
@@ -367,6 +371,8 @@ class _ChannelsLastPath:
             hb, wb = (self.layout[below][:2] if below else xshape[1:])
             if name.startswith("conv"):
                 if below is None:
+                    if self.plan(name).reads_image():
+                        return self.plan(name).backward_image(g, hb, wb, self.ws)
                     dx = xp.empty((hb, wb, 3), dtype=self.net.dtype)
                     self.plan(name).backward(g, dx, hb, wb, self.ws)
                     return xp.ascontiguousarray(dx.transpose(2, 0, 1))

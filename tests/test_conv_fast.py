@@ -218,3 +218,23 @@ def test_losses_on_channels_last_maps_equal_plain(shape):
         assert np.shares_memory(losses._as_matrix(F_cl), F_cl)  # F as a view, no copy
     _, grads, _ = losses.style_loss({"a": F_cl}, {"a": A}, {"a": 0.3})
     assert rel(grads["a"], 0.3 * dF) < 1e-14
+
+
+@pytest.mark.parametrize("c_in,h,w", [(3, 9, 7), (1, 1, 1), (4, 8, 13), (3, 5, 2)])
+@pytest.mark.parametrize("rows", [1, 3, None])
+def test_im2col_image_conv_and_adjoint(c_in, h, w, rows):
+    """conv1_1's kernel: forward (+ bias, optional ReLU) and the image gradient equal the
+    reference for any block of rows, and 'fast' picks it for an image."""
+    rng = np.random.default_rng(c_in * 7 + h + w)
+    x, wt, b = rng.standard_normal((c_in, h, w)), rng.standard_normal((5, c_in, 3, 3)), rng.standard_normal(5)
+    dout = rng.standard_normal((5, h, w))
+    ref, cache = L.conv3x3_forward_reference(x, wt, b)
+    wk = CF.im2col_weights(wt, b)
+    out = np.full((h, w, 5), np.nan)
+    CF.im2col_conv(x, wk, out, relu=False, rows_per_block=rows)
+    assert rel(out, ref.transpose(1, 2, 0)) < 1e-12
+    CF.im2col_conv(x, wk, out, relu=True, rows_per_block=rows)
+    assert rel(out, np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
+    dx = CF.im2col_conv_adjoint(CF.to_padded(dout), wk, h, w, rows_per_block=rows)
+    assert dx.shape == (c_in, h, w) and rel(dx, L.conv3x3_backward_reference(dout, cache)) < 1e-12
+    assert CF.ConvPlan(wt, b, "auto").reads_image() and not CF.ConvPlan(wt, b, "shifted_gemm").reads_image()
