@@ -38,6 +38,9 @@ References
 ----------
 A. Lavin, S. Gray. *Fast Algorithms for Convolutional Neural Networks*. CVPR 2016 (arXiv:1509.09308).
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .backend import get_array_module
@@ -126,13 +129,39 @@ def gemm_weights(w, dtype=None):
     return xp.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(3, 3 * c_in, c_out).astype(dtype))
 
 
+# Threads for the Winograd tile transforms on NumPy (``Workspace.parallel``); 1 until a
+# two-thread measurement on a quiet machine shows a gain.
+TRANSFORM_THREADS = 1
+
+
 class Workspace:
     """Scratch memory shared by every conv of a network: one flat array per dtype that grows
     to the largest request and is handed out as views (contents undefined between calls)."""
 
-    def __init__(self, xp):
+    def __init__(self, xp, threads=None):
         self.xp = xp
         self._flat = {}
+        # threads for the element-wise tile transforms (NumPy releases the GIL in its loops);
+        # on CuPy the GPU runs them, so one
+        if threads is None:
+            threads = TRANSFORM_THREADS if xp is np else 1
+        self.threads = max(1, int(threads))
+        self._pool = None
+
+    def parallel(self, fn, n):
+        """fn(slice) over [0, n) split into ``threads`` contiguous parts, run side by side
+        (the calling thread takes one part). The parts must write disjoint memory."""
+        k = min(self.threads, n)
+        if k <= 1:
+            fn(slice(0, n))
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="nstlite-ws")
+        bounds = [n * i // k for i in range(k + 1)]
+        futures = [self._pool.submit(fn, slice(bounds[i], bounds[i + 1])) for i in range(1, k)]
+        fn(slice(bounds[0], bounds[1]))
+        for f in futures:
+            f.result()
 
     def take(self, dtype, *shapes):
         """Views of consecutive, non-overlapping parts of the flat array, one per shape."""
@@ -166,14 +195,25 @@ def _rows_per_block(rows, bytes_per_row):
 
 
 # ----------------------------------------------------------------------------- epilogue
-def _epilogue(xp, dst, bias, relu, mask):
-    """In place on a freshly written output block: + bias, ReLU, or * (mask > 0)."""
+def _write_out(xp, src, dst, bias, relu, mask):
+    """dst <- src (+ bias), then ReLU or * (mask > 0), in place: the copy out of a block's
+    scratch and the first of these steps are one pass."""
+    if mask is not None and mask.dtype != bool:
+        mask = mask > 0
     if bias is not None:
-        xp.add(dst, bias, out=dst)
+        xp.add(src, bias, out=dst)
+    elif mask is not None:
+        xp.multiply(src, mask, out=dst)
+        return
+    elif relu:
+        xp.maximum(src, 0, out=dst)
+        return
+    else:
+        dst[...] = src
     if relu:
         xp.maximum(dst, 0, out=dst)
     if mask is not None:
-        xp.multiply(dst, mask if mask.dtype == bool else mask > 0, out=dst)
+        xp.multiply(dst, mask, out=dst)
 
 
 # ----------------------------------------------------------------------------- shifted GEMM
@@ -225,8 +265,7 @@ def shifted_gemm_conv(xpad, wk, out, h, w, bias=None, relu=False, mask=None, ws=
                 xp.matmul(gathered, wk[i], out=part)
                 acc += part
         dst = out[y0:y0 + rb]
-        dst[...] = acc.reshape(rb, wp, c_out)[:, :w]
-        _epilogue(xp, dst, bias, relu, None if mask is None else mask[y0:y0 + rb])
+        _write_out(xp, acc.reshape(rb, wp, c_out)[:, :w], dst, bias, relu, None if mask is None else mask[y0:y0 + rb])
     return out
 
 
@@ -261,8 +300,7 @@ def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_b
                 xp.matmul(flat[start:start + rows], tap, out=part[:rows])
                 xp.add(acc[:rows], part[:rows], out=acc[:rows])
         dst = dx[y0:y0 + rb]
-        dst[...] = acc.reshape(rb, wp, c_in)[:, :w]
-        _epilogue(xp, dst, None, False, None if mask is None else mask[y0:y0 + rb])
+        _write_out(xp, acc.reshape(rb, wp, c_in)[:, :w], dst, None, False, None if mask is None else mask[y0:y0 + rb])
     return dx
 
 
@@ -469,18 +507,24 @@ def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None,
         src = xp.lib.stride_tricks.as_strided(
             xpad[TILE * r0:], shape=(nb, ALPHA, wv, c_in),
             strides=(TILE * row_stride, row_stride, xpad.strides[1], xpad.strides[2]))
-        _input_transform(xp, src, V, tmp)
+        # the transforms of different tile rows are independent: ws.parallel splits them
+        ws.parallel(lambda t: _input_transform(xp, src[t], V[:, :, t], tmp[:, t]), nb)
         # the 36 GEMMs: (nb*tw, C_in) @ (C_in, C_out) for every (a, b) element of the tile
         xp.matmul(V.reshape(ALPHA * ALPHA, nb * tw, c_in), U, out=M.reshape(ALPHA * ALPHA, nb * tw, c_out))
-        # back to 4x4 tiles: A^T M A, first along the tile's rows, then along its columns
-        _at_pass(xp, [M[k] for k in range(ALPHA)], [R[k] for k in range(TILE)])
         Yk = Y.transpose(1, 3, 0, 2, 4)                           # (4, 4, nb, tw, C_out) view
-        _at_pass(xp, [R[:, k] for k in range(ALPHA)], [Yk[:, l] for l in range(TILE)])
         y0 = TILE * r0
-        rows = min(TILE * nb, h - y0)
-        dst = out[y0:y0 + rows]
-        dst[...] = Y.reshape(TILE * nb, TILE * tw, c_out)[:rows, :w]
-        _epilogue(xp, dst, bias, relu, None if mask is None else mask[y0:y0 + rows])
+
+        def output_transform(t):
+            # back to 4x4 tiles: A^T M A, first along the tile's rows, then along its columns
+            _at_pass(xp, [M[k][:, t] for k in range(ALPHA)], [R[k][:, t] for k in range(TILE)])
+            _at_pass(xp, [R[:, k][:, t] for k in range(ALPHA)], [Yk[:, l][:, t] for l in range(TILE)])
+            a = y0 + TILE * t.start                               # output rows of tile rows t
+            b = min(y0 + TILE * t.stop, h)
+            if b > a:
+                dst = out[a:b]
+                _write_out(xp, Y[t].reshape(-1, TILE * tw, c_out)[:b - a, :w], dst, bias, relu,
+                           None if mask is None else mask[a:b])
+        ws.parallel(output_transform, nb)
     return out
 
 
@@ -595,13 +639,20 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None)
         Z, rowsA, M, BM, S = [f[:int(np.prod(sh))].reshape(sh) for f, sh in zip(flats, shapes(nb))]
         # A dY A^T: row k of tile row r is padded row 1 + 4r + k, columns 1 .. 4 tw
         base = dpad[1 + TILE * r0:, 1:1 + TILE * tw]
-        _a_pass(xp, [base[k:k + TILE * (nb - 1) + 1:TILE] for k in range(TILE)], [rowsA[a] for a in range(ALPHA)])
-        _a_pass(xp, [rowsA[:, :, l::TILE] for l in range(TILE)], [Z[:, b] for b in range(ALPHA)])
+        rows_of = [base[k:k + TILE * (nb - 1) + 1:TILE] for k in range(TILE)]   # each (nb, 4 tw, C)
+
+        def gradient_transform(t):
+            _a_pass(xp, [r[t] for r in rows_of], [rowsA[a][t] for a in range(ALPHA)])
+            _a_pass(xp, [rowsA[:, t, l::TILE] for l in range(TILE)], [Z[:, b][:, t] for b in range(ALPHA)])
+        ws.parallel(gradient_transform, nb)  # tile rows are independent
         # the 36 GEMMs, now summing over output channels: (nb*tw, C_out) @ (C_out, C_in)
         xp.matmul(Z.reshape(ALPHA * ALPHA, nb * tw, c_out), Ut, out=M.reshape(ALPHA * ALPHA, nb * tw, c_in))
-        # B M B^T: rows (M[a] -> BM[i]), then columns (BM[:, b] -> M[:, j])
-        _b_pass(xp, [M[a] for a in range(ALPHA)], [BM[i] for i in range(ALPHA)])
-        _b_pass(xp, [BM[:, b] for b in range(ALPHA)], [M[:, j] for j in range(ALPHA)])
+
+        def input_gradient_transform(t):
+            # B M B^T: rows (M[a] -> BM[i]), then columns (BM[:, b] -> M[:, j])
+            _b_pass(xp, [M[a][:, t] for a in range(ALPHA)], [BM[i][:, t] for i in range(ALPHA)])
+            _b_pass(xp, [BM[:, b][:, t] for b in range(ALPHA)], [M[:, j][:, t] for j in range(ALPHA)])
+        ws.parallel(input_gradient_transform, nb)
         # overlap-add the 6x6 tiles (stride 4) into the block's padded rows 4 r0 .. 4 r0 + 4 nb + 1:
         # the top-left 4x4 of every tile tiles the plane (assign), the last two rows/columns
         # land on the next tile's first two (add)
@@ -613,15 +664,14 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None)
         y0, y1 = max(p0 - 1, 0), min(p1 - 1, h)
         if y1 > y0:
             dst = dx[y0:y1]
-            dst[...] = S[y0 + 1 - p0:y1 + 1 - p0, 1:w + 1]
-            _epilogue(xp, dst, None, False, None if mask is None else mask[y0:y1])
+            _write_out(xp, S[y0 + 1 - p0:y1 + 1 - p0, 1:w + 1], dst, None, False, None if mask is None else mask[y0:y1])
         carry[...] = S[TILE * nb:]
         have_carry = True
     # the last input row may sit in the final carry (when h is a multiple of 4)
     if th * TILE - 1 < h:
         y = th * TILE - 1
         dx[y] = carry[0, 1:w + 1]
-        _epilogue(xp, dx[y:y + 1], None, False, None if mask is None else mask[y:y + 1])
+        _write_out(xp, dx[y:y + 1], dx[y:y + 1], None, False, None if mask is None else mask[y:y + 1])
     return dx
 
 

@@ -449,14 +449,16 @@ def _max_pool_winner(xp, x, out, winner):
 def _pool_backward(xp, pooling, dout, dx, relu_mask, winner):
     """Gradient of 2x2 pooling: dout (ho, wo, C) -> dx (h, w, C), times the ReLU mask of the
     conv layer below (bool (h, w, C)); ``winner`` is max pooling's winning tap per window. A
-    row or column that the floor-mode pooling dropped gets zero."""
+    row or column that the floor-mode pooling dropped gets zero. Average pooling scales
+    ``dout`` in place (it is the backward pass's own buffer)."""
     ho, wo = dout.shape[:2]
     taps = _pool_taps(dx, ho, wo)
     mtaps = _pool_taps(relu_mask, ho, wo)
+    if pooling == "avg":
+        xp.multiply(dout, 0.25, out=dout)  # dout is the caller's scratch: scaled once, not per tap
     for k, (t, m) in enumerate(zip(taps, mtaps)):
         if pooling == "avg":
-            xp.multiply(dout, 0.25, out=t)
-            xp.multiply(t, m, out=t)
+            xp.multiply(dout, m, out=t)
         else:
             xp.multiply(dout, (winner == k) & m, out=t)
     if dx.shape[0] > 2 * ho:

@@ -238,3 +238,24 @@ def test_im2col_image_conv_and_adjoint(c_in, h, w, rows):
     dx = CF.im2col_conv_adjoint(CF.to_padded(dout), wk, h, w, rows_per_block=rows)
     assert dx.shape == (c_in, h, w) and rel(dx, L.conv3x3_backward_reference(dout, cache)) < 1e-12
     assert CF.ConvPlan(wt, b, "auto").reads_image() and not CF.ConvPlan(wt, b, "shifted_gemm").reads_image()
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_winograd_threads_give_the_same_result(threads):
+    """Splitting the tile transforms over threads changes nothing (the same operations on
+    disjoint tile rows): bitwise equal to one thread, forward and input gradient."""
+    rng = np.random.default_rng(11)
+    x, d = CF.to_padded(rng.standard_normal((6, 37, 21))), CF.to_padded(rng.standard_normal((5, 37, 21)))
+    wt, b = rng.standard_normal((5, 6, 3, 3)), rng.standard_normal(5)
+    mask = rng.standard_normal((37, 21, 6)) > 0
+    U = CF.winograd_weights(wt)
+    res = {}
+    for k in (1, threads):
+        ws = CF.Workspace(np, threads=k)
+        out, dx = np.empty((37, 21, 5)), np.empty((37, 21, 6))
+        CF.winograd_conv(x, U, out, 37, 21, bias=b, relu=True, ws=ws)
+        CF.winograd_conv_adjoint(d, U, dx, 37, 21, mask=mask, ws=ws)
+        res[k] = out, dx
+    assert np.array_equal(res[1][0], res[threads][0]) and np.array_equal(res[1][1], res[threads][1])
+    ref, _ = L.conv3x3_forward_reference(CF.interior(x, 37, 21).transpose(2, 0, 1), wt, b)
+    assert rel(res[threads][0], np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
