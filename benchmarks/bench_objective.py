@@ -256,8 +256,13 @@ def main():
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     ap.add_argument("--threads", type=int, help="threads for OpenBLAS and PyTorch (default: all cores)")
+    ap.add_argument("--transform-threads", type=int,
+                    help="threads for the Winograd tile transforms (conv_fast.TRANSFORM_THREADS; default "
+                         f"{CF.TRANSFORM_THREADS})")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.transform_threads:
+        CF.TRANSFORM_THREADS = args.transform_threads
     if args.memory_child:
         memory_child(args.memory_child, args.kernel)
         return 0
@@ -274,7 +279,8 @@ def main():
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{_cpu_model()}; numpy {np.__version__}"
           + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch not importable"))
-    print(f"# weights: {label}; kernel: {args.kernel}; OPENBLAS_THREAD_TIMEOUT="
+    print(f"# weights: {label}; kernel: {args.kernel}; transform threads: {CF.TRANSFORM_THREADS}; "
+          f"OPENBLAS_THREAD_TIMEOUT="
           f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}; OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', '(all)')}; repeats: {args.repeats}")
     summary = []

@@ -320,9 +320,10 @@ class _ChannelsLastPath:
         xp = self.xp
         height, width = x.shape[1], x.shape[2]
         self._buffers_for(height, width)
-        CF.interior(self.input_buffer, height, width)[...] = x.transpose(1, 2, 0)
-        src, (h, w) = self.input_buffer, (height, width)
         names = self.net.layer_names[: depth + 1]
+        if not self.plan(names[0]).reads_image():  # else conv1_1 reads x itself (im2col)
+            CF.interior(self.input_buffer, height, width)[...] = x.transpose(1, 2, 0)
+        src, (h, w) = self.input_buffer, (height, width)
         feats = {}
         for name in names:
             hn, wn, c = self.layout[name]
