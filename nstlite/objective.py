@@ -89,9 +89,9 @@ def _total_in_place(content, style, alpha, beta):
 
 def content_targets(net, x, layers):
     """P^l for each content layer: the photograph's responses (copied, so later forwards cannot
-    change them)."""
+    change them, in the maps' own memory layout so that F - P runs on like-laid-out arrays)."""
     feats = net.forward(x, layers)
-    return {name: feats[name].copy() for name in layers}
+    return {name: feats[name].copy(order="K") for name in layers}
 
 
 def style_targets(net, style_xs, layers, blend_weights=None, positions=None):

@@ -259,3 +259,18 @@ def test_winograd_threads_give_the_same_result(threads):
     assert np.array_equal(res[1][0], res[threads][0]) and np.array_equal(res[1][1], res[threads][1])
     ref, _ = L.conv3x3_forward_reference(CF.interior(x, 37, 21).transpose(2, 0, 1), wt, b)
     assert rel(res[threads][0], np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
+
+
+def test_content_targets_keep_the_channels_last_layout():
+    """P^l is copied in the layout of the map it came from, so eq. (1)'s F - P is computed on
+    like-laid-out arrays, and its gradient reaches the network channels-last."""
+    from nstlite import losses
+    from nstlite.objective import content_targets
+    params = random_params(0, widths=(4, 5, 6, 6, 8), dtype=np.float64)
+    net = VGG19(params, None, dtype="float64", conv_kernel="fast")
+    x = np.random.default_rng(9).standard_normal((3, 32, 32)) * 20
+    P = content_targets(net, x, ["conv4_2"])["conv4_2"]
+    F = net.forward(x * 0.9, ["conv4_2"])["conv4_2"]
+    assert P.transpose(1, 2, 0).flags.c_contiguous
+    _, dF = losses.content_loss(F, P)
+    assert dF.transpose(1, 2, 0).flags.c_contiguous and rel(dF, np.asarray(F) - np.asarray(P)) < 1e-15
