@@ -150,9 +150,11 @@ def _tiny_net(pooling, device, seed, conv_kernel=None):
 
 
 def _network_kernels():
-    """The whole-network checks run the reference path and, when it differs, the default
-    (fast, channels-last) path: both are checked end to end."""
-    return ["reference"] + ([L.DEFAULT_CONV_KERNEL] if L.DEFAULT_CONV_KERNEL != "reference" else [])
+    """The whole-network checks run the reference path, the default (fast, channels-last)
+    path and, when registered, the channels-last path forced onto Winograd everywhere (on the
+    tiny check network the default path picks the direct kernels: its maps are small)."""
+    names = ["reference", L.DEFAULT_CONV_KERNEL] + (["winograd"] if "winograd" in L.CONV_KERNELS else [])
+    return list(dict.fromkeys(names))
 
 
 def _network_checks(device, rng, seed):
