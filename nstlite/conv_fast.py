@@ -129,9 +129,12 @@ def gemm_weights(w, dtype=None):
     return xp.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(3, 3 * c_in, c_out).astype(dtype))
 
 
-# Threads for the Winograd tile transforms on NumPy (``Workspace.parallel``); 1 until a
-# two-thread measurement on a quiet machine shows a gain.
-TRANSFORM_THREADS = 1
+# Threads for the Winograd tile transforms on NumPy (``Workspace.parallel``): the transforms
+# are element-wise NumPy work that OpenBLAS does not parallelise, so without this they run on
+# one core. Measured on the 2-core machine, quiet, default OpenBLAS threads (benchmarks/
+# bench_objective.py --transform-threads 1 vs 2): 256^2 0.552 -> 0.389 s/eval, 512^2
+# 1.699 -> 1.430 s/eval. $NSTLITE_TRANSFORM_THREADS overrides; capped at 4 (not measured above 2).
+TRANSFORM_THREADS = max(1, min(4, int(os.environ.get("NSTLITE_TRANSFORM_THREADS", 0)) or (os.cpu_count() or 1)))
 
 
 class Workspace:
