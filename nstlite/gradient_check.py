@@ -167,55 +167,61 @@ def _network_checks(device, rng, seed):
     return results
 
 
+def _resampled(name, attempt_check, attempts=20):
+    """Run ``attempt_check()`` (which draws fresh inputs and returns a ``Check``, or None when a
+    finite difference crossed a kink) until it yields a check: kinks are resampled, never
+    tolerated."""
+    for attempt in range(attempts):
+        c = attempt_check()
+        if c is not None:
+            c.note += f", resampled {attempt}x" if attempt else ""
+            return c
+    return Check(name, float("nan"), NETWORK_TOL, "could not find an input away from every kink")
+
+
 def _network_checks_for(device, rng, seed, kernel):
     xp = xp_for(device)
     results = []
     H, W = TINY_SIZE
     probe_layers = ["conv1_1", "pool2", "conv3_1", "conv4_2", "conv5_1"]
+    style_layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+
+    def image():
+        return xp.asarray(rng.standard_normal((3, H, W)) * 20.0)
+
     for pooling in ("avg", "max"):
         net = _tiny_net(pooling, device, seed, kernel)
+
         # (a) the network alone: f(x) = sum_l <F_l(x), R_l>, gradient net.backward({l: R_l})
-        for attempt in range(20):
-            x = xp.asarray(rng.standard_normal((3, H, W)) * 20.0)
-            feats = net.forward(x, probe_layers)
-            R = {n: xp.asarray(rng.standard_normal(f.shape)) for n, f in feats.items()}
+        def network_check(name=f"vgg19 backward ({pooling} pool)", net=net):
+            x = image()
+            R = {n: xp.asarray(rng.standard_normal(f.shape)) for n, f in net.forward(x, probe_layers).items()}
 
-            def f_and_grad(z, net=net, R=R):
+            def f_and_grad(z):
                 fz = net.forward(z, probe_layers)
-                val = sum(xp.sum(fz[n] * R[n]) for n in probe_layers)
-                return val, net.backward(R)
+                return sum(xp.sum(fz[n] * R[n]) for n in probe_layers), net.backward(R)
 
-            c = check_directional(f"vgg19 backward ({pooling} pool)", f_and_grad, net.activation_pattern, x, rng)
-            if c is not None:
-                c.note += f", resampled {attempt}x" if attempt else ""
-                results.append(c)
-                break
-        else:
-            results.append(Check(f"vgg19 backward ({pooling} pool)", float("nan"), NETWORK_TOL,
-                                 "could not find an input away from every kink"))
+            return check_directional(name, f_and_grad, net.activation_pattern, x, rng)
+
+        results.append(_resampled(f"vgg19 backward ({pooling} pool)", network_check))
+
         # (b) the whole objective: alpha content + beta style + TV
         setups = [("content only", 1.0, 0.0, 0.0), ("style only", 0.0, 1.0, 0.0),
                   ("alpha*content + beta*style + tv", 1.0, 1e3, 1e-2)]
         if pooling == "max":
             setups = setups[-1:]
         for label, alpha, beta, tv in setups:
-            for attempt in range(20):
-                photo = xp.asarray(rng.standard_normal((3, H, W)) * 20.0)
+            name = f"objective: {label} ({pooling} pool)"
+
+            def objective_check(name=name, net=net, alpha=alpha, beta=beta, tv=tv):
+                photo = image()
                 art = xp.asarray(rng.standard_normal((3, H + 4, W - 4)) * 20.0)
-                style_layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
                 P = content_targets(net, photo, ["conv4_2"])
                 A = style_targets(net, [art], style_layers, positions=positions_of(net, photo, style_layers))
                 obj = Objective(net, P, A, {n: 0.2 for n in style_layers}, alpha=alpha, beta=beta, tv_weight=tv)
-                x = xp.asarray(rng.standard_normal((3, H, W)) * 20.0)
-                c = check_directional(f"objective: {label} ({pooling} pool)", lambda z: obj(z)[:2],
-                                      net.activation_pattern, x, rng)
-                if c is not None:
-                    c.note += f", resampled {attempt}x" if attempt else ""
-                    results.append(c)
-                    break
-            else:
-                results.append(Check(f"objective: {label} ({pooling} pool)", float("nan"), NETWORK_TOL,
-                                     "could not find an input away from every kink"))
+                return check_directional(name, lambda z: obj(z)[:2], net.activation_pattern, image(), rng)
+
+            results.append(_resampled(name, objective_check))
     return results
 
 
