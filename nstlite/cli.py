@@ -31,25 +31,45 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    # OpenBLAS worker threads otherwise busy-wait after every GEMM and slow the NumPy work that
-    # follows; this must be set before NumPy loads OpenBLAS (only effective on a fresh process).
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
-    from .errors import NstliteError
+def run_parser(parser, argv, prog, user_errors, out_of_memory="out of memory", describe_unexpected=None):
+    """Parse ``argv``, run the chosen sub-command and turn what the user can act on into one line
+    ``<prog>: error: ...`` with exit code 2 (130 on Ctrl-C), never a traceback.
 
-    parser = build_parser()
+    user_errors : exception classes whose message is the whole story (bad input, missing files)
+    describe_unexpected : called with any other exception to make its one-line message; when
+        None such exceptions propagate (a bug should show where it is)
+    """
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except NstliteError as e:
-        print(f"nstlite: error: {e}", file=sys.stderr)
-        return 2
+    except user_errors as e:
+        message = str(e)
+    except OSError as e:  # e.g. permission denied, disk full
+        message = f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"
+    except MemoryError:
+        message = out_of_memory
     except KeyboardInterrupt:
-        print("nstlite: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if describe_unexpected is None:
+            raise
+        message = describe_unexpected(e)
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None):
+    # OpenBLAS worker threads otherwise busy-wait after every GEMM and slow the NumPy work that
+    # follows; this must be set before NumPy loads OpenBLAS (only effective on a fresh process).
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+    from .errors import NstliteError
+
+    return run_parser(build_parser(), argv, "nstlite", NstliteError,
+                      out_of_memory="out of memory: try a smaller --size")
 
 
 if __name__ == "__main__":

@@ -160,25 +160,10 @@ def cmd_info(args):
 
 
 def main(argv=None):
+    from nstlite.cli import run_parser
     from nstlite.weights import WeightsError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except (ConvertError, WeightsError) as e:
-        message = str(e)
-    except OSError as e:  # e.g. permission denied, disk full
-        message = f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"
-    except MemoryError:
-        message = "out of memory reading the source file (is it corrupted?)"
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a reader met input it did not foresee: still one line, no traceback
-        message = f"unexpected {type(e).__name__} reading the input: {e}"
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
+    return run_parser(build_parser(), argv, PROG, (ConvertError, WeightsError),
+                      out_of_memory="out of memory reading the source file (is it corrupted?)",
+                      # a reader met input it did not foresee: still one line, no traceback
+                      describe_unexpected=lambda e: f"unexpected {type(e).__name__} reading the input: {e}")
