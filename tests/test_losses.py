@@ -101,3 +101,17 @@ def test_losses_keep_float32(rng):
     A = losses.gram(rng.standard_normal((3, 4, 4)).astype(np.float32))
     for loss, d in (losses.content_loss(F, F * 0.5), losses.style_layer_loss(F, A), losses.tv_loss(F)):
         assert d.dtype == np.float32 and np.asarray(loss).dtype == np.float32
+
+
+def test_total_loss_in_place_equals_copying(rng):
+    c = {"a": rng.standard_normal((2, 3, 3))}
+    s = {"a": rng.standard_normal((2, 3, 3)), "b": rng.standard_normal((4, 1, 2))}
+    keep_c, keep_s = {k: v.copy() for k, v in c.items()}, {k: v.copy() for k, v in s.items()}
+    loss, grads = losses.total_loss((1.5, c), (2.5, s), 0.3, 7.0)
+    for k in c:
+        np.testing.assert_array_equal(c[k], keep_c[k])  # the copying form leaves its inputs alone
+    loss_ip, grads_ip = losses.total_loss((1.5, c), (2.5, s), 0.3, 7.0, in_place=True)
+    assert loss_ip == pytest.approx(loss) and set(grads_ip) == {"a", "b"}
+    for k in grads:
+        np.testing.assert_allclose(grads_ip[k], grads[k], rtol=1e-15)
+    np.testing.assert_allclose(grads["a"], 0.3 * keep_c["a"] + 7.0 * keep_s["a"])
