@@ -58,19 +58,24 @@ def _channels_last(feat):
     return feat.transpose(1, 2, 0).flags.c_contiguous and not feat.flags.c_contiguous
 
 
-def content_loss(F, P):
+def content_loss(F, P, grad_scale=1.0, out=None):
     """Squared-error content loss and its gradient.
 
     L_content(p, x, l) = 1/2 sum_ij (F_ij^l - P_ij^l)^2                      eq. (1)
     dL/dF_ij^l = F_ij^l - P_ij^l    (the ReLU backward applies "F > 0")        eq. (2)
 
     F, P : (C, H, W) feature maps of the generated image and of the photograph.
-    Returns (loss 0-d array, dF with the shape of F).
+    grad_scale : factor on the returned gradient only (alpha of eq. 7, say).
+    out : where to write the gradient (an array shaped like F; may be F itself, which is then
+        overwritten); None allocates a new one.
+    Returns (loss 0-d array, grad_scale * dL/dF with the shape of F).
     """
     xp = get_array_module(F)
-    diff = F - P
+    diff = xp.subtract(F, P, out=out)  # eq. (2)
     loss = 0.5 * xp.sum(diff * diff)  # eq. (1)
-    return loss, diff  # eq. (2)
+    if grad_scale != 1.0:
+        diff *= grad_scale
+    return loss, diff
 
 
 def gram(F):
@@ -82,7 +87,12 @@ def gram(F):
     return Fm @ Fm.T
 
 
-def style_layer_loss(F, A):
+# Rows of F^T (positions) per product of eq. (6) when the gradient overwrites F itself: each
+# block's product goes to a small scratch array first, so the block can then replace its rows.
+_GRADIENT_BLOCK_BYTES = 4 << 20
+
+
+def style_layer_loss(F, A, grad_scale=1.0, out=None):
     """Style error of one layer and its gradient.
 
     E_l = 1 / (4 N_l^2 M_l^2) sum_ij (G_ij^l - A_ij^l)^2                       eq. (4)
@@ -91,7 +101,13 @@ def style_layer_loss(F, A):
 
     F : (C, H, W) feature map of the generated image; A : (C, C) Gram matrix of the artwork
     (symmetric).
-    Returns (E_l 0-d array, dF with the shape of F).
+    grad_scale : factor on the returned gradient only (w_l of eq. 5 times beta of eq. 7, say).
+        It and 1 / (N_l^2 M_l^2) multiply the small N_l x N_l matrix G - A before the product
+        of eq. (6), so weighting the gradient costs no pass over the map.
+    out : where to write the gradient, an array with F's shape and memory layout; it may be F
+        itself (F is then overwritten: the product runs over blocks of positions, each read
+        before it is replaced). None allocates a new one.
+    Returns (E_l 0-d array, grad_scale * dE_l/dF with the shape of F).
     """
     xp = get_array_module(F)
     Fm = _as_matrix(F)
@@ -101,18 +117,40 @@ def style_layer_loss(F, A):
     diff = G - A
     loss = xp.sum(diff * diff) / (4.0 * norm)  # eq. (4)
     # Eq. (6) is the exact derivative of eq. (4) when A is symmetric, which every Gram matrix
-    # (and every blend of them) is. The product is formed in the orientation of F's memory:
+    # (and every blend of them) is.
+    diff *= grad_scale / norm
+    if out is None:
+        out = xp.empty_like(F)  # in F's memory layout: empty_like keeps the order of the strides
+    in_place = xp.may_share_memory(out, F)
+    # When out is F, the product runs over blocks of positions: each block's product goes to
+    # scratch first, then replaces the block of F it was computed from.
+    step = max(1, _GRADIENT_BLOCK_BYTES // (n * F.itemsize)) if in_place else m
+    scratch = xp.empty(min(step, m) * n, dtype=F.dtype) if in_place else None
+    # The product is formed in the orientation of F's memory, so that it writes whole rows.
     if _channels_last(F):
-        dFt = Fm.T @ diff  # eq. (6) as written: F^T (G - A), M_l x N_l, channels-last like F
-        dFt /= norm
-        c, h, w = F.shape
-        return loss, dFt.reshape(h, w, c).transpose(2, 0, 1)
-    dF = diff.T @ Fm  # eq. (6) transposed: (F^T (G - A))^T = (G - A)^T F, N_l x M_l
-    dF /= norm
-    return loss, dF.reshape(F.shape)
+        # eq. (6) as written, F^T (G - A): M_l x N_l, a block of rows (positions) at a time
+        Ft, dFt = Fm.T, _as_matrix(out).T
+        for k0 in range(0, m, step):
+            k1 = min(k0 + step, m)
+            if in_place:
+                tmp = scratch[: (k1 - k0) * n].reshape(k1 - k0, n)
+                dFt[k0:k1] = xp.matmul(Ft[k0:k1], diff, out=tmp)
+            else:
+                xp.matmul(Ft[k0:k1], diff, out=dFt[k0:k1])
+    else:
+        # its transpose, (G - A)^T F: N_l x M_l, a block of columns (positions) at a time
+        dF = _as_matrix(out)
+        for k0 in range(0, m, step):
+            k1 = min(k0 + step, m)
+            if in_place:
+                tmp = scratch[: n * (k1 - k0)].reshape(n, k1 - k0)
+                dF[:, k0:k1] = xp.matmul(diff.T, Fm[:, k0:k1], out=tmp)
+            else:
+                xp.matmul(diff.T, Fm[:, k0:k1], out=dF[:, k0:k1])
+    return loss, out
 
 
-def style_loss(feats, targets, layer_weights):
+def style_loss(feats, targets, layer_weights, grad_scale=1.0, out=None):
     """Weighted sum of the layers' style errors.
 
     L_style(a, x) = sum_l w_l E_l                                             eq. (5)
@@ -121,26 +159,31 @@ def style_loss(feats, targets, layer_weights):
     feats : dict layer name -> (C, H, W) response of the generated image
     targets : dict layer name -> (C, C) Gram matrix A^l of the artwork
     layer_weights : dict layer name -> w_l (Python float)
+    grad_scale : factor on the returned gradients only (beta of eq. 7, say)
+    out : optional dict layer name -> array to write that layer's gradient into (may be the
+        feature map itself, see ``style_layer_loss``); other layers get new arrays.
 
-    Returns (loss, grads, per_layer): grads maps layer -> dL_style/dF^l,
+    Returns (loss, grads, per_layer): grads maps layer -> grad_scale * dL_style/dF^l,
     per_layer maps layer -> E_l (unweighted), all 0-d device arrays.
     """
+    out = out or {}
     loss, grads, per_layer = 0.0, {}, {}
     for name, w_l in layer_weights.items():
-        E_l, dF = style_layer_loss(feats[name], targets[name])
+        E_l, dF = style_layer_loss(feats[name], targets[name], grad_scale * w_l, out.get(name))
         per_layer[name] = E_l
         loss = loss + w_l * E_l  # eq. (5)
-        dF *= w_l  # a fresh array: scaled in place, keeping its layout
         grads[name] = dF
     return loss, grads, per_layer
 
 
-def total_loss(content, style, alpha, beta, in_place=False):
+def total_loss(content, style, alpha, beta, in_place=False, weighted=False):
     """L_total = alpha L_content + beta L_style.                                   eq. (7)
 
     content, style : (loss, grads) pairs where grads maps layer -> dL/dF^l.
     in_place : scale and sum the given gradient arrays themselves instead of copying them (for
         callers that own them: at conv1_1 of a 512 px image one copy is 64 MB).
+    weighted : the gradients already carry alpha and beta (the losses were called with
+        ``grad_scale=alpha`` and ``grad_scale=beta``): they are only summed.
     Returns (loss, grads) with the gradients of both terms summed per layer.
     """
     c_loss, c_grads = content
@@ -148,10 +191,11 @@ def total_loss(content, style, alpha, beta, in_place=False):
     grads = {}
     for terms, weight in ((c_grads, alpha), (s_grads, beta)):
         for name, g in terms.items():
-            if in_place:
-                g *= weight
-            else:
-                g = g * weight
+            if not weighted:
+                if in_place:
+                    g *= weight
+                else:
+                    g = g * weight
             if name not in grads:
                 grads[name] = g
             elif in_place:

@@ -45,18 +45,26 @@ class Objective:
         grads, c_loss, s_loss, per_layer = {}, xp.zeros((), x.dtype), xp.zeros((), x.dtype), {}
         if self.layers:
             feats = self.net.forward(x, self.layers)
+            # Each loss writes its gradient over the map it was computed from when the network
+            # allows it (its fast path hands out copies it will overwrite on the next forward
+            # anyway) and no other term reads that map: no map-sized array per evaluation.
+            # alpha and beta (eq. 7) travel into the losses as gradient scales, applied to a
+            # small matrix (style) or once (content) instead of in passes over every map.
+            reuse = getattr(self.net, "features_writable", False)
             c_grads = {}
             for name, P in self.content_targets.items():
-                loss_l, dF = losses.content_loss(feats[name], P)  # eqs. (1), (2)
+                into = feats[name] if reuse and name not in self.style_targets else None
+                loss_l, dF = losses.content_loss(feats[name], P, self.alpha, into)  # eqs. (1), (2)
                 c_loss = c_loss + loss_l
                 c_grads[name] = dF
             if self.style_targets:
-                s_loss, s_grads, per_layer = losses.style_loss(feats, self.style_targets,
-                                                               self.style_layer_weights)  # eqs. (4)-(6)
+                into = {n: feats[n] for n in self.style_targets if reuse and n not in self.content_targets}
+                s_loss, s_grads, per_layer = losses.style_loss(feats, self.style_targets, self.style_layer_weights,
+                                                               self.beta, into)  # eqs. (4)-(6)
             else:
                 s_grads = {}
             total, grads = losses.total_loss((c_loss, c_grads), (s_loss, s_grads), self.alpha, self.beta,
-                                              in_place=True)  # eq. (7); the gradients are ours
+                                              in_place=True, weighted=True)  # eq. (7)
             dx = self.net.backward(grads)
         else:
             total, dx = xp.zeros((), x.dtype), xp.zeros_like(x)

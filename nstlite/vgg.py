@@ -82,6 +82,10 @@ class VGG19:
         self._fast = None
         if kernel_name in CF.METHODS:
             self._fast = _ChannelsLastPath(self, CF.METHODS[kernel_name])
+        # True when ``forward`` hands out copies that nothing else reads (the channels-last
+        # path's): the caller may overwrite them, e.g. with the loss gradients, until the next
+        # forward. The reference path hands out the activations its backward pass reads.
+        self.features_writable = self._fast is not None
 
     # ----------------------------------------------------------------- input conversion
     def preprocess(self, rgb):

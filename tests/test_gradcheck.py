@@ -39,9 +39,10 @@ def test_gradcheck_fails_on_broken_relu_backward(monkeypatch, capsys):
 def test_gradcheck_fails_on_wrong_style_normalisation(monkeypatch):
     real = losses.style_layer_loss
 
-    def off_by_two(F, A):
-        loss, dF = real(F, A)
-        return loss, dF * 2.0  # forgets the 1/4 vs 1/2 bookkeeping of eq. (6)
+    def off_by_two(F, A, grad_scale=1.0, out=None):
+        loss, dF = real(F, A, grad_scale, out)
+        dF *= 2.0  # forgets the 1/4 vs 1/2 bookkeeping of eq. (6)
+        return loss, dF
 
     monkeypatch.setattr(losses, "style_layer_loss", off_by_two)
     failed = {c.name for c in gradcheck(seed=1) if not c.passed}

@@ -115,3 +115,51 @@ def test_total_loss_in_place_equals_copying(rng):
     for k in grads:
         np.testing.assert_allclose(grads_ip[k], grads[k], rtol=1e-15)
     np.testing.assert_allclose(grads["a"], 0.3 * keep_c["a"] + 7.0 * keep_s["a"])
+
+
+@pytest.mark.parametrize("layout", ["channel_major", "channels_last"])
+@pytest.mark.parametrize("block_bytes", [None, 64])  # 64 bytes: blocks of one or two positions
+def test_style_gradient_scaled_and_in_place_equals_plain(xp, rng, monkeypatch, layout, block_bytes):
+    """grad_scale multiplies the gradient only, and out=F (the fast path's in-place gradient,
+    computed block by block) gives what the allocating form gives, in F's memory layout."""
+    if block_bytes is not None:
+        monkeypatch.setattr(losses, "_GRADIENT_BLOCK_BYTES", block_bytes)
+    Fh = rng.standard_normal((5, 3, 7))
+    A = xp.asarray(losses.gram(rng.standard_normal((5, 3, 7))))
+
+    def feat():
+        if layout == "channels_last":
+            return xp.ascontiguousarray(xp.asarray(Fh).transpose(1, 2, 0)).transpose(2, 0, 1)
+        return xp.asarray(Fh.copy())
+    E, dF = losses.style_layer_loss(feat(), A)
+    E2, dF2 = losses.style_layer_loss(feat(), A, grad_scale=-2.5)
+    F = feat()
+    E3, dF3 = losses.style_layer_loss(F, A, grad_scale=-2.5, out=F)
+    assert dF3 is F and F.strides == feat().strides
+    assert float(to_host(E2)) == float(to_host(E3)) == pytest.approx(float(to_host(E)), rel=1e-14)
+    np.testing.assert_allclose(to_host(dF2), -2.5 * to_host(dF), rtol=1e-12)
+    np.testing.assert_allclose(to_host(dF3), to_host(dF2), rtol=1e-12, atol=1e-18)
+    assert _same_layout(dF, feat()) and _same_layout(dF2, feat())
+
+
+def _same_layout(a, b):
+    return sorted(range(3), key=lambda i: a.strides[i]) == sorted(range(3), key=lambda i: b.strides[i])
+
+
+def test_content_gradient_scaled_and_in_place(xp, rng):
+    F, P = xp.asarray(rng.standard_normal((2, 3, 4))), xp.asarray(rng.standard_normal((2, 3, 4)))
+    expect = 3.0 * (to_host(F) - to_host(P))
+    loss, _ = losses.content_loss(F, P)
+    loss2, dF = losses.content_loss(F, P, grad_scale=3.0, out=F)
+    assert dF is F and float(to_host(loss2)) == pytest.approx(float(to_host(loss)))
+    np.testing.assert_allclose(to_host(F), expect, rtol=1e-14)
+
+
+def test_total_loss_weighted_only_sums(rng):
+    c = {"a": rng.standard_normal((2, 3, 3))}
+    s = {"a": rng.standard_normal((2, 3, 3)), "b": rng.standard_normal((4, 1, 2))}
+    expect_a = c["a"] + s["a"]
+    loss, grads = losses.total_loss((1.5, c), (2.5, s), 0.3, 7.0, in_place=True, weighted=True)
+    assert loss == pytest.approx(0.3 * 1.5 + 7.0 * 2.5)
+    np.testing.assert_allclose(grads["a"], expect_a)
+    np.testing.assert_array_equal(grads["b"], s["b"])
