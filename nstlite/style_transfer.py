@@ -382,7 +382,8 @@ def stylize(content, styles, *, size=DEFAULT_SIZE, iterations=DEFAULT_ITERATIONS
 
     if net is None:
         from .vgg import load_vgg19
-        net = load_vgg19(weights, pooling=pooling, device=device)
+        # only the conv layers up to the deepest loss layer are read (conv5_1 by default)
+        net = load_vgg19(weights, pooling=pooling, device=device, layers=c_layers + list(s_weights))
     all_layers = list(dict.fromkeys(c_layers + list(s_weights)))
     net._depth(all_layers)  # unknown layer names fail here, before any work
     min_side = _min_side(net, all_layers)

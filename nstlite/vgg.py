@@ -467,11 +467,26 @@ def _pool_backward(xp, pooling, dout, dx, relu_mask, winner):
         dx[:, 2 * wo:] = 0
 
 
-def load_vgg19(path=None, pooling="avg", device="cpu", dtype="float32", conv_kernel=None):
+def load_vgg19(path=None, pooling="avg", device="cpu", dtype="float32", conv_kernel=None, layers=None):
     """VGG19 from an nstlite weights file (``path=None``: ``$NSTLITE_WEIGHTS``, else
-    ``~/.cache/nstlite/vgg19.h5``). A missing file raises a one-line error saying how to get it."""
-    params, attrs = read_weights(path)
-    missing = [n for n in VGG19_CONV_LAYERS if n not in params]
+    ``~/.cache/nstlite/vgg19.h5``). A missing file raises a one-line error saying how to get it.
+
+    layers : the layer names the network will be asked for (None: all). Only the conv layers
+    up to the deepest of them are read, so deeper weights take no memory.
+    """
+    last = _last_conv_for(layers) if layers else None
+    params, attrs = read_weights(path, last=last)
+    needed = VGG19_CONV_LAYERS if last is None else VGG19_CONV_LAYERS[: VGG19_CONV_LAYERS.index(last) + 1]
+    missing = [n for n in needed if n not in params]
     net = VGG19(params, attrs, pooling=pooling, device=device, dtype=dtype, conv_kernel=conv_kernel)
     net.missing_layers = missing
     return net
+
+
+def _last_conv_for(layers):
+    """The deepest conv layer a forward to ``layers`` runs (None if a name is not VGG19's: the
+    network is then built whole and reports the unknown name itself)."""
+    if any(n not in VGG19_LAYERS for n in layers):
+        return None
+    deepest = max(VGG19_LAYERS.index(n) for n in layers)
+    return [n for n in VGG19_LAYERS[: deepest + 1] if n.startswith("conv")][-1]

@@ -62,8 +62,11 @@ MISSING_HINT = ("get the real VGG19 weights with `python -m weights_convert fetc
                 "(or set NSTLITE_WEIGHTS)")
 
 
-def read_weights(path=None):
+def read_weights(path=None, last=None):
     """Read an nstlite HDF5 weights file.
+
+    last : name of the deepest conv layer to read (None: all). A network that stops at
+    conv5_1, as the paper's style loss does, leaves conv5_2 ... conv5_4 (28 MB) on disk.
 
     Returns
     -------
@@ -87,7 +90,8 @@ def read_weights(path=None):
             for k, v in f.attrs.items():
                 attrs[k] = v.decode() if isinstance(v, bytes) else v
             params = {}
-            for name in VGG19_CONV_LAYERS:
+            names = VGG19_CONV_LAYERS if last is None else VGG19_CONV_LAYERS[: VGG19_CONV_LAYERS.index(last) + 1]
+            for name in names:
                 if name not in f:
                     continue
                 w = np.asarray(f[name]["weight"], dtype=np.float32)

@@ -153,6 +153,20 @@ def test_load_vgg19_from_file_and_missing_file(tmp_path, monkeypatch):
         load_vgg19()
 
 
+def test_load_vgg19_reads_only_the_layers_asked_for(tmp_path):
+    path = tmp_path / "tiny.h5"
+    write_weights(path, random_params(0, widths=WIDTHS), "BGR", 255.0, CAFFE_MEAN, (1, 1, 1), "test")
+    net = load_vgg19(str(path), layers=["conv1_1", "conv4_2", "conv5_1"])
+    assert net.layer_names[-1] == "conv5_1" and "conv5_2" not in net.weights
+    assert net.missing_layers == []
+    assert list(load_vgg19(str(path), layers=["pool2"]).weights) == ["conv1_1", "conv1_2", "conv2_1", "conv2_2"]
+    # an unknown name loads everything; the network then names the bad layer itself
+    net = load_vgg19(str(path), layers=["conv9_9"])
+    assert net.layer_names[-1] == "pool5"
+    with pytest.raises(NstliteError, match="conv9_9"):
+        net.forward(np.zeros((3, 32, 32)), ["conv9_9"])
+
+
 def test_partial_weights_end_the_network(rng):
     params = {k: v for k, v in random_params(0, widths=WIDTHS).items() if k in ("conv1_1", "conv1_2", "conv2_1")}
     net = VGG19(params, None)
