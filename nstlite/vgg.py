@@ -11,7 +11,7 @@ from . import conv_fast as CF
 from . import layers as L
 from .backend import to_device, to_host, xp_for
 from .errors import NstliteError
-from .weights import VGG19_BLOCKS, VGG19_CONV_LAYERS, read_weights
+from .weights import VGG19_BLOCKS, VGG19_CONV_LAYERS, read_weights, release_pages
 
 # The 21 layers in order: conv1_1, conv1_2, pool1, conv2_1, ..., conv5_4, pool5.
 VGG19_LAYERS = tuple(
@@ -347,6 +347,12 @@ class _ChannelsLastPath:
                 compact[...] = out
                 feats[name] = compact.transpose(2, 0, 1)  # (C, h, w) view of channels-last memory
         self.last = (names, x.shape)
+        # The layers' kernels now live in their kernels' own forms (Winograd's U, ...): when
+        # the network's weights are views of the mapped weights file, hand their pages back
+        # rather than hold every kernel twice (49 MB to conv5_1; read back if ever needed).
+        for name in names:
+            if name.startswith("conv"):
+                release_pages(self.net.weights[name][0])
         return feats
 
     # --------------------------------------------------------------- backward
@@ -475,7 +481,7 @@ def load_vgg19(path=None, pooling="avg", device="cpu", dtype="float32", conv_ker
     up to the deepest of them are read, so deeper weights take no memory.
     """
     last = _last_conv_for(layers) if layers else None
-    params, attrs = read_weights(path, last=last)
+    params, attrs = read_weights(path, last=last, mapped=True)
     needed = VGG19_CONV_LAYERS if last is None else VGG19_CONV_LAYERS[: VGG19_CONV_LAYERS.index(last) + 1]
     missing = [n for n in needed if n not in params]
     net = VGG19(params, attrs, pooling=pooling, device=device, dtype=dtype, conv_kernel=conv_kernel)

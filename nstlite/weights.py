@@ -18,6 +18,7 @@ Layout (format ``nstlite-vgg19``, version 1)::
 Network input for an RGB uint8 image ``rgb``:
 ``x[c] = (reorder(rgb)[c] * input_scale / 255 - mean[c]) / std[c]``.
 """
+import mmap
 import os
 
 import numpy as np
@@ -62,11 +63,15 @@ MISSING_HINT = ("get the real VGG19 weights with `python -m weights_convert fetc
                 "(or set NSTLITE_WEIGHTS)")
 
 
-def read_weights(path=None, last=None):
+def read_weights(path=None, last=None, mapped=False):
     """Read an nstlite HDF5 weights file.
 
     last : name of the deepest conv layer to read (None: all). A network that stops at
     conv5_1, as the paper's style loss does, leaves conv5_2 ... conv5_4 (28 MB) on disk.
+    mapped : return the kernels as read-only views of the file mapped into memory (where the
+        file stores them contiguously, uncompressed, as float32: as ``write_weights`` does)
+        instead of copies. Their pages are read on first use and can be handed back with
+        ``release_pages`` once a network has made its own form of them (``nstlite.vgg``).
 
     Returns
     -------
@@ -91,10 +96,13 @@ def read_weights(path=None, last=None):
                 attrs[k] = v.decode() if isinstance(v, bytes) else v
             params = {}
             names = VGG19_CONV_LAYERS if last is None else VGG19_CONV_LAYERS[: VGG19_CONV_LAYERS.index(last) + 1]
+            file_map = _map_file(path) if mapped else None
             for name in names:
                 if name not in f:
                     continue
-                w = np.asarray(f[name]["weight"], dtype=np.float32)
+                w = _mapped_array(file_map, f[name]["weight"]) if mapped else None
+                if w is None:
+                    w = np.asarray(f[name]["weight"], dtype=np.float32)
                 b = np.asarray(f[name]["bias"], dtype=np.float32)
                 params[name] = (w, b)
     except WeightsError:
@@ -108,6 +116,46 @@ def read_weights(path=None, last=None):
     if not params:
         raise WeightsError(f"{path} holds no conv layers")
     return params, attrs
+
+
+def _map_file(path):
+    """The whole file mapped read-only (None where it cannot be: an empty file, say)."""
+    try:
+        with open(path, "rb") as fh:
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+
+
+def _mapped_array(file_map, dset):
+    """A read-only array viewing the bytes of an HDF5 dataset in the mapped file, or None when
+    the dataset is not stored as one contiguous, unfiltered run of little-endian float32."""
+    if file_map is None or dset.dtype != np.dtype("<f4") or dset.chunks is not None or dset.compression:
+        return None
+    offset = dset.id.get_offset()
+    count = int(np.prod(dset.shape))
+    if offset is None or offset + 4 * count > len(file_map):
+        return None
+    return np.frombuffer(file_map, dtype="<f4", count=count, offset=offset).reshape(dset.shape)
+
+
+def release_pages(a):
+    """Drop this process's copies of the pages behind an array from ``read_weights(mapped=True)``
+    (no-op for any other array). The data stays in the file: the next read of the array pages it
+    back in. Lets a network that keeps its kernels in another form (Winograd's transformed
+    kernels, say) not hold them twice in memory."""
+    base = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer keeps the buffer through a memoryview
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = a.__array_interface__["data"][0] - np.frombuffer(base, np.uint8, count=1).__array_interface__["data"][0]
+    page = mmap.PAGESIZE
+    lo, hi = -(-start // page) * page, (start + a.nbytes) // page * page  # whole pages inside a only
+    if hi > lo:
+        base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def write_weights(path, params, channel_order, input_scale, mean, std, source, source_sha256=""):

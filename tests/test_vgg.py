@@ -199,3 +199,25 @@ def test_torch_oracle(rng):
     for n in R:
         np.testing.assert_allclose(feats[n], out[n][0].detach().numpy(), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dx, tx.grad[0].numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_mapped_weights_equal_read_ones_and_release_keeps_values(tmp_path):
+    from nstlite.weights import read_weights, release_pages
+    path = tmp_path / "tiny.h5"
+    params = random_params(0, widths=WIDTHS)
+    write_weights(path, params, "BGR", 255.0, CAFFE_MEAN, (1, 1, 1), "test")
+    mapped, _ = read_weights(str(path), mapped=True)
+    copied, _ = read_weights(str(path))
+    for name, (w, b) in copied.items():
+        wm = mapped[name][0]
+        assert not wm.flags.writeable and not wm.flags.owndata  # a view of the file
+        np.testing.assert_array_equal(wm, w)
+        release_pages(wm)  # the pages go; the values come back from the file on the next read
+        np.testing.assert_array_equal(wm, params[name][0])
+    release_pages(np.zeros(3))  # any other array: nothing happens
+    # a network built on mapped weights computes what one built on copies does, run after run
+    x = np.random.default_rng(0).standard_normal((3, 32, 32)).astype(np.float32)
+    a = VGG19(mapped, None).forward(x, ["conv3_1"])["conv3_1"].copy()
+    net = load_vgg19(str(path))
+    for _ in range(2):
+        np.testing.assert_allclose(net.forward(x, ["conv3_1"])["conv3_1"], a, rtol=1e-6, atol=1e-6)
