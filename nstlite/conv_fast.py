@@ -24,7 +24,9 @@ Kernels
     U = G g G^T, and transformed back by A^T (.) A into a 4x4 output tile. 36 products per 16
     outputs instead of 144: a quarter of the multiplications. Tile rows are processed in
     blocks so that the transformed tiles stay in cache; the block work space is shared by all
-    layers.
+    layers. Interpolation points 0, +-1/2, +-2, infinity (Lavin & Gray use 0, +-1, +-2,
+    infinity): in float32 this about halves the input gradient's error (see "Winograd
+    accuracy" below).
 
 The input gradient of a 3x3, stride-1, pad-1 convolution is the same convolution of the
 output gradient with the kernel flipped in both spatial axes and its in/out channels swapped
@@ -34,36 +36,114 @@ output gradient with the kernel flipped in both spatial axes and its in/out chan
 
 Every array operation goes through ``xp`` (NumPy or CuPy): the same lines run on both.
 
+Winograd accuracy
+-----------------
+F(4, 3) is a Toom-Cook algorithm: it evaluates the 6-tap input and the 3-tap kernel at five
+points and infinity, multiplies, and interpolates. Barabasz et al. (2020) show that its
+floating-point error depends on the points: the transforms' coefficients grow with powers of
+the points, and on real data most of the error is the rounding of the 36 channel sums, which
+the output transform amplifies. Diagonal scalings (row a of B^T and G, column a of A^T, with
+product 1) leave the algorithm unchanged and, by powers of two, its rounding too. Measured on
+VGG19's real layer inputs and gradients (``benchmarks/winograd_error.py``, 96x96), the
+points 0, +-1/2, +-2 (a set closed under p -> 1/p, as 0 <-> infinity) lower the worst
+input-gradient error over the layers about 2x against Lavin & Gray's 0, +-1, +-2 (normwise
+max 1.0e-5 -> 4.7e-6, relative L2 3.4e-6 -> 1.8e-6); the forward's stays about where it was
+(L2 1.2e-6 -> 1.0e-6, max 3.8e-6 -> 4.8e-6). PyTorch's float32 (direct) conv: 5e-7 / 2e-7.
+The transforms stay as cheap: dyadic coefficients (exact in float32) and +- pairs sharing
+their even and odd parts; 20, 15, 15 and 21 element-wise operations in ``_bt_pass``,
+``_at_pass``, ``_a_pass``, ``_b_pass`` (20, 13, 15, 20 before). In a simulation, 0, +-3/4,
++-3/2 also lowered the forward's error about 3x, but its powers of 3/4 need more
+multiplications in every pass. ``toom_cook`` derives the matrices from the points.
+
 References
 ----------
 A. Lavin, S. Gray. *Fast Algorithms for Convolutional Neural Networks*. CVPR 2016 (arXiv:1509.09308).
+B. Barabasz, A. Anderson, K. M. Soodhalter, D. Gregg. *Error analysis and improving the
+accuracy of Winograd convolution for deep neural networks*. ACM TOMS 46(4), 2020
+(arXiv:1803.10986).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 
 import numpy as np
 
 from .backend import get_array_module
 
 # ----------------------------------------------------------------------------- F(4x4, 3x3)
-# Lavin & Gray's matrices for F(4, 3) with interpolation points 0, +-1, +-2, infinity.
 # Y = A^T [ (G g G^T) (.) (B^T d B) ] A     for a 3x3 kernel g and a 6x6 input tile d.
-WINO_BT = np.array([[4, 0, -5, 0, 1, 0],
-                    [0, -4, -4, 1, 1, 0],
-                    [0, 4, -4, -1, 1, 0],
-                    [0, -2, -1, 2, 1, 0],
-                    [0, 2, -1, -2, 1, 0],
-                    [0, 4, 0, -5, 0, 1]], dtype=np.float64)
-WINO_G = np.array([[1 / 4, 0, 0],
-                   [-1 / 6, -1 / 6, -1 / 6],
-                   [-1 / 6, 1 / 6, -1 / 6],
-                   [1 / 24, 1 / 12, 1 / 6],
-                   [1 / 24, -1 / 12, 1 / 6],
+WINO_POINTS = (0, Fraction(1, 2), Fraction(-1, 2), 2, -2)   # and infinity (Barabasz et al.)
+
+
+def toom_cook(points, m=4, r=3):
+    """Exact (Fraction) Toom-Cook matrices A^T (m x n), G (n x r), B^T (n x n) of F(m, r) for
+    n - 1 = m + r - 2 finite points and infinity, such that
+    ``A^T [(G g) * (B^T d)] = (sum_j g[j] d[i + j])_i``, the 1-D correlation.
+
+    Column a of A^T evaluates the output polynomial's basis at point p_a (1, p, p^2, ...);
+    row a of G evaluates the kernel there, divided by prod_{b != a} (p_a - p_b) (Lagrange);
+    the point infinity takes the leading coefficient. B^T is then the unique matrix making
+    the identity hold, solved exactly from its m r n linear equations."""
+    n = m + r - 1
+    p = [Fraction(x) for x in points]
+    assert len(p) == n - 1 and len(set(p)) == n - 1
+    AT = [[p[a] ** k for a in range(n - 1)] + [Fraction(int(k == m - 1))] for k in range(m)]
+    G = []
+    for a in range(n - 1):
+        lagrange = Fraction(1)
+        for b in range(n - 1):
+            if b != a:
+                lagrange *= p[a] - p[b]
+        G.append([p[a] ** j / lagrange for j in range(r)])
+    G.append([Fraction(int(j == r - 1)) for j in range(r)])
+    # sum_a AT[k, a] G[a, j] BT[a, i] = [i == k + j]: for each input tap i, n unknowns BT[:, i]
+    K = [[AT[k][a] * G[a][j] for a in range(n)] for k in range(m) for j in range(r)]
+    BT = [[None] * n for _ in range(n)]
+    for i in range(n):
+        col = _solve_exact(K, [Fraction(int(i == k + j)) for k in range(m) for j in range(r)])
+        for a in range(n):
+            BT[a][i] = col[a]
+    return AT, G, BT
+
+
+def _solve_exact(K, rhs):
+    """x with K x = rhs for a consistent (overdetermined) system of full column rank, by
+    Gauss-Jordan elimination on Fractions."""
+    rows = [list(k) + [v] for k, v in zip(K, rhs)]
+    n = len(K[0])
+    for c in range(n):
+        piv = next(i for i in range(c, len(rows)) if rows[i][c] != 0)
+        rows[c], rows[piv] = rows[piv], rows[c]
+        rows[c] = [v / rows[c][c] for v in rows[c]]
+        for i in range(len(rows)):
+            if i != c and rows[i][c] != 0:
+                f = rows[i][c]
+                rows[i] = [u - f * v for u, v in zip(rows[i], rows[c])]
+    assert all(v == 0 for row in rows[n:] for v in row), "inconsistent system"
+    return [rows[i][n] for i in range(n)]
+
+
+# Diagonal scaling of toom_cook(WINO_POINTS) (powers of two: exact, and no change to the
+# rounding): A^T's columns for +-1/2 times 4 and B^T's rows for +-2 times 4, G's rows divided
+# by both, so that the passes below need the fewest multiplications.
+WINO_SCALE_AT = (1, 4, 4, 1, 1, 1)
+WINO_SCALE_BT = (1, 1, 1, 4, 4, 1)
+WINO_BT = np.array([[1, 0, -17 / 4, 0, 1, 0],
+                    [0, -2, -4, 1 / 2, 1, 0],
+                    [0, 2, -4, -1 / 2, 1, 0],
+                    [0, -2, -1, 8, 4, 0],
+                    [0, 2, -1, -8, 4, 0],
+                    [0, 1, 0, -17 / 4, 0, 1]], dtype=np.float64)
+WINO_G = np.array([[1, 0, 0],
+                   [-2 / 15, -1 / 15, -1 / 30],
+                   [-2 / 15, 1 / 15, -1 / 30],
+                   [1 / 120, 1 / 60, 1 / 30],
+                   [1 / 120, -1 / 60, 1 / 30],
                    [0, 0, 1]], dtype=np.float64)
-WINO_AT = np.array([[1, 1, 1, 1, 1, 0],
-                    [0, 1, -1, 2, -2, 0],
+WINO_AT = np.array([[1, 4, 4, 1, 1, 0],
+                    [0, 2, -2, 2, -2, 0],
                     [0, 1, 1, 4, 4, 0],
-                    [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+                    [0, 1 / 2, -1 / 2, 8, -8, 1]], dtype=np.float64)
 TILE = 4    # output tile side m
 ALPHA = 6   # input tile side m + r - 1
 
@@ -416,7 +496,7 @@ def _input_transform(xp, src, dst, tmp):
     tmp : (6, nb, Wv, C) scratch for the row pass
     """
     tw = dst.shape[3]
-    # rows: tmp[a] = sum_k BT[a, k] src[:, k]   (Lavin & Gray's B^T, evaluated with shared terms)
+    # rows: tmp[a] = sum_k BT[a, k] src[:, k]   (B^T evaluated with shared terms)
     _bt_pass(xp, [src[:, k] for k in range(ALPHA)], [tmp[k] for k in range(ALPHA)])
     # columns: tile t takes columns 4t .. 4t+5 of the padded width
     cols = [tmp[:, :, k:k + TILE * (tw - 1) + 1:TILE] for k in range(ALPHA)]  # each (6, nb, tw, C)
@@ -424,59 +504,62 @@ def _input_transform(xp, src, dst, tmp):
 
 
 def _bt_pass(xp, d, v):
-    """v = B^T d along one axis, d and v lists of 6 arrays. B^T of F(4, 3):
-        v0 = 4 d0 - 5 d2 + d4           v3 = -2 d1 - d2 + 2 d3 + d4
-        v1 = -4 d1 - 4 d2 + d3 + d4     v4 = 2 d1 - d2 - 2 d3 + d4
-        v2 = 4 d1 - 4 d2 - d3 + d4      v5 = 4 d1 - 5 d3 + d5
-    Written with shared terms, every step in place into the outputs (no temporaries)."""
+    """v = B^T d along one axis, d and v lists of 6 arrays (d is only read). B^T of F(4, 3)
+    at 0, +-1/2, +-2, infinity (rows for +-2 scaled by 4):
+        v0 = d0 - 17/4 d2 + d4                   v5 = d1 - 17/4 d3 + d5
+        v1, v2 = (d4 - 4 d2) +- (d3 - 4 d1) / 2       (points +-1/2)
+        v3, v4 = (4 d4 - d2) +- 2 (4 d3 - d1)         (points +-2)
+    Each +- pair shares its even and odd parts; every step in place into the outputs (the
+    even part waits in v0 or v5, computed last), no temporaries: 20 operations."""
     d0, d1, d2, d3, d4, d5 = d
     v0, v1, v2, v3, v4, v5 = v
-    # v0 = 4 (d0 - d2) + (d4 - d2)
-    xp.subtract(d0, d2, out=v0)
-    xp.multiply(v0, 4, out=v0)
-    xp.subtract(d4, d2, out=v3)          # v3 <- d4 - d2 (shared by v3, v4)
-    xp.add(v0, v3, out=v0)
-    # v5 = 4 (d1 - d3) + (d5 - d3)
-    xp.subtract(d1, d3, out=v5)
-    xp.multiply(v5, 4, out=v5)
-    xp.add(v5, d5, out=v5)
-    xp.subtract(v5, d3, out=v5)
-    # v1, v2 = (d4 - 4 d2) +- (d3 - 4 d1)
-    xp.multiply(d2, -4, out=v1)
-    xp.add(v1, d4, out=v1)               # v1 <- d4 - 4 d2
+    xp.multiply(d2, -4, out=v0)
+    xp.add(v0, d4, out=v0)               # v0 <- d4 - 4 d2
     xp.multiply(d1, -4, out=v2)
-    xp.add(v2, d3, out=v2)               # v2 <- d3 - 4 d1
-    xp.subtract(v1, v2, out=v4)          # v4 used as scratch: v1 - v2
-    xp.add(v1, v2, out=v1)
-    xp.copyto(v2, v4)
-    # v3, v4 = (d4 - d2) +- 2 (d3 - d1)
-    xp.subtract(d3, d1, out=v4)
-    xp.multiply(v4, 2, out=v4)           # v4 <- 2 (d3 - d1)
-    xp.add(v3, v4, out=v3)               # v3 = (d4 - d2) + 2 (d3 - d1)
-    xp.multiply(v4, -2, out=v4)          # v4 <- -4 (d3 - d1)
-    xp.add(v4, v3, out=v4)               # v4 = (d4 - d2) - 2 (d3 - d1)
+    xp.add(v2, d3, out=v2)
+    xp.multiply(v2, 0.5, out=v2)         # v2 <- (d3 - 4 d1) / 2
+    xp.add(v0, v2, out=v1)
+    xp.subtract(v0, v2, out=v2)
+    xp.multiply(d4, 4, out=v0)
+    xp.subtract(v0, d2, out=v0)          # v0 <- 4 d4 - d2
+    xp.multiply(d3, 4, out=v4)
+    xp.subtract(v4, d1, out=v4)
+    xp.multiply(v4, 2, out=v4)           # v4 <- 2 (4 d3 - d1)
+    xp.add(v0, v4, out=v3)
+    xp.subtract(v0, v4, out=v4)
+    xp.multiply(d2, -4.25, out=v0)
+    xp.add(v0, d0, out=v0)
+    xp.add(v0, d4, out=v0)
+    xp.multiply(d3, -4.25, out=v5)
+    xp.add(v5, d1, out=v5)
+    xp.add(v5, d5, out=v5)
 
 
 def _at_pass(xp, m, y):
-    """y = A^T m along one axis, m a list of 6 arrays (overwritten), y a list of 4. A^T of F(4, 3):
-        y0 = m0 + (m1 + m2) + (m3 + m4)        y2 = (m1 + m2) + 4 (m3 + m4)
-        y1 = (m1 - m2) + 2 (m3 - m4)           y3 = (m1 - m2) + 8 (m3 - m4) + m5
+    """y = A^T m along one axis, m a list of 6 arrays (overwritten), y a list of 4. A^T of
+    F(4, 3) at 0, +-1/2, +-2, infinity (columns for +-1/2 scaled by 4), with s1, d1 = m1 +- m2
+    (points +-1/2) and s2, d2 = m3 +- m4 (points +-2):
+        y0 = m0 + 4 s1 + s2        y2 = s1 + 4 s2
+        y1 = 2 (d1 + d2)           y3 = d1 / 2 + 8 d2 + m5
+    15 operations.
     """
     m0, m1, m2, m3, m4, m5 = m
     y0, y1, y2, y3 = y
-    xp.add(m1, m2, out=y2)               # y2 <- s = m1 + m2
-    xp.subtract(m1, m2, out=m1)          # m1 <- d = m1 - m2
-    xp.add(m3, m4, out=m2)               # m2 <- s2 = m3 + m4
-    xp.subtract(m3, m4, out=m3)          # m3 <- d2 = m3 - m4
-    xp.add(m0, y2, out=y0)
-    xp.add(y0, m2, out=y0)               # y0 = m0 + s + s2
-    xp.multiply(m2, 4, out=m2)
-    xp.add(y2, m2, out=y2)               # y2 = s + 4 s2
-    xp.multiply(m3, 2, out=m4)
-    xp.add(m1, m4, out=y1)               # y1 = d + 2 d2
-    xp.multiply(m3, 8, out=m4)
-    xp.add(m1, m4, out=y3)
-    xp.add(y3, m5, out=y3)               # y3 = d + 8 d2 + m5
+    xp.add(m1, m2, out=y0)               # y0 <- s1
+    xp.subtract(m1, m2, out=m1)          # m1 <- d1
+    xp.add(m3, m4, out=m2)               # m2 <- s2
+    xp.subtract(m3, m4, out=m3)          # m3 <- d2
+    xp.multiply(m2, 4, out=y2)
+    xp.add(y2, y0, out=y2)               # y2 = s1 + 4 s2
+    xp.multiply(y0, 4, out=y0)
+    xp.add(y0, m2, out=y0)
+    xp.add(y0, m0, out=y0)               # y0 = m0 + 4 s1 + s2
+    xp.add(m1, m3, out=y1)
+    xp.multiply(y1, 2, out=y1)           # y1 = 2 (d1 + d2)
+    xp.multiply(m3, 8, out=y3)
+    xp.multiply(m1, 0.5, out=m1)
+    xp.add(y3, m1, out=y3)
+    xp.add(y3, m5, out=y3)               # y3 = d1 / 2 + 8 d2 + m5
 
 
 def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None, tile_rows=None):
@@ -532,56 +615,61 @@ def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None,
 
 
 def _a_pass(xp, y, z):
-    """z = A y along one axis (the adjoint of ``_at_pass``), y a list of 4 arrays, z of 6:
-        z0 = y0     z1, z2 = (y0 + y2) +- (y1 + y3)     z3, z4 = (y0 + 4 y2) +- (2 y1 + 8 y3)     z5 = y3
+    """z = A y along one axis (the adjoint of ``_at_pass``), y a list of 4 arrays (only read),
+    z of 6:
+        z0 = y0     z1, z2 = (4 y0 + y2) +- (2 y1 + y3 / 2)     z3, z4 = (y0 + 4 y2) +- (2 y1 + 8 y3)     z5 = y3
+    2 y1 is shared by both odd parts; 15 operations.
     """
     y0, y1, y2, y3 = y
     z0, z1, z2, z3, z4, z5 = z
+    xp.multiply(y1, 2, out=z5)           # z5 <- 2 y1 (scratch until the end)
+    xp.multiply(y0, 4, out=z0)
+    xp.add(z0, y2, out=z0)               # z0 <- 4 y0 + y2
+    xp.multiply(y3, 0.5, out=z2)
+    xp.add(z2, z5, out=z2)               # z2 <- 2 y1 + y3 / 2
+    xp.add(z0, z2, out=z1)
+    xp.subtract(z0, z2, out=z2)
+    xp.multiply(y2, 4, out=z0)
+    xp.add(z0, y0, out=z0)               # z0 <- y0 + 4 y2
+    xp.multiply(y3, 8, out=z4)
+    xp.add(z4, z5, out=z4)               # z4 <- 2 y1 + 8 y3
+    xp.add(z0, z4, out=z3)
+    xp.subtract(z0, z4, out=z4)
     xp.copyto(z0, y0)
     xp.copyto(z5, y3)
-    xp.add(y0, y2, out=z1)               # z1 <- e = y0 + y2
-    xp.add(y1, y3, out=z2)               # z2 <- o = y1 + y3
-    xp.subtract(z1, z2, out=z3)          # z3 used as scratch: e - o
-    xp.add(z1, z2, out=z1)
-    xp.copyto(z2, z3)
-    xp.multiply(y2, 4, out=z3)
-    xp.add(z3, y0, out=z3)               # z3 <- e4 = y0 + 4 y2
-    xp.multiply(y3, 4, out=z4)
-    xp.add(z4, y1, out=z4)
-    xp.multiply(z4, 2, out=z4)           # z4 <- o4 = 2 y1 + 8 y3
-    xp.subtract(z3, z4, out=z4)          # z4 = e4 - o4
-    xp.multiply(z3, 2, out=z3)
-    xp.subtract(z3, z4, out=z3)          # z3 = e4 + o4 = 2 e4 - (e4 - o4)
 
 
 def _b_pass(xp, m, v):
-    """v = B m along one axis (the adjoint of ``_bt_pass``), m a list of 6 arrays (overwritten):
-        v0 = 4 m0                                  v5 = m5
-        v1 = -4 (m1 - m2) - 2 (m3 - m4) + 4 m5     v3 = (m1 - m2) + 2 (m3 - m4) - 5 m5
-        v2 = -5 m0 - 4 (m1 + m2) - (m3 + m4)       v4 = m0 + (m1 + m2) + (m3 + m4)
+    """v = B m along one axis (the adjoint of ``_bt_pass``), m a list of 6 arrays (overwritten),
+    with s1, d1 = m1 +- m2 and s2, d2 = m3 +- m4:
+        v0 = m0                                 v5 = m5
+        v1 = m5 - 2 (d1 + d2)                   v3 = d1 / 2 + 8 d2 - 17/4 m5
+        v2 = -17/4 m0 - 4 s1 - s2               v4 = m0 + s1 + 4 s2
+    21 operations.
     """
     m0, m1, m2, m3, m4, m5 = m
     v0, v1, v2, v3, v4, v5 = v
-    xp.multiply(m0, 4, out=v0)
+    xp.add(m1, m2, out=v2)               # v2 <- s1
+    xp.subtract(m1, m2, out=m1)          # m1 <- d1
+    xp.add(m3, m4, out=v4)               # v4 <- s2
+    xp.subtract(m3, m4, out=m3)          # m3 <- d2
+    xp.add(m1, m3, out=v1)
+    xp.multiply(v1, -2, out=v1)
+    xp.add(v1, m5, out=v1)               # v1 = m5 - 2 (d1 + d2)
+    xp.multiply(m3, 8, out=v3)
+    xp.multiply(m1, 0.5, out=m1)
+    xp.add(v3, m1, out=v3)
+    xp.multiply(m5, -4.25, out=m1)
+    xp.add(v3, m1, out=v3)               # v3 = d1 / 2 + 8 d2 - 17/4 m5
+    xp.multiply(v4, 4, out=m2)
+    xp.add(m2, v2, out=m2)               # m2 <- s1 + 4 s2
+    xp.multiply(v2, -4, out=v2)
+    xp.subtract(v2, v4, out=v2)          # v2 <- -4 s1 - s2
+    xp.add(m2, m0, out=v4)               # v4 = m0 + s1 + 4 s2
+    xp.multiply(m0, -4.25, out=m2)
+    xp.add(v2, m2, out=v2)               # v2 = -17/4 m0 - 4 s1 - s2
+    xp.copyto(v0, m0)
     xp.copyto(v5, m5)
-    xp.add(m1, m2, out=v2)               # v2 <- s = m1 + m2
-    xp.subtract(m1, m2, out=m1)          # m1 <- d = m1 - m2
-    xp.add(m3, m4, out=v4)               # v4 <- s2 = m3 + m4
-    xp.subtract(m3, m4, out=m3)          # m3 <- d2 = m3 - m4
-    xp.multiply(m3, 2, out=m3)           # m3 <- 2 d2
-    xp.add(m1, m3, out=v3)
-    xp.multiply(m5, 5, out=m2)
-    xp.subtract(v3, m2, out=v3)          # v3 = d + 2 d2 - 5 m5
-    xp.multiply(m1, -4, out=v1)
-    xp.subtract(v1, m3, out=v1)
-    xp.multiply(m5, 4, out=m2)
-    xp.add(v1, m2, out=v1)               # v1 = -4 d - 2 d2 + 4 m5
-    xp.add(v2, v4, out=m1)               # m1 <- s + s2
-    xp.multiply(v2, -3, out=v2)
-    xp.subtract(v2, m1, out=v2)          # -3 s - (s + s2) = -4 s - s2
-    xp.multiply(m0, 5, out=m2)
-    xp.subtract(v2, m2, out=v2)          # v2 = -5 m0 - 4 s - s2
-    xp.add(m0, m1, out=v4)               # v4 = m0 + s + s2
 
 
 def _overlap_add(xp, M, S, nb, tw):
