@@ -672,24 +672,33 @@ def _b_pass(xp, m, v):
     xp.copyto(v5, m5)
 
 
-def _overlap_add(xp, M, S, nb, tw):
-    """S[4r + i, 4t + j] = sum over tiles of M[i, j][r, t] (M (6, 6, nb, tw, C), S (4 nb + 2, >= 4 tw + 2, C))."""
-    span = TILE * tw
+def _place_tiles(xp, M, S, tw, t):
+    """First half of the overlap-add of 6x6 tiles (stride 4) into S, for the tile rows t (a
+    slice): S rows 4r .. 4r+3 <- the first four rows of tile row r's tiles, each tile's last two
+    columns added onto the next tile's first two. Different tile rows write different rows of S.
+    M (6, 6, nb, tw, C) holds the tiles; S (4 nb + 2, >= 4 tw + 2, C)."""
+    span, n = TILE * tw, t.stop - t.start
+    rows = S[TILE * t.start:TILE * t.stop]
     for j in range(TILE):
-        # rows 4r + i, i < 4, column 4t + j: (nb, 4, tw, C) views of S and of M[0:4, j]
-        S[:TILE * nb, j:span:TILE].reshape(nb, TILE, tw, -1)[...] = M[:TILE, j].transpose(1, 0, 2, 3)
-    S[TILE * nb:] = 0
-    S[:TILE * nb, span:] = 0
+        # rows 4r + i, i < 4, column 4t + j: (n, 4, tw, C) views of S and of M[0:4, j]
+        rows[:, j:span:TILE].reshape(n, TILE, tw, -1)[...] = M[:TILE, j, t].transpose(1, 0, 2, 3)
+    rows[:, span:] = 0
     for j in range(TILE, ALPHA):
-        dst = S[:TILE * nb, j:j + span - TILE + 1:TILE].reshape(nb, TILE, tw, -1)
-        xp.add(dst, M[:TILE, j].transpose(1, 0, 2, 3), out=dst)
+        dst = rows[:, j:j + span - TILE + 1:TILE].reshape(n, TILE, tw, -1)
+        xp.add(dst, M[:TILE, j, t].transpose(1, 0, 2, 3), out=dst)
+
+
+def _add_tile_tails(xp, M, S, tw, t):
+    """Second half: the last two rows of tile row r's tiles added onto S rows 4r+4, 4r+5 (the
+    next tile row's first two, or the block's last two, zeroed beforehand)."""
+    span, n = TILE * tw, t.stop - t.start
     for i in range(TILE, ALPHA):
-        rows = S[i:i + TILE * (nb - 1) + 1:TILE]                       # (nb, Wv, C)
-        dst = rows[:, :span].reshape(nb, tw, TILE, -1)
-        xp.add(dst, M[i, :TILE].transpose(1, 2, 0, 3), out=dst)
+        rows = S[TILE * t.start + i:TILE * (t.stop - 1) + i + 1:TILE]      # (n, Wv, C)
+        dst = rows[:, :span].reshape(n, tw, TILE, -1)
+        xp.add(dst, M[i, :TILE, t].transpose(1, 2, 0, 3), out=dst)
         for j in range(TILE, ALPHA):
             dst = rows[:, j:j + span - TILE + 1:TILE]
-            xp.add(dst, M[i, j], out=dst)
+            xp.add(dst, M[i, j, t], out=dst)
 
 
 def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None):
@@ -746,16 +755,23 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None)
         ws.parallel(input_gradient_transform, nb)
         # overlap-add the 6x6 tiles (stride 4) into the block's padded rows 4 r0 .. 4 r0 + 4 nb + 1:
         # the top-left 4x4 of every tile tiles the plane (assign), the last two rows/columns
-        # land on the next tile's first two (add)
-        _overlap_add(xp, M, S, nb, tw)
+        # land on the next tile's first two (add). Each half writes disjoint rows per tile row,
+        # so both run split over tile rows; the second starts when the first has finished.
+        ws.parallel(lambda t: _place_tiles(xp, M, S, tw, t), nb)
+        S[TILE * nb:] = 0
+        ws.parallel(lambda t: _add_tile_tails(xp, M, S, tw, t), nb)
         if have_carry:
             S[:2] += carry
         # padded rows 4 r0 .. 4 r0 + 4 nb - 1 are now complete; input row y is padded row y + 1
         p0, p1 = TILE * r0, TILE * (r0 + nb)
         y0, y1 = max(p0 - 1, 0), min(p1 - 1, h)
+
+        def write_rows(k):
+            ys = slice(y0 + k.start, y0 + k.stop)
+            _write_out(xp, S[ys.start + 1 - p0:ys.stop + 1 - p0, 1:w + 1], dx[ys], None, False,
+                       None if mask is None else mask[ys])
         if y1 > y0:
-            dst = dx[y0:y1]
-            _write_out(xp, S[y0 + 1 - p0:y1 + 1 - p0, 1:w + 1], dst, None, False, None if mask is None else mask[y0:y1])
+            ws.parallel(write_rows, y1 - y0)
         carry[...] = S[TILE * nb:]
         have_carry = True
     # the last input row may sit in the final carry (when h is a multiple of 4)
