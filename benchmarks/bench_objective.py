@@ -238,6 +238,53 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _images_for_stylize(tmp):
+    """The paper's Tuebingen photo and The Starry Night from ../shared/images when present, else
+    two generated 1024 x 768 images."""
+    shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "images")
+    content, style = os.path.join(shared, "tubingen.jpg"), os.path.join(shared, "starry_night.jpg")
+    if os.path.exists(content) and os.path.exists(style):
+        return content, style
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("content.png", "style.png"):
+        a = np.kron(rng.uniform(0, 255, (96, 128, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+        paths.append(os.path.join(tmp, name))
+        Image.fromarray(a).save(paths[-1])
+    return tuple(paths)
+
+
+def stylize_memory_child(size, iterations=10):
+    """Run in a fresh process: a whole ``nstlite stylize`` at ``size`` (default settings, a few
+    iterations), then this process's peak RSS."""
+    import tempfile
+
+    from nstlite.cli import main as nstlite_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        content, style = _images_for_stylize(tmp)
+        argv = ["stylize", "--content", content, "--style", style, "--output", os.path.join(tmp, "out.png"),
+                "--size", str(size), "--iterations", str(iterations), "--quiet"]
+        try:
+            code = nstlite_main(argv)
+        except SystemExit as e:
+            code = e.code
+    print(json.dumps({"stylize_peak_rss": _peak_rss(), "status": code, "content": os.path.basename(content)}))
+
+
+def measure_stylize_memory(size):
+    """Peak RSS of a whole ``nstlite stylize`` run at ``size`` (None without the real weights)."""
+    if not os.path.exists(default_weights_path()):
+        return None
+    cmd = [sys.executable, os.path.abspath(__file__), "--stylize-memory-child", str(size)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        return None
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return out if out.get("status") in (0, None) else None
+
+
 def measure_memory(size, kernel):
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", str(size), "--kernel", kernel, "--threads", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -260,11 +307,15 @@ def main():
                     help="threads for the Winograd tile transforms (conv_fast.TRANSFORM_THREADS; default "
                          f"{CF.TRANSFORM_THREADS})")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--stylize-memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.transform_threads:
         CF.TRANSFORM_THREADS = args.transform_threads
     if args.memory_child:
         memory_child(args.memory_child, args.kernel)
+        return 0
+    if args.stylize_memory_child:
+        stylize_memory_child(args.stylize_memory_child)
         return 0
 
     torch = None
@@ -336,14 +387,21 @@ def main():
                 print(f"\nmemory (nstlite only, fresh process, 3 evaluations): peak RSS {mem['peak_rss'] / 2**20:.0f} MiB, "
                       f"tracemalloc peak {mem['tracemalloc_peak'] / 2**20:.0f} MiB, shared conv workspace "
                       f"{mem['workspace'] / 2**20:.1f} MiB")
+            smem = measure_stylize_memory(size)
+            if smem:
+                row.update(smem)
+                print(f"memory of a whole `nstlite stylize --size {size}` ({smem['content']}, default settings, "
+                      f"10 iterations, fresh process): peak RSS {smem['stylize_peak_rss'] / 2**20:.0f} MiB "
+                      f"({smem['stylize_peak_rss'] / 1e9:.2f} GB)")
         summary.append(row)
-    print("\n| size | nstlite s/eval | PyTorch s/eval | ratio | nstlite peak RSS |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| size | nstlite s/eval | PyTorch s/eval | ratio | peak RSS, evaluation loop | peak RSS, whole stylize |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in summary:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
         rss = f"{r['peak_rss'] / 2**20:.0f} MiB" if "peak_rss" in r else "-"
         torch_s = f"{r['torch_s']:.3f}" if r["ratio"] else "-"
-        print(f"| {r['size']}² | {r['nstlite_s']:.3f} | {torch_s} | {ratio} | {rss} |")
+        srss = f"{r['stylize_peak_rss'] / 2**20:.0f} MiB" if "stylize_peak_rss" in r else "-"
+        print(f"| {r['size']}² | {r['nstlite_s']:.3f} | {torch_s} | {ratio} | {rss} | {srss} |")
     return 0
 
 

@@ -140,22 +140,27 @@ def estimate_peak_bytes(channels, height, width, depth_layers, loss_layers, hist
     depth_layers : VGG layer names in order up to the deepest one used; loss_layers : the
     content and style layers; overhead : the interpreter, NumPy/SciPy/Pillow and decoded images.
 
-    Fixed part: every loaded kernel, the Winograd transforms U of the layers that run (36
-    values per 9-tap kernel: 4x the kernel) and the shared conv workspace (~33 MiB).
+    Fixed part: the Winograd transforms U of the layers that run (36 values per 9-tap kernel:
+    4x the kernel), one kernel (the weights file is mapped: a kernel's pages are resident only
+    while its U is made, ``nstlite.weights.release_pages``) and the shared conv workspace
+    (~33 MiB).
     Per size, in ``itemsize`` bytes per value: the two ping-pong map buffers, each as large as
     the largest zero-padded map; one boolean ReLU mask per conv (1 byte per value); for each loss
-    layer the feature copy handed out, its gradient, the content target and one temporary (4
-    maps); the host side in float64: L-BFGS-B's 2 * history correction pairs and about a dozen
-    image-sized vectors. The per-size part carries a 15 % margin.
+    layer the feature copy handed out (which its gradient overwrites) and the content target or
+    a temporary (2 maps); the host side in float64: L-BFGS-B's 2 * history correction pairs and
+    about a dozen image-sized vectors. The per-size part carries a 15 % margin.
 
-    Measured against it (real VGG19, whole process, ``/usr/bin/time -v``): 1.17 GB at 512x384
-    (estimate 1.32 GB) and 0.62 GB at 256x170 (estimate 0.67 GB).
+    Measured against it (real VGG19, whole process, ``/usr/bin/time -v``): 0.93 GB at 512x384
+    (estimate 1.01 GB) and 0.48 GB at 256x192 (estimate 0.57 GB).
     """
-    fixed, c_in = 33 * 2**20, 3
+    fixed, c_in, largest_kernel = 33 * 2**20, 3, 0
     for name, c_out in channels.items():
         kernel = 9 * c_in * c_out * itemsize
-        fixed += kernel + (4 * kernel if name in depth_layers else 0)
+        if name in depth_layers:
+            fixed += 4 * kernel
+            largest_kernel = max(largest_kernel, kernel)
         c_in = c_out
+    fixed += largest_kernel
     h, w, c = height, width, 3
     largest, masks, loss = (h + 2) * (w + 2) * c, 0, 0
     for name in depth_layers:
@@ -166,7 +171,7 @@ def estimate_peak_bytes(channels, height, width, depth_layers, loss_layers, hist
         largest = max(largest, (h + 2) * (w + 2) * c)
         masks += c * h * w
         if name in loss_layers:
-            loss += 4 * c * h * w
+            loss += 2 * c * h * w
     n = 3 * height * width
     per_size = 2 * largest * itemsize + masks + loss * itemsize + (2 * history + 12) * n * 8
     return int(fixed + 1.15 * per_size + overhead)
