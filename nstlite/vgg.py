@@ -334,9 +334,12 @@ class _ChannelsLastPath:
                     plan.forward_image(x.astype(self.net.dtype, copy=False), out, self.ws, relu=True)
                 else:
                     plan.forward(src, out, h, w, self.ws, relu=True)
-                xp.greater(out, 0, out=self._mask(name, out.shape, bool))
+                mask = self._mask(name, out.shape, bool)
+                self.ws.parallel(lambda r: xp.greater(out[r], 0, out=mask[r]), hn)
             else:
-                _pool_forward(xp, self.net.pooling, CF.interior(src, h, w), out)
+                inp = CF.interior(src, h, w)
+                # output row i reads input rows 2i, 2i + 1: rows split over the threads
+                self.ws.parallel(lambda r: _pool_forward(xp, self.net.pooling, inp[2 * r.start:2 * r.stop], out[r]), hn)
                 if self.net.pooling == "max":
                     _max_pool_winner(xp, CF.interior(src, h, w), out, self._mask(name, out.shape, xp.int8))
             src, h, w = dst, hn, wn
@@ -344,7 +347,7 @@ class _ChannelsLastPath:
                 compact = self.features.get(name)
                 if compact is None:
                     compact = self.features[name] = xp.empty((h, w, c), dtype=self.net.dtype)
-                compact[...] = out
+                self.ws.parallel(lambda r: compact[r].__setitem__(Ellipsis, out[r]), h)
                 feats[name] = compact.transpose(2, 0, 1)  # (C, h, w) view of channels-last memory
         self.last = (names, x.shape)
         # The layers' kernels now live in their kernels' own forms (Winograd's U, ...): when
@@ -388,8 +391,14 @@ class _ChannelsLastPath:
                 self.plan(name).backward(g, CF.interior(dst, hb, wb), hb, wb, self.ws, mask=mask)
             else:
                 dst = self._buffer(below, avoid=g)
-                _pool_backward(xp, self.net.pooling, CF.interior(g, h, w), CF.interior(dst, hb, wb),
-                               self.masks[below], self.masks.get(name))
+                dout, din = CF.interior(g, h, w), CF.interior(dst, hb, wb)
+                relu_mask, winner = self.masks[below], self.masks.get(name)
+                # output row i feeds input rows 2i, 2i + 1: rows split over the threads
+                self.ws.parallel(lambda r: _pool_backward(
+                    xp, self.net.pooling, dout[r], din[2 * r.start:2 * r.stop], relu_mask[2 * r.start:2 * r.stop],
+                    None if winner is None else winner[r]), h)
+                if hb > 2 * h:
+                    din[2 * h:] = 0  # the row the floor-mode pooling dropped
             g = dst
         raise AssertionError("the walk ends at conv1_1")  # pragma: no cover
 
@@ -400,19 +409,23 @@ class _ChannelsLastPath:
         grad_cl = grad.transpose(1, 2, 0)  # (h, w, C) view; contiguous when the loss kept the
         # channels-last layout of the map it was given (``nstlite.losses``)
         mask = self.masks[name] if name.startswith("conv") else None
-        if g is None:
+        first = g is None
+        if first:
             g = self._buffer(name)
-            dst = CF.interior(g, h, w)
-            if mask is None:
-                dst[...] = grad_cl
+        dst = CF.interior(g, h, w)
+
+        def rows(r):
+            if first:
+                if mask is None:
+                    dst[r] = grad_cl[r]
+                else:
+                    xp.multiply(grad_cl[r], mask[r], out=dst[r])
             else:
-                xp.multiply(grad_cl, mask, out=dst)
-        else:
-            # the gradient from above is already masked, so masking the sum masks the new term
-            dst = CF.interior(g, h, w)
-            xp.add(dst, grad_cl, out=dst)
-            if mask is not None:
-                xp.multiply(dst, mask, out=dst)
+                # the gradient from above is already masked, so masking the sum masks the new term
+                xp.add(dst[r], grad_cl[r], out=dst[r])
+                if mask is not None:
+                    xp.multiply(dst[r], mask[r], out=dst[r])
+        self.ws.parallel(rows, h)  # rows split over the threads
         return g
 
     def activation_pattern(self):
