@@ -66,7 +66,7 @@ DEFAULTS = {
     2: {"size": 128, "iterations": 150},
     3: {"size": 96, "iterations": 100},
 }
-HELP_TIMES = {  # measured with the defaults on a shared 2-core CPU (see docs/parts/figures.md)
+HELP_TIMES = {  # measured with the defaults on a shared 2-core CPU (see README.md, "Reproducing the paper")
     1: "about 4 minutes with --jobs 2 (217 s measured)",
     2: "about 1 minute per style with --jobs 2 (4 styles: 219 s measured)",
     3: "about 6 minutes with --jobs 2 (345 s measured)",

@@ -25,7 +25,7 @@ from .errors import NstliteError
 from .objective import Objective, content_targets, positions_of, style_targets
 from .optimize import STOP_INTERRUPTED, minimize_lbfgsb
 
-# Defaults (see docs/parts/stylize.md for how they were chosen).
+# Defaults (see README.md, "Defaults, and why", for how they were chosen).
 DEFAULT_SIZE = 512
 DEFAULT_ITERATIONS = 500
 DEFAULT_CONTENT_WEIGHT = 1.0      # alpha
