@@ -39,7 +39,7 @@ Every array operation goes through ``xp`` (NumPy or CuPy): the same lines run on
 Winograd accuracy
 -----------------
 F(4, 3) is a Toom-Cook algorithm: it evaluates the 6-tap input and the 3-tap kernel at five
-points and infinity, multiplies, and interpolates. Barabasz et al. (2020) show that its
+points and infinity, multiplies, and interpolates. Barabasz et al. (2018) show that its
 floating-point error depends on the points: the transforms' coefficients grow with powers of
 the points, and on real data most of the error is the rounding of the 36 channel sums, which
 the output transform amplifies. Diagonal scalings (row a of B^T and G, column a of A^T, with
@@ -59,8 +59,7 @@ References
 ----------
 A. Lavin, S. Gray. *Fast Algorithms for Convolutional Neural Networks*. CVPR 2016 (arXiv:1509.09308).
 B. Barabasz, A. Anderson, K. M. Soodhalter, D. Gregg. *Error analysis and improving the
-accuracy of Winograd convolution for deep neural networks*. ACM TOMS 46(4), 2020
-(arXiv:1803.10986).
+accuracy of Winograd convolution for deep neural networks*. arXiv:1803.10986, 2018.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
