@@ -317,3 +317,23 @@ def test_content_targets_keep_the_channels_last_layout():
     assert P.transpose(1, 2, 0).flags.c_contiguous
     _, dF = losses.content_loss(F, P)
     assert dF.transpose(1, 2, 0).flags.c_contiguous and rel(dF, np.asarray(F) - np.asarray(P)) < 1e-15
+
+
+# ----------------------------------------------------------------------------- GEMM split
+def test_workspace_matmul_splits_the_stack_and_restores_blas_threads():
+    """Workspace.matmul equals one matmul call, and leaves the calling thread's OpenBLAS thread
+    count as it found it (where OpenBLAS has per-thread counts; else it is one matmul call)."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((36, 50, 24)).astype(np.float32)
+    b = rng.standard_normal((36, 24, 16)).astype(np.float32)
+    expect = np.matmul(a, b)
+    for threads in (1, 2, 3):
+        ws = CF.Workspace(np, threads=threads)
+        out = np.empty_like(expect)
+        assert ws.matmul(a, b, out) is out
+        np.testing.assert_allclose(out, expect, rtol=1e-6, atol=1e-5)
+    local = CF._LOCAL_BLAS_THREADS
+    if local is not None:
+        before = local(2)  # set a known count for this thread, remember what it was
+        CF.Workspace(np, threads=2).matmul(a, b, np.empty_like(expect))
+        assert local(before) == 2  # matmul put it back
