@@ -275,6 +275,20 @@ class Workspace:
         for f in futures:
             f.result()
 
+    def parallel_gemms(self, fn, n):
+        """``parallel(fn, n)`` for parts that call GEMMs: each part's BLAS calls run on one
+        thread (its own core) where OpenBLAS allows a per-thread count; the calling thread's
+        count is restored afterwards. Elsewhere the parts run one after another on the calling
+        thread, OpenBLAS threading each GEMM as usual."""
+        if self._blas_local is None:
+            fn(slice(0, n))
+            return
+        previous = self._blas_local(1)
+        try:
+            self.parallel(fn, n)
+        finally:
+            self._blas_local(previous)
+
     def matmul(self, a, b, out):
         """out[i] = a[i] @ b[i] for 3-D stacks (the Winograd kernels' 36 GEMMs).
 
@@ -287,11 +301,7 @@ class Workspace:
         144 -> 155 GF/s). Elsewhere (CuPy, other BLAS) one ``matmul`` call."""
         if self._blas_local is None or a.shape[0] < 2:
             return self.xp.matmul(a, b, out=out)
-        previous = self._blas_local(1)
-        try:
-            self.parallel(lambda k: self.xp.matmul(a[k], b[k], out=out[k]), a.shape[0])
-        finally:
-            self._blas_local(previous)
+        self.parallel_gemms(lambda k: self.xp.matmul(a[k], b[k], out=out[k]), a.shape[0])
         return out
 
     def take(self, dtype, *shapes):
@@ -482,20 +492,24 @@ def im2col_conv(x, wk, out, ws=None, relu=True, rows_per_block=None):
     cols[9 * c_in] = 1  # the bias row
     for y0 in range(0, h, rows_per_block):
         rb = min(rows_per_block, h - y0)
-        m = rb * wp
-        for c in range(c_in):
-            for i in range(3):
-                for j in range(3):
-                    start = (y0 + i) * wp + j
-                    cols[(c * 3 + i) * 3 + j, :m] = xflat[c, start:start + m]
-        res = acc[:m]
-        xp.matmul(cols[:, :m].T, wk, out=res)   # (m, 28) @ (28, C_out): conv + bias
-        dst = out[y0:y0 + rb]
-        src = res.reshape(rb, wp, c_out)[:, :w]
-        if relu:
-            xp.maximum(src, 0, out=dst)
-        else:
-            dst[...] = src
+
+        def rows(r):
+            # output rows y0 + r of the block: their columns, one GEMM, the copy out
+            m0, m1 = r.start * wp, r.stop * wp
+            for c in range(c_in):
+                for i in range(3):
+                    for j in range(3):
+                        start = (y0 + i) * wp + j
+                        cols[(c * 3 + i) * 3 + j, m0:m1] = xflat[c, start + m0:start + m1]
+            res = acc[m0:m1]
+            xp.matmul(cols[:, m0:m1].T, wk, out=res)   # (m, 28) @ (28, C_out): conv + bias
+            dst = out[y0 + r.start:y0 + r.stop]
+            src = res.reshape(r.stop - r.start, wp, c_out)[:, :w]
+            if relu:
+                xp.maximum(src, 0, out=dst)
+            else:
+                dst[...] = src
+        ws.parallel_gemms(rows, rb)  # parts of rows side by side, each on its own core
     return out
 
 
@@ -525,13 +539,17 @@ def im2col_conv_adjoint(dpad, wk, h, w, ws=None, rows_per_block=None):
         m = rb * wp
         dy = gflat[(y0 + 1) * wp + 1:(y0 + 1) * wp + 1 + m]   # (m, C_out)
         d = dcols[:m]
-        xp.matmul(dy, taps.T, out=d)
-        for c in range(c_in):
-            for i in range(3):
-                for j in range(3):
-                    start = (y0 + i) * wp + j
-                    seg = dflat[c, start:start + m]
-                    xp.add(seg, d[:, (c * 3 + i) * 3 + j], out=seg)
+        ws.parallel_gemms(lambda r: xp.matmul(dy[r], taps.T, out=d[r]), m)
+
+        def add_back(cs):
+            # channels are independent; the 9 taps of one channel overlap, so they stay in order
+            for c in range(cs.start, cs.stop):
+                for i in range(3):
+                    for j in range(3):
+                        start = (y0 + i) * wp + j
+                        seg = dflat[c, start:start + m]
+                        xp.add(seg, d[:, (c * 3 + i) * 3 + j], out=seg)
+        ws.parallel(add_back, c_in)
     return xp.ascontiguousarray(dcm[:, 1:h + 1, 1:w + 1])
 
 

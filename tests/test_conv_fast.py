@@ -304,6 +304,30 @@ def test_winograd_threads_give_the_same_result(threads):
     assert rel(res[threads][0], np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("rows_per_block", [None, 4])
+def test_im2col_threads_give_the_same_result(threads, rows_per_block):
+    """conv1_1's im2col kernel split over rows (forward) and over GEMM rows and channels
+    (input gradient) equals the one-thread run, and the reference."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 23, 18)).astype(np.float32)
+    wt, b = rng.standard_normal((8, 3, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    wk = CF.im2col_weights(wt, b)
+    g = CF.to_padded(rng.standard_normal((8, 23, 18)).astype(np.float32))
+    res = {}
+    for k in (1, threads):
+        ws = CF.Workspace(np, threads=k)
+        out = np.empty((23, 18, 8), np.float32)
+        CF.im2col_conv(x, wk, out, ws=ws, relu=False, rows_per_block=rows_per_block)
+        res[k] = out, CF.im2col_conv_adjoint(g, wk, 23, 18, ws=ws, rows_per_block=rows_per_block)
+    np.testing.assert_allclose(res[threads][0], res[1][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(res[threads][1], res[1][1], rtol=1e-6, atol=1e-6)
+    ref, cache = L.conv3x3_forward_reference(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64))
+    assert rel(res[threads][0], ref.transpose(1, 2, 0)) < 1e-5
+    dref = L.conv3x3_backward_reference(CF.interior(g, 23, 18).transpose(2, 0, 1).astype(np.float64), cache)
+    assert rel(res[threads][1], dref) < 1e-5
+
+
 def test_content_targets_keep_the_channels_last_layout():
     """P^l is copied in the layout of the map it came from, so eq. (1)'s F - P is computed on
     like-laid-out arrays, and its gradient reaches the network channels-last."""
