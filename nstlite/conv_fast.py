@@ -15,13 +15,17 @@ Kernels
     The definition as three GEMMs over shifted views: with the buffer flattened to
     (Hp*Wp, C), the input under kernel row i is the contiguous slice starting at row
     ``i*Wp``; the three column taps j are gathered side by side into one (M, 3C) operand so
-    each GEMM has K = 3 C. Exact up to float rounding; used for conv1_1 (C = 3) and as the
-    general fallback.
+    each GEMM has K = 3 C. Exact up to float rounding; the kernel of small maps (below
+    ``WINOGRAD_MIN_TILES`` tiles) and the general fallback.
+``im2col_conv``
+    conv1_1 (C = 3): columns of the 27 taps plus a row of ones (the bias), one GEMM per
+    block of rows.
 ``winograd_conv``
     Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016): each 6x6 input tile d is
     transformed to B^T d B, multiplied element-wise (summed over input channels: 36 GEMMs of
-    (tiles, C_in) @ (C_in, C_out), batched in one ``matmul``) with the transformed kernel
-    U = G g G^T, and transformed back by A^T (.) A into a 4x4 output tile. 36 products per 16
+    (tiles, C_in) @ (C_in, C_out), split over the workspace's threads by ``Workspace.matmul``)
+    with the transformed kernel U = G g G^T, and transformed back by A^T (.) A into a 4x4
+    output tile. 36 products per 16
     outputs instead of 144: a quarter of the multiplications. Tile rows are processed in
     blocks so that the transformed tiles stay in cache; the block work space is shared by all
     layers. Interpolation points 0, +-1/2, +-2, infinity (Lavin & Gray use 0, +-1, +-2,
