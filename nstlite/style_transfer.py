@@ -150,8 +150,8 @@ def estimate_peak_bytes(channels, height, width, depth_layers, loss_layers, hist
     a temporary (2 maps); the host side in float64: L-BFGS-B's 2 * history correction pairs and
     about a dozen image-sized vectors. The per-size part carries a 15 % margin.
 
-    Measured against it (real VGG19, whole process, ``/usr/bin/time -v``): 0.93 GB at 512x384
-    (estimate 1.01 GB) and 0.48 GB at 256x192 (estimate 0.57 GB).
+    Measured against it (real VGG19, whole process, ``/usr/bin/time -v``, L-BFGS history
+    full): 0.97 GB at 512x384 (estimate 1.01 GB) and 0.48 GB at 256x192 (estimate 0.57 GB).
     """
     fixed, c_in, largest_kernel = 33 * 2**20, 3, 0
     for name, c_out in channels.items():

@@ -199,9 +199,9 @@ def test_memory_estimate_scales_with_area_and_refuses(net):
     full = {n: c for n, c in zip(net.weights, [64, 64, 128, 128] + [256] * 4 + [512] * 8)}
     gb = estimate_peak_bytes(full, 512, 512, depth, layers) / 2**30
     assert 0.8 < gb < 4
-    # measured for whole real runs: 0.93 GB at 512x384 and 0.48 GB at 256x192; the estimate
+    # measured for whole real runs: 0.97 GB at 512x384 and 0.48 GB at 256x192; the estimate
     # stays above them, within 30 %
-    assert 0.93e9 < estimate_peak_bytes(full, 384, 512, depth, layers) < 1.3 * 0.93e9
+    assert 0.97e9 < estimate_peak_bytes(full, 384, 512, depth, layers) < 1.3 * 0.97e9
     assert 0.48e9 < estimate_peak_bytes(full, 192, 256, depth, layers) < 1.3 * 0.48e9
     with pytest.raises(NstliteError) as e:
         check_memory(net, 400, 300, layers, layers, 10, available=small)
