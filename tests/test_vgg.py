@@ -221,3 +221,20 @@ def test_mapped_weights_equal_read_ones_and_release_keeps_values(tmp_path):
     net = load_vgg19(str(path))
     for _ in range(2):
         np.testing.assert_allclose(net.forward(x, ["conv3_1"])["conv3_1"], a, rtol=1e-6, atol=1e-6)
+
+
+def test_mapped_read_falls_back_to_copies_for_chunked_or_compressed_data(tmp_path):
+    import h5py
+
+    from nstlite.weights import read_weights
+    path = tmp_path / "tiny.h5"
+    params = random_params(0, widths=WIDTHS)
+    write_weights(path, params, "BGR", 255.0, CAFFE_MEAN, (1, 1, 1), "test")
+    with h5py.File(path, "a") as f:  # conv1_2's kernel stored compressed (chunked)
+        del f["conv1_2/weight"]
+        f.create_dataset("conv1_2/weight", data=params["conv1_2"][0].astype(np.float32), compression="gzip")
+    mapped, _ = read_weights(str(path), mapped=True)
+    assert mapped["conv1_2"][0].flags.owndata  # read the ordinary way
+    assert not mapped["conv1_1"][0].flags.owndata  # still a view of the file
+    for name in ("conv1_1", "conv1_2"):
+        np.testing.assert_array_equal(mapped[name][0], params[name][0].astype(np.float32))
