@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from nstlite import conv_fast as CF  # noqa: E402
 from nstlite.objective import Objective, content_targets, positions_of, style_targets  # noqa: E402
 from nstlite.vgg import VGG19, load_vgg19  # noqa: E402
+from nstlite.backend import to_host  # noqa: E402
 from nstlite.weights import default_weights_path, random_params  # noqa: E402
 
 CONTENT = ["conv4_2"]
@@ -89,9 +90,9 @@ def make_images(size, seed=0):
 
 
 # ----------------------------------------------------------------------------- nstlite
-def nstlite_objective(params, size, kernel, dtype="float32", net=None):
+def nstlite_objective(params, size, kernel, dtype="float32", net=None, device="cpu"):
     if net is None:
-        net = VGG19(params, None, pooling="avg", dtype=dtype, conv_kernel=kernel)
+        net = VGG19(params, None, pooling="avg", dtype=dtype, conv_kernel=kernel, device=device)
     photo, art, start = make_images(size)
     xp_photo, xp_art, x = net.preprocess(photo), net.preprocess(art), net.preprocess(start)
     P = content_targets(net, xp_photo, CONTENT)
@@ -142,11 +143,15 @@ def nstlite_layer_times(net, size, repeats):
 
 
 # ----------------------------------------------------------------------------- PyTorch
-def torch_objective(torch, params, size, nstlite_net):
-    """The same objective in PyTorch autograd, same weights, same inputs and targets."""
+def torch_objective(torch, params, size, nstlite_net, device="cpu"):
+    """The same objective in PyTorch autograd, same weights, same inputs and targets (on CUDA
+    for ``device='gpu'``)."""
     F = torch.nn.functional
-    weights = {n: (torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)),
-                   torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))) for n, (w, b) in params.items()}
+    tdev = "cuda" if device == "gpu" else "cpu"
+
+    def tensor(a):
+        return torch.from_numpy(np.array(to_host(a), dtype=np.float32)).to(tdev)
+    weights = {n: (tensor(w), tensor(b)) for n, (w, b) in params.items()}
     names = nstlite_net.layer_names[: nstlite_net.layer_names.index("conv5_1") + 1]
 
     def features(x):
@@ -167,11 +172,11 @@ def torch_objective(torch, params, size, nstlite_net):
 
     photo, art, start = make_images(size)
     with torch.no_grad():
-        fp = features(torch.from_numpy(np.asarray(nstlite_net.preprocess(photo))))
+        fp = features(tensor(nstlite_net.preprocess(photo)))
         P = {n: fp[n].clone() for n in CONTENT}
-        fa = features(torch.from_numpy(np.asarray(nstlite_net.preprocess(art))))
+        fa = features(tensor(nstlite_net.preprocess(art)))
         A = {n: gram(fa[n]) for n in STYLE}
-    x0 = torch.from_numpy(np.asarray(nstlite_net.preprocess(start)))
+    x0 = tensor(nstlite_net.preprocess(start))
 
     def evaluate():
         x = x0.clone().requires_grad_(True)
@@ -303,6 +308,8 @@ def main():
     ap.add_argument("--sizes", default="256,512", help="comma-separated image sides")
     ap.add_argument("--repeats", type=int, default=5, help="timed evaluations per library and size")
     ap.add_argument("--kernel", default="fast", help="nstlite conv kernel (fast, winograd, shifted_gemm, reference)")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="gpu: nstlite on CuPy and PyTorch on CUDA (no per-layer or RSS tables)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when importable")
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
@@ -329,6 +336,22 @@ def main():
             torch.set_num_threads(args.threads or os.cpu_count() or 1)
         except ImportError:
             torch = None
+    sync, torch_sync = (lambda: None), (lambda: None)
+    if args.device == "gpu":
+        try:
+            import cupy
+            cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # no CuPy, or no CUDA device/driver
+            sys.exit(f"bench_objective: --device gpu needs CuPy and a CUDA device ({type(e).__name__}: {e})".splitlines()[0])
+        sync = cupy.cuda.Device().synchronize  # GPU work is asynchronous: time it to completion
+        args.no_layers = args.no_memory = True
+        if torch is not None:
+            if torch.cuda.is_available():
+                torch_sync = torch.cuda.synchronize
+            else:
+                print("# torch has no CUDA here: nstlite only")
+                torch = None
+        print(f"# GPU: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}, CuPy {cupy.__version__}")
     params, _, label = load_params()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -340,20 +363,24 @@ def main():
           f"{os.environ.get('OPENBLAS_NUM_THREADS', '(all)')}; repeats: {args.repeats}")
     summary = []
     for size in sizes:
-        net, obj, x = nstlite_objective(params, size, args.kernel)
+        net, obj, x = nstlite_objective(params, size, args.kernel, device=args.device)
         obj(x)  # warm up: allocate buffers and the workspace
+        sync()
         t_torch = []
         if torch is not None:
-            evaluate, tweights = torch_objective(torch, params, size, net)
+            evaluate, tweights = torch_objective(torch, params, size, net, args.device)
             evaluate()
+            torch_sync()
         t_nst = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             obj(x)
+            sync()
             t_nst.append(time.perf_counter() - t0)
             if torch is not None:
                 t0 = time.perf_counter()
                 evaluate()
+                torch_sync()
                 t_torch.append(time.perf_counter() - t0)
         gflop = conv_flops(size) / 1e9
         med_n = float(np.median(t_nst))
@@ -367,6 +394,9 @@ def main():
             print(f"pytorch : median {med_t:.3f} s  ({gflop / med_t:.0f} GF/s)  all: "
                   + " ".join(f"{t:.3f}" for t in t_torch))
             print(f"ratio nstlite/pytorch: {med_n / med_t:.2f}")
+        if args.device == "gpu":
+            import cupy
+            print(f"CuPy memory pool after the runs: {cupy.get_default_memory_pool().total_bytes() / 2**20:.0f} MiB")
         if not args.no_layers and net._fast is not None:
             reps = 3
             lt = nstlite_layer_times(net, size, reps)
