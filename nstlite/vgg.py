@@ -347,7 +347,7 @@ class _ChannelsLastPath:
                 compact = self.features.get(name)
                 if compact is None:
                     compact = self.features[name] = xp.empty((h, w, c), dtype=self.net.dtype)
-                self.ws.parallel(lambda r: compact[r].__setitem__(Ellipsis, out[r]), h)
+                self.ws.parallel(lambda r: _copy(compact[r], out[r]), h)
                 feats[name] = compact.transpose(2, 0, 1)  # (C, h, w) view of channels-last memory
         self.last = (names, x.shape)
         # The layers' kernels now live in their kernels' own forms (Winograd's U, ...): when
@@ -435,6 +435,10 @@ class _ChannelsLastPath:
         names, _ = self.last
         return [self.masks[n].transpose(2, 0, 1).copy() for n in names
                 if n.startswith("conv") or self.net.pooling == "max"]
+
+
+def _copy(dst, src):
+    dst[...] = src
 
 
 def _pool_taps(x, ho, wo):
