@@ -31,6 +31,17 @@ def assert_same_params(got, want):
         np.testing.assert_array_equal(got[name][1], want[name][1], err_msg=name)
 
 
+def converted(capsys, src, fmt, params, dst):
+    """Detect ``src`` as ``fmt``, convert it to ``dst``, check the kernels and biases equal
+    ``params``; returns the converted file's attributes."""
+    assert detect_format(str(src)) == fmt
+    code, out, err = convert(capsys, src, dst)
+    assert code == 0, err
+    got, attrs = read_weights(dst)
+    assert_same_params(got, params)
+    return attrs
+
+
 def assert_caffe_preprocessing(attrs):
     assert attrs["channel_order"] == "BGR" and attrs["input_scale"] == 255.0
     np.testing.assert_allclose(attrs["mean"], CAFFE_MEAN_BGR)
@@ -43,12 +54,7 @@ def test_keras_h5_kernels_are_transposed_to_out_in_kh_kw(tmp_path, capsys, keras
     params = small_params(1)
     src = tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels.h5"
     write_keras_h5(src, params, keras_version, with_top, nested)
-    assert detect_format(str(src)) == "keras"
-    code, out, err = convert(capsys, src, tmp_path / "k.h5")
-    assert code == 0, err
-    got, attrs = read_weights(tmp_path / "k.h5")
-    assert_same_params(got, params)
-    assert_caffe_preprocessing(attrs)
+    assert_caffe_preprocessing(converted(capsys, src, "keras", params, tmp_path / "k.h5"))
 
 
 def test_keras_theano_ordered_kernels_are_refused(tmp_path, capsys):
@@ -74,12 +80,7 @@ def test_caffemodel_layer_and_layers_fields_packed_and_unpacked(tmp_path, capsys
     params = small_params(2)
     src = tmp_path / "VGG_ILSVRC_19_layers.caffemodel"
     src.write_bytes(caffemodel_bytes(params, v1=v1, legacy_dims=legacy_dims, packed=packed))
-    assert detect_format(str(src)) == "caffe"
-    code, out, err = convert(capsys, src, tmp_path / "c.h5")
-    assert code == 0, err
-    got, attrs = read_weights(tmp_path / "c.h5")
-    assert_same_params(got, params)
-    assert_caffe_preprocessing(attrs)
+    assert_caffe_preprocessing(converted(capsys, src, "caffe", params, tmp_path / "c.h5"))
 
 
 def test_caffemodel_damage_gives_clean_errors(tmp_path, capsys):
@@ -112,11 +113,7 @@ def test_matconvnet_mat_gives_rgb_kernels_and_the_file_mean(tmp_path, capsys, la
     mean_rgb = (123.68, 116.779, 103.939)
     src = tmp_path / "imagenet-vgg-verydeep-19.mat"
     write_matconvnet_mat(src, params, mean_rgb, layout, mean_image)
-    assert detect_format(str(src)) == "matconvnet"
-    code, out, err = convert(capsys, src, tmp_path / "m.h5")
-    assert code == 0, err
-    got, attrs = read_weights(tmp_path / "m.h5")
-    assert_same_params(got, params)
+    attrs = converted(capsys, src, "matconvnet", params, tmp_path / "m.h5")
     assert attrs["channel_order"] == "RGB" and attrs["input_scale"] == 255.0
     np.testing.assert_allclose(attrs["mean"], mean_rgb, rtol=1e-5)
 
