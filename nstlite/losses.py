@@ -126,27 +126,29 @@ def style_layer_loss(F, A, grad_scale=1.0, out=None):
     # scratch first, then replaces the block of F it was computed from.
     step = max(1, _GRADIENT_BLOCK_BYTES // (n * F.itemsize)) if in_place else m
     scratch = xp.empty(min(step, m) * n, dtype=F.dtype) if in_place else None
-    # The product is formed in the orientation of F's memory, so that it writes whole rows.
+    # The product is formed in the orientation of F's memory, so that it writes whole rows:
+    # channels-last, eq. (6) as written, F^T (G - A) (M_l x N_l, positions are rows);
+    # channel-major, its transpose (G - A)^T F (N_l x M_l, positions are columns).
     if _channels_last(F):
-        # eq. (6) as written, F^T (G - A): M_l x N_l, a block of rows (positions) at a time
-        Ft, dFt = Fm.T, _as_matrix(out).T
-        for k0 in range(0, m, step):
-            k1 = min(k0 + step, m)
-            if in_place:
-                tmp = scratch[: (k1 - k0) * n].reshape(k1 - k0, n)
-                dFt[k0:k1] = xp.matmul(Ft[k0:k1], diff, out=tmp)
-            else:
-                xp.matmul(Ft[k0:k1], diff, out=dFt[k0:k1])
+        def positions(a, k0, k1):  # positions k0 .. k1 of an N_l x M_l matrix, as F^T's rows
+            return a.T[k0:k1]
+
+        def product(k0, k1, into):
+            return xp.matmul(Fm.T[k0:k1], diff, out=into)
     else:
-        # its transpose, (G - A)^T F: N_l x M_l, a block of columns (positions) at a time
-        dF = _as_matrix(out)
-        for k0 in range(0, m, step):
-            k1 = min(k0 + step, m)
-            if in_place:
-                tmp = scratch[: n * (k1 - k0)].reshape(n, k1 - k0)
-                dF[:, k0:k1] = xp.matmul(diff.T, Fm[:, k0:k1], out=tmp)
-            else:
-                xp.matmul(diff.T, Fm[:, k0:k1], out=dF[:, k0:k1])
+        def positions(a, k0, k1):
+            return a[:, k0:k1]
+
+        def product(k0, k1, into):
+            return xp.matmul(diff.T, Fm[:, k0:k1], out=into)
+    dF = _as_matrix(out)
+    for k0 in range(0, m, step):
+        k1 = min(k0 + step, m)
+        block = positions(dF, k0, k1)
+        if in_place:
+            block[...] = product(k0, k1, scratch[:block.size].reshape(block.shape))
+        else:
+            product(k0, k1, block)
     return loss, out
 
 
