@@ -4,7 +4,8 @@ import errno
 
 import pytest
 
-from nstlite.cli import main, run_parser
+from nstlite.cli import main
+from nstlite.errors import run_parser
 from nstlite.errors import NstliteError
 
 

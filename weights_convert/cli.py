@@ -160,7 +160,7 @@ def cmd_info(args):
 
 
 def main(argv=None):
-    from nstlite.cli import run_parser
+    from nstlite.errors import run_parser
     from nstlite.weights import WeightsError
 
     return run_parser(build_parser(), argv, PROG, (ConvertError, WeightsError),
