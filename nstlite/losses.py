@@ -272,10 +272,12 @@ class ContentLoss(LossTerm):
 
 
 class StyleLoss(LossTerm):
-    """A global term: statistics of the whole map (sums over positions), compared with the artwork's.
+    """A global term: statistics of the whole map, compared with the artwork's.
 
     Subclasses define ``statistics``, ``value`` and ``gradient``; ``target`` is the artwork's
-    statistics and ``loss`` composes the three steps.
+    statistics, ``blend`` mixes several artworks' targets, ``prepare`` derives once per run
+    what every evaluation would otherwise recompute from the target (a matrix square root),
+    and ``loss`` composes the three steps.
     """
 
     def statistics(self, F) -> dict:
@@ -289,6 +291,23 @@ class StyleLoss(LossTerm):
 
     def target(self, F):
         return self.statistics(F)
+
+    def blend(self, targets: list, weights: list, positions: int) -> dict:
+        """sum_s b_s target_s for weights b_s summing to 1, for a generated image of ``positions``
+        positions: a statistic that is a sum over positions is first rescaled by
+        positions / M_s, so that images of different sizes compare like with like (the
+        paper's images are of equal size: the factor is 1). Other statistics are mixed as they are."""
+        out = {}
+        for target, b in zip(targets, weights):
+            m_s = target["positions"]
+            for key, value in target.items():
+                scale = b * (positions / m_s if key in self.position_sums else 1.0)
+                out[key] = out[key] + value * scale if key in out else value * scale
+        return out
+
+    def prepare(self, target: dict) -> dict:
+        """The target as ``value`` and ``gradient`` read it (by default the blended statistics)."""
+        return target
 
     def loss(self, F, target):
         stats = self.statistics(F)

@@ -120,10 +120,10 @@ def style_targets(net, terms, style_xs, positions, blend_weights=None):
     """layer -> target statistics of each style term, from one or several artworks.
 
     With several artworks the targets are blended, A^l = sum_s b_s A_s^l (b_s summing to 1).
-    A statistic that is a sum over positions (a Gram matrix) is rescaled by M_l / M_s, the
-    generated image's positions over the artwork's, so that E_l (eq. 4, which normalises by the
-    generated image's M_l) compares like with like. The paper uses images of equal size, where
-    the factor is 1. Other statistics are blended as they are.
+    Each term blends its own statistics (``StyleLoss.blend``): a statistic that is a sum over
+    positions (a Gram matrix) is rescaled by M_l / M_s, the generated image's positions over
+    the artwork's, so that E_l (eq. 4, which normalises by the generated image's M_l) compares
+    like with like; the paper uses images of equal size, where the factor is 1.
     """
     n = len(style_xs)
     if n == 0:
@@ -135,19 +135,10 @@ def style_targets(net, terms, style_xs, positions, blend_weights=None):
     total_w = float(sum(blend_weights))
     if total_w <= 0 or any(b < 0 for b in blend_weights):
         raise NstliteError("style blend weights must be non-negative and not all zero")
-    layers = [t.layer for t in terms]
-    targets = {}
-    for sx, b in zip(style_xs, blend_weights):
-        feats = net.forward(sx, layers)
-        for term in terms:
-            F = feats[term.layer]
-            stats = term.target(F)
-            m_s = F.shape[1] * F.shape[2]
-            into = targets.setdefault(term.layer, {})
-            for key, value in stats.items():
-                scale = (b / total_w) * (positions[term.layer] / m_s if key in term.position_sums else 1.0)
-                into[key] = into[key] + value * scale if key in into else value * scale
-    return targets
+    weights = [b / total_w for b in blend_weights]
+    feats = [net.forward(sx, [t.layer for t in terms]) for sx in style_xs]
+    return {t.layer: t.prepare(t.blend([t.target(f[t.layer]) for f in feats], weights, positions[t.layer]))
+            for t in terms}
 
 
 def positions_of(net, shape, layers):
