@@ -17,7 +17,7 @@ load when something needs them.
 import importlib as _importlib
 import os as _os
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401  (the one version source; setup.py reads it too)
 
 # OpenBLAS worker threads otherwise busy-wait after each GEMM and slow the NumPy work that
 # follows. OpenBLAS reads this when NumPy first loads it, and `nstlite` / `python -m nstlite`
