@@ -14,9 +14,11 @@ the network handed out when the network allows it and no other term reads that m
 """
 from __future__ import annotations
 
+import inspect
+
 from .errors import NstliteError
 from .fast import losses as fused
-from .losses import INPUT, ContentLoss, TVLoss, style_loss_class
+from .losses import INPUT, ContentLoss, TVLoss, parse_style_losses
 
 
 class Objective:
@@ -35,7 +37,8 @@ class Objective:
     ``parts`` holds the loss terms as 0-d device arrays (no host sync here): ``content``
     (sum of the content terms, eq. 1), ``style`` (sum_l w_l E_l, eq. 5), ``tv`` (already
     multiplied by ``tv_weight``), ``extra``, ``total``, and ``style_layers`` mapping each style
-    term's layer to its unweighted value (E_l, eq. 4).
+    term's layer to its unweighted value (E_l, eq. 4; the sum of the values when several style
+    losses read one layer).
     """
 
     def __init__(self, net, content=(), style=(), alpha=1.0, beta=1.0, tv_weight=0.0, extra=()):
@@ -67,8 +70,9 @@ class Objective:
             value, dF = fused.evaluate(term, F, target, w_total, into)
             grads[term.layer] = grads[term.layer] + dF if term.layer in grads else dF
             parts[group] = parts[group] + w_group * value  # eq. (1) summed; eq. (5)
-            if group == "style":
-                parts["style_layers"][term.layer] = value  # eq. (4)
+            if group == "style":  # E_l (eq. 4); summed when several style losses read the layer
+                layer_values = parts["style_layers"]
+                layer_values[term.layer] = layer_values[term.layer] + value if term.layer in layer_values else value
         dx = self.net.backward(grads) if grads else xp.zeros_like(x)
         for group, term, target, w_group, w_total in self.terms:
             if term.layer == INPUT:
@@ -82,7 +86,7 @@ class Objective:
 
 
 def build_objective(net, content_x, style_xs, content_layers, style_layer_weights, alpha=1.0, beta=1.0,
-                    tv_weight=0.0, style_loss="gram", blend_weights=None, extra=()):
+                    tv_weight=0.0, style_loss="gram", blend_weights=None, style_loss_options=None, extra=()):
     """The objective of one problem: its terms and their targets from the photo and the artworks.
 
     Parameters
@@ -93,8 +97,11 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
     content_layers : layer names of the content terms (P^l, eq. 1)
     style_layer_weights : dict layer -> w_l (eq. 5)
     alpha, beta, tv_weight : eq. (7) and the TV weight
-    style_loss : name of a style loss in ``nstlite.losses.STYLE_LOSSES``
+    style_loss : a style loss name of ``nstlite.losses.STYLE_LOSSES``, ``package.module:Class``,
+        or a weighted combination ``"gram:1,histogram:0.5"`` (each term's weight multiplies w_l)
     blend_weights : one weight per artwork (normalised to sum 1; default equal)
+    style_loss_options : keyword arguments for the style loss classes (``seed``, ``directions``);
+        each class receives those its constructor names
     extra : passed to ``Objective``
 
     Returns
@@ -108,22 +115,30 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
         content = [(term, term.target(feats[term.layer])) for term in map(ContentLoss, content_layers)]
     style = []
     if style_layer_weights:
-        cls = style_loss_class(style_loss)
-        terms = [cls(name) for name in style_layer_weights]
+        kinds = parse_style_losses(style_loss)
+        terms = [(_make_term(cls, name, style_loss_options or {}), weight * style_layer_weights[name])
+                 for cls, weight in kinds for name in style_layer_weights]
         positions = positions_of(net, content_x.shape[1:], list(style_layer_weights))
-        targets = style_targets(net, terms, style_xs, positions, blend_weights)
-        style = [(t, targets[t.layer], style_layer_weights[t.layer]) for t in terms]
+        targets = style_targets(net, [t for t, _ in terms], style_xs, positions, blend_weights)
+        style = [(t, target, w) for (t, w), target in zip(terms, targets)]
     return Objective(net, content, style, alpha, beta, tv_weight, extra)
 
 
+def _make_term(cls, layer, options):
+    """cls(layer, **the options its constructor names)."""
+    accepted = inspect.signature(cls).parameters
+    return cls(layer, **{k: v for k, v in options.items() if k in accepted})
+
+
 def style_targets(net, terms, style_xs, positions, blend_weights=None):
-    """layer -> target statistics of each style term, from one or several artworks.
+    """The target of each style term (a list in the terms' order), from one or several artworks.
 
     With several artworks the targets are blended, A^l = sum_s b_s A_s^l (b_s summing to 1).
     Each term blends its own statistics (``StyleLoss.blend``): a statistic that is a sum over
     positions (a Gram matrix) is rescaled by M_l / M_s, the generated image's positions over
     the artwork's, so that E_l (eq. 4, which normalises by the generated image's M_l) compares
     like with like; the paper uses images of equal size, where the factor is 1.
+    ``positions`` maps layer -> M_l of the generated image.
     """
     n = len(style_xs)
     if n == 0:
@@ -136,9 +151,9 @@ def style_targets(net, terms, style_xs, positions, blend_weights=None):
     if total_w <= 0 or any(b < 0 for b in blend_weights):
         raise NstliteError("style blend weights must be non-negative and not all zero")
     weights = [b / total_w for b in blend_weights]
-    feats = [net.forward(sx, [t.layer for t in terms]) for sx in style_xs]
-    return {t.layer: t.prepare(t.blend([t.target(f[t.layer]) for f in feats], weights, positions[t.layer]))
-            for t in terms}
+    layers = list(dict.fromkeys(t.layer for t in terms))
+    feats = [net.forward(sx, layers) for sx in style_xs]
+    return [t.prepare(t.blend([t.target(f[t.layer]) for f in feats], weights, positions[t.layer])) for t in terms]
 
 
 def positions_of(net, shape, layers):
