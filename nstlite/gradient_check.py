@@ -260,6 +260,14 @@ def _term_row(cls):
     return run
 
 
+def _guided_gram_row(xp, rng):
+    """The guided Gram loss of one region (Gatys et al. 2017) with a random guide in [0, 1]."""
+    guide = xp.asarray(rng.uniform(0.0, 1.0, (3, 5)))
+    term = losses.GuidedGramLoss("a", guide)
+    target = term.prepare(term.blend([term.target(xp.asarray(np.abs(rng.standard_normal((4, 4, 6)))))], [1.0], 15))
+    return check_loss("", lambda F: term.loss(F, target), xp.asarray(np.abs(rng.standard_normal((4, 3, 5)))))
+
+
 def _content_row(xp, rng):
     P = xp.asarray(rng.standard_normal((4, 3, 5)))
     return check_loss("", lambda F: losses.content_loss(F, P), xp.asarray(rng.standard_normal((4, 3, 5))))
@@ -277,6 +285,7 @@ def _loss_rows(style_losses=None):
         ("style_layer_loss (eqs. 4, 6)", _style_layer_row),
         ("style_loss sum_l w_l E_l (eq. 5)", _style_sum_row),
         ("total_loss alpha, beta (eq. 7)", _total_row),
+        ("guided gram, one region (Gatys 2017)", _guided_gram_row),
         ("tv_loss", lambda xp, rng: check_loss("", losses.tv_loss, xp.asarray(rng.standard_normal((3, 5, 6))))),
     ]
     registered = sorted(losses.STYLE_LOSSES.items()) + [(n, losses.style_loss_class(n)) for n in style_losses or ()]

@@ -344,6 +344,46 @@ class GramLoss(StyleLoss):
         return ((Fm.T @ diff).T / (float(n) ** 2 * float(m) ** 2)).reshape(F.shape)  # eq. (6)
 
 
+class GuidedGramLoss(GramLoss):
+    """The Gram loss of one region (Gatys et al. 2017, spatial control by guided Gram matrices).
+
+    The positions of F are weighted by the region's guide g at this layer (``nstlite.guides``):
+    F_r = F diag(g), G_r = F_r F_r^T, and the region's size M_r = sum_k g_k^2 replaces M_l:
+
+    E_r = 1 / (4 N^2 M_r^2) sum_ij (G_r - A_r)_ij^2
+    dE_r/dF = ((G_r - A_r) F_r) diag(g) / (N^2 M_r^2)     (eq. 6 through F_r = F diag(g))
+
+    With g = 1 everywhere this is ``GramLoss``. The target A_r is the Gram matrix of the
+    artwork's map weighted by ``target_guide`` (its own region), or of the whole artwork (None),
+    rescaled to M_r positions.
+    """
+
+    def __init__(self, layer: str, guide, target_guide=None, region: str = ""):
+        super().__init__(layer)
+        self.guide, self.target_guide, self.region = guide, target_guide, region
+        self.region_positions = float((guide * guide).sum())
+        if not self.region_positions > 0:
+            raise NstliteError(f"region {region!r} covers no position at {layer}: make it larger or leave "
+                               f"{layer} out of the style layers")
+
+    @staticmethod
+    def _guided(F, g):
+        return F if g is None else F * g  # (C, H, W) times (H, W)
+
+    def statistics(self, F):
+        return {"gram": gram(self._guided(F, self.guide)), "positions": self.region_positions}
+
+    def target(self, F):
+        g = self.target_guide
+        return {"gram": gram(self._guided(F, g)), "positions": float((g * g).sum()) if g is not None else F[0].size}
+
+    def blend(self, targets, weights, positions):
+        return super().blend(targets, weights, self.region_positions)  # the region's size, not M_l
+
+    def gradient(self, F, stats, target):
+        return super().gradient(self._guided(F, self.guide), stats, target) * self.guide
+
+
 class TVLoss(LossTerm):
     """The total-variation regulariser on the image: a local term without a target."""
 

@@ -15,10 +15,14 @@ the network handed out when the network allows it and no other term reads that m
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import NstliteError
 from .fast import losses as fused
-from .losses import INPUT, ContentLoss, TVLoss, parse_style_losses
+from .guides import guide_maps
+from .losses import INPUT, ContentLoss, GramLoss, GuidedGramLoss, TVLoss, parse_style_losses
 
 
 class Objective:
@@ -85,8 +89,25 @@ class Objective:
         return total, dx, parts
 
 
+@dataclass
+class Region:
+    """A region of the photo and the artworks whose style it takes (spatial control).
+
+    mask : (H, W) weights in [0, 1] at the generated image's resolution
+    style_xs : preprocessed (3, H_s, W_s) artworks for this region (their whole maps)
+    blend_weights : one weight per artwork (default equal)
+    name : for messages and reports
+    """
+
+    mask: object
+    style_xs: list
+    blend_weights: list | None = None
+    name: str = ""
+
+
 def build_objective(net, content_x, style_xs, content_layers, style_layer_weights, alpha=1.0, beta=1.0,
-                    tv_weight=0.0, style_loss="gram", blend_weights=None, style_loss_options=None, extra=()):
+                    tv_weight=0.0, style_loss="gram", blend_weights=None, style_loss_options=None, extra=(),
+                    regions=None, erode=False):
     """The objective of one problem: its terms and their targets from the photo and the artworks.
 
     Parameters
@@ -103,6 +124,10 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
     style_loss_options : keyword arguments for the style loss classes (``seed``, ``directions``);
         each class receives those its constructor names
     extra : passed to ``Objective``
+    regions : None, or a list of ``Region``: each region takes the style of its own artworks
+        through guided Gram matrices (Gatys et al. 2017); ``style_xs`` and ``blend_weights`` are
+        then unused
+    erode : carry the region guides to deeper layers eroded (``nstlite.guides.guide_maps``)
 
     Returns
     -------
@@ -114,7 +139,9 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
         feats = net.forward(content_x, content_layers)
         content = [(term, term.target(feats[term.layer])) for term in map(ContentLoss, content_layers)]
     style = []
-    if style_layer_weights:
+    if style_layer_weights and regions:
+        style = _region_terms(net, content_x, regions, style_layer_weights, style_loss, erode)
+    elif style_layer_weights:
         kinds = parse_style_losses(style_loss)
         terms = [(_make_term(cls, name, style_loss_options or {}), weight * style_layer_weights[name])
                  for cls, weight in kinds for name in style_layer_weights]
@@ -122,6 +149,27 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
         targets = style_targets(net, [t for t, _ in terms], style_xs, positions, blend_weights)
         style = [(t, target, w) for (t, w), target in zip(terms, targets)]
     return Objective(net, content, style, alpha, beta, tv_weight, extra)
+
+
+def _region_terms(net, content_x, regions, style_layer_weights, style_loss, erode):
+    """(GuidedGramLoss, target, w_l) for every region and style layer."""
+    if parse_style_losses(style_loss) != [(GramLoss, 1.0)]:
+        raise NstliteError("spatial control (regions) works with the gram style loss only")
+    xp, shape, layers = net.xp, tuple(content_x.shape[1:]), list(style_layer_weights)
+    style = []
+    for i, region in enumerate(regions):
+        name = region.name or f"region {i + 1}"
+        if not region.style_xs:
+            raise NstliteError(f"{name}: no style image given")
+        if tuple(np.shape(region.mask)) != shape:
+            raise NstliteError(f"{name}: its map is {np.shape(region.mask)[1]}x{np.shape(region.mask)[0]} "
+                               f"but the image is {shape[1]}x{shape[0]}")
+        guides = guide_maps(net.layer_names, region.mask, layers, erode)
+        terms = [GuidedGramLoss(n, xp.asarray(guides[n], dtype=content_x.dtype), region=name) for n in layers]
+        positions = {n: 0 for n in layers}  # unused: a region's targets are rescaled to its own size
+        targets = style_targets(net, terms, region.style_xs, positions, region.blend_weights)
+        style += [(t, target, style_layer_weights[t.layer]) for t, target in zip(terms, targets)]
+    return style
 
 
 def _make_term(cls, layer, options):

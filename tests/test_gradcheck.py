@@ -93,6 +93,9 @@ MUTATIONS = {
         losses, "style_loss", style_loss_forgets_w_l)),
     "total: forgets beta": (["total_loss alpha, beta (eq. 7)"], lambda mp: mp.setattr(
         losses, "total_loss", total_loss_forgets_beta)),
+    "guided gram: guide applied once": (["guided gram, one region (Gatys 2017)"], lambda mp: mp.setattr(
+        losses.GuidedGramLoss, "gradient", lambda self, F, stats, target: losses.GramLoss.gradient(
+            self, F * self.guide, stats, target))),
     "tv: half": (["tv_loss"], lambda mp: mp.setattr(losses, "tv_loss", scaled(losses.tv_loss, 0.5, index=1))),
     "objective: fused content kernel doubled": (rows_starting("objective: content only"), lambda mp: mp.setitem(
         fused.FUSED, losses.ContentLoss, scaled(fused.FUSED[losses.ContentLoss], 2.0, 1))),
