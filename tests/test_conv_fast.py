@@ -21,6 +21,12 @@ TOL = {("float64", "shifted_gemm"): 1e-12, ("float64", "winograd"): 1e-12, ("flo
 SHAPES = [(3, 7, 9, 4), (5, 13, 6, 7), (16, 11, 17, 16), (8, 1, 1, 3), (4, 5, 2, 3), (20, 4, 8, 17)]
 
 
+def rel_l2(a, b):
+    """||a - b|| / ||b|| in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
 def rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
@@ -174,9 +180,38 @@ def test_vgg_fast_path_matches_reference(pooling, dtype, kernel, size):
     # a shallower gradient after the same forward, and the activation patterns agree
     gr2, gf2 = ref.backward({"conv2_1": grads["conv2_1"]}), fast.backward({"conv2_1": grads["conv2_1"]})
     assert rel(gf2, gr2) < tol
+    assert_same_activation_pattern(ref, fast, params, x, pooling, dtype)
+
+
+def assert_same_activation_pattern(ref, fast, params, x, pooling, dtype):
+    """The two paths' ReLU masks and max-pool winners agree: exactly in float64; in float32
+    wherever the float64 network is not within rounding (1e-4 of the layer's largest value) of a
+    kink: a pre-activation at 0, or a window's two largest taps level."""
     pr, pf = ref.activation_pattern(), fast.activation_pattern()
-    assert len(pr) == len(pf)
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(pr, pf)) or dtype == "float32"
+    assert len(pr) == len(pf) > 0
+    exact = VGG19(params, None, pooling=pooling, dtype="float64", conv_kernel="reference")
+    names = [n for n in exact.layer_names[: exact.layer_names.index("conv5_1") + 1]]
+    maps = exact.forward(x.astype(np.float64), names)
+    pattern_names = [n for n in names if n.startswith("conv") or pooling == "max"]
+    below = dict(zip(names[1:], names))
+    for name, a, b in zip(pattern_names, pr, pf):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape, name
+        differ = a != b
+        if dtype == "float64" or not differ.any():
+            assert not differ.any(), name
+            continue
+        if name.startswith("conv"):
+            pre, _ = L.conv3x3_forward_reference(maps[below[name]] if name in below else x.astype(np.float64),
+                                                 *params[name])
+            near = np.abs(pre) <= 1e-4 * np.abs(pre).max()
+        else:
+            m = maps[below[name]]
+            c, h, w = m.shape
+            win = np.sort(m[:, :h // 2 * 2, :w // 2 * 2].reshape(c, h // 2, 2, w // 2, 2)
+                          .transpose(0, 1, 3, 2, 4).reshape(c, h // 2, w // 2, 4), axis=-1)
+            near = win[..., 3] - win[..., 2] <= 1e-4 * np.abs(m).max()
+        assert near[differ].all(), f"{name}: masks differ away from a kink"
 
 
 def test_vgg_fast_path_reuses_buffers_across_sizes():
@@ -320,8 +355,11 @@ def test_im2col_threads_give_the_same_result(threads, rows_per_block):
         out = np.empty((23, 18, 8), np.float32)
         CF.im2col_conv(x, wk, out, ws=ws, relu=False, rows_per_block=rows_per_block)
         res[k] = out, CF.im2col_conv_adjoint(g, wk, 23, 18, ws=ws, rows_per_block=rows_per_block)
-    np.testing.assert_allclose(res[threads][0], res[1][0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(res[threads][1], res[1][1], rtol=1e-6, atol=1e-6)
+    # The threads sum the same products in another grouping (float32 GEMM blocks), so the
+    # results differ by rounding: a relative L2 error of a few float32 epsilons (~1e-7; 1e-6
+    # allowed). Elementwise it can be larger where terms cancel (1.9e-6 on a value of 0.149).
+    assert rel_l2(res[threads][0], res[1][0]) < 1e-6
+    assert rel_l2(res[threads][1], res[1][1]) < 1e-6
     ref, cache = L.conv3x3_forward_reference(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64))
     assert rel(res[threads][0], ref.transpose(1, 2, 0)) < 1e-5
     dref = L.conv3x3_backward_reference(CF.interior(g, 23, 18).transpose(2, 0, 1).astype(np.float64), cache)
