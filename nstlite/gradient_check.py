@@ -26,6 +26,7 @@ import numpy as np
 from . import layers as L
 from . import losses
 from .backend import to_host, xp_for
+from .fast.plan import CONV_KERNELS, DEFAULT_KERNEL
 from .objective import Objective, content_targets, positions_of, style_targets
 from .vgg import VGG19
 from .weights import random_params
@@ -144,16 +145,16 @@ def _without_pool_ties(rng, shape, margin=1e-3):
             return x
 
 
-def _tiny_net(pooling, device, seed, conv_kernel=None):
+def _tiny_net(pooling, device, seed, kernel=None):
     params = random_params(seed, widths=TINY_WIDTHS, dtype=np.float64)
-    return VGG19(params, None, pooling=pooling, device=device, dtype="float64", conv_kernel=conv_kernel)
+    return VGG19(params, None, pooling=pooling, device=device, dtype="float64", kernel=kernel)
 
 
 def _network_kernels():
     """The whole-network checks run the reference path, the default (fast, channels-last)
     path and, when registered, the channels-last path forced onto Winograd everywhere (on the
     tiny check network the default path picks the direct kernels: its maps are small)."""
-    names = ["reference", L.DEFAULT_CONV_KERNEL] + (["winograd"] if "winograd" in L.CONV_KERNELS else [])
+    names = ["reference", DEFAULT_KERNEL] + (["winograd"] if "winograd" in CONV_KERNELS else [])
     return list(dict.fromkeys(names))
 
 
@@ -236,8 +237,8 @@ def gradcheck(device="cpu", seed=0, kernels=None):
     results = []
     w = arr(rng.standard_normal((4, 3, 3, 3)))
     b = arr(rng.standard_normal(4))
-    for kname in (kernels or sorted(L.CONV_KERNELS)):
-        fwd, bwd = L.CONV_KERNELS[kname]
+    for kname in (kernels or sorted(CONV_KERNELS)):
+        fwd, bwd = CONV_KERNELS[kname]
         for shape in [(3, 5, 7), (3, 1, 4)]:
             results.append(check_op(f"conv3x3 [{kname}]", lambda z, f=fwd: f(z, w, b), bwd,
                                     arr(rng.standard_normal(shape)), rng))

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 
 from nstlite import gradcheck, layers, losses
+from nstlite.fast import plan
 from nstlite.cli import main
 
 
@@ -51,7 +52,7 @@ def test_gradcheck_fails_on_wrong_style_normalisation(monkeypatch):
 
 
 def test_gradcheck_fails_on_wrong_conv_backward(monkeypatch):
-    fwd, bwd = layers.CONV_KERNELS["reference"]
-    monkeypatch.setitem(layers.CONV_KERNELS, "reference", (fwd, lambda d, c: np.flip(bwd(d, c), axis=-1).copy()))
+    fwd, bwd = plan.CONV_KERNELS["reference"]
+    monkeypatch.setitem(plan.CONV_KERNELS, "reference", (fwd, lambda d, c: np.flip(bwd(d, c), axis=-1).copy()))
     failed = {c.name for c in gradcheck(seed=2) if not c.passed}
     assert "conv3x3 [reference]" in failed
