@@ -22,7 +22,7 @@ from . import colors
 from . import image as im
 from .backend import DEVICES, to_device, to_host
 from .errors import NstliteError
-from .objective import Objective, content_targets, positions_of, style_targets
+from .objective import build_objective
 from .optimize import STOP_INTERRUPTED, minimize_lbfgsb
 
 # Defaults (see README.md, "Defaults, and why", for how they were chosen).
@@ -462,15 +462,10 @@ def stylize(content, styles, *, size=DEFAULT_SIZE, iterations=DEFAULT_ITERATIONS
                 net_content = colors.grey_rgb(cy)
                 style_rgbs = [colors.grey_rgb(colors.match_luminance(colors.luminance(s), cy)) for s in style_rgbs]
 
-            # targets: P^l (eq. 1) and A^l (eq. 3)
+            # the terms and their targets: P^l (eq. 1) and A^l (eq. 3)
             xc = net.preprocess(net_content)
-            P = content_targets(net, xc, c_layers) if c_layers else {}
-            A = {}
-            if s_weights:
-                positions = positions_of(net, xc, list(s_weights))
-                A = style_targets(net, [net.preprocess(s) for s in style_rgbs], list(s_weights),
-                                  style_blend_weights, positions)
-            objective = Objective(net, P, A, s_weights, content_weight, style_weight, tv_weight)
+            objective = build_objective(net, xc, [net.preprocess(s) for s in style_rgbs], c_layers, s_weights,
+                                        content_weight, style_weight, tv_weight, blend_weights=style_blend_weights)
 
             # starting point
             if x_start is not None and si == first_scale:

@@ -13,14 +13,15 @@ by that layer's mask: the kernel or pooling that produced it applied the mask wh
 was in cache, and a loss gradient is masked as it is added.
 
 Pooling is ``nstlite.layers``' own (``pool_forward_into``, ``pool_backward_into``), run on
-bands of rows of the (h, w, C) interiors.
+bands of rows of the (h, w, C) interiors: one implementation for both paths.
 """
 import mmap
 from math import prod
 
 import numpy as np
 
-from ..layers import HWC, max_pool_winner, pool_backward_into, pool_forward_into
+from .. import layers
+from ..layers import HWC
 from ..weights import release_pages
 from .layout import interior, padded_shape
 from .plan import ConvPlan
@@ -159,10 +160,10 @@ class ChannelsLastPath:
     def _pool_forward(self, name, inp, out):
         pooling = self.net.pooling
         # output row i reads input rows 2i, 2i + 1: rows split over the threads
-        self.ws.parallel(lambda r: pool_forward_into(pooling, inp[2 * r.start:2 * r.stop], out[r], HWC),
+        self.ws.parallel(lambda r: layers.pool_forward_into(pooling, inp[2 * r.start:2 * r.stop], out[r], HWC),
                          out.shape[0])
         if pooling == "max":
-            max_pool_winner(inp, out, self._mask(name, out.shape, self.xp.int8), HWC)
+            layers.max_pool_winner(inp, out, self._mask(name, out.shape, self.xp.int8), HWC)
 
     def _hand_out(self, name, out):
         compact = self.features.get(name)
@@ -216,8 +217,9 @@ class ChannelsLastPath:
         pooling = self.net.pooling
 
         def rows(r):  # output row i feeds input rows 2i, 2i + 1: rows split over the threads
-            pool_backward_into(pooling, dout[r], din[2 * r.start:2 * r.stop], None if winner is None else winner[r],
-                               relu_mask[2 * r.start:2 * r.stop], HWC, overwrite_dout=True)
+            below_rows = slice(2 * r.start, 2 * r.stop)
+            layers.pool_backward_into(pooling, dout[r], din[below_rows], None if winner is None else winner[r],
+                                      relu_mask[below_rows], HWC, overwrite_dout=True)
         self.ws.parallel(rows, h)
         if hb > 2 * h:
             din[2 * h:] = 0  # the row the floor-mode pooling dropped
