@@ -134,7 +134,7 @@ def available_memory_bytes():
 def estimate_peak_bytes(channels, height, width, depth_layers, loss_layers, history=DEFAULT_LBFGS_HISTORY,
                         itemsize=4, overhead=160 * 2**20):
     """Estimated peak memory of one optimisation at height x width, in bytes, for the default
-    channels-last VGG19 path (``nstlite.vgg``, ``nstlite.conv_fast``).
+    channels-last VGG19 path (``nstlite.vgg``, ``nstlite.fast``).
 
     channels : dict conv name -> output channels, in VGG order, for every loaded conv layer;
     depth_layers : VGG layer names in order up to the deepest one used; loss_layers : the
