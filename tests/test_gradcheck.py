@@ -59,6 +59,15 @@ def rows_starting(prefix):
     return [name for name, _ in catalogue() if name.startswith(prefix)]
 
 
+def adjoint_doubled(adjoint):
+    """A channels-last conv adjoint (writes dx in place) whose dx comes out twice too large."""
+    def wrong(dpad, wk, dx, *args, **kwargs):
+        out = adjoint(dpad, wk, dx, *args, **kwargs)
+        dx *= 2.0
+        return out
+    return wrong
+
+
 def style_loss_forgets_w_l(feats, targets, layer_weights, real=losses.style_loss):
     loss, grads, per_layer = real(feats, targets, layer_weights)
     return loss, {n: g / layer_weights[n] for n, g in grads.items()}, per_layer
@@ -78,6 +87,12 @@ MUTATIONS = {
         plan.CONV_KERNELS, "shifted_gemm", conv_backward_flipped("shifted_gemm"))),
     "conv auto: flipped taps": (conv_rows("auto"), lambda mp: mp.setitem(
         plan.CONV_KERNELS, "auto", conv_backward_flipped("auto"))),
+    "channels-last path: direct conv adjoint doubled": (
+        [f"vgg19 backward ({p} pool) [auto]" for p in ("avg", "max")],
+        lambda mp: mp.setattr(plan, "shifted_gemm_conv_adjoint", adjoint_doubled(plan.shifted_gemm_conv_adjoint))),
+    "channels-last path: Winograd adjoint doubled": (
+        [f"vgg19 backward ({p} pool) [winograd]" for p in ("avg", "max")],
+        lambda mp: mp.setattr(plan, "winograd_conv_adjoint", adjoint_doubled(plan.winograd_conv_adjoint))),
     "relu lets every gradient through": (["relu", "vgg19 backward (avg pool)"], lambda mp: mp.setattr(
         layers, "relu_backward", lambda dout, cache: dout)),
     "avg pool: half instead of a quarter": (["avg_pool 2x2", "vgg19 backward (avg pool)"], lambda mp: break_pool(
