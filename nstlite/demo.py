@@ -114,24 +114,3 @@ def style_image(folder=None, size=256, seed=0):
     if not os.path.exists(dst):
         im.save_image(dst, painting(size, seed))
     return dst
-
-
-def _cmd_demo(args, run_cli):
-    im.output_format(args.output)  # before any download
-    content = args.content or fetch_photo()
-    style = args.style or style_image()
-    if not args.quiet:
-        print(f"demo: content {content}\ndemo: style   {style}", file=sys.stderr)
-    return run_cli(args, content, [style], args.output)
-
-
-def register_cli(subparsers, add_options, run_cli):
-    p = subparsers.add_parser(
-        "demo", help="stylise an example pair (downloads a sample photo) - a first run in a few minutes",
-        description="Stylise a sample photograph (Chelsea the cat, from the scikit-image wheel) with a "
-                    "generated swirl painting, small and quick. Every stylize option applies.")
-    p.add_argument("--output", default="demo.png", help="result image (default %(default)s)")
-    p.add_argument("--content", default=None, help="use this photograph instead of the sample")
-    p.add_argument("--style", default=None, help="use this artwork instead of the generated painting")
-    add_options(p)
-    p.set_defaults(size=DEMO_SIZE, iterations=DEMO_ITERATIONS, style_weight=DEMO_STYLE_WEIGHT, func=lambda a: _cmd_demo(a, run_cli))

@@ -37,17 +37,15 @@ import json
 import math
 import multiprocessing
 import os
-import shlex
-import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .colors import luminance
 from .errors import NstliteError
 
 PAPER = "Gatys, Ecker & Bethge, A Neural Algorithm of Artistic Style, arXiv:1508.06576 (2015)"
@@ -201,16 +199,11 @@ def relative_error(x, ref):
     return float(np.linalg.norm(x - ref) / denom) if denom > 0 else math.inf
 
 
-def _luminance(rgb):
-    rgb = np.asarray(rgb, np.float64)
-    return rgb @ np.array([0.299, 0.587, 0.114])
-
-
 def layout_correlation(a, b, cells=8):
     """Pearson correlation of the two images' luminance averaged over a grid of about
     ``cells`` x ``cells`` blocks: near 1 when the coarse layout is the same, near 0 when it is
     not (a texture without the original arrangement). The images must have the same shape."""
-    la, lb = _luminance(a), _luminance(b)
+    la, lb = luminance(np.asarray(a, np.float64)), luminance(np.asarray(b, np.float64))
     h, w = la.shape
     bh, bw = max(1, h // cells), max(1, w // cells)
     h2, w2 = (h // bh) * bh, (w // bw) * bw
@@ -751,144 +744,3 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
     write_csv(csv_path, records)
     write_json(json_path, document)
     return document
-
-
-# --------------------------------------------------------------------------- command line
-def _float_list(text, what):
-    try:
-        values = [float(t) for t in str(text).replace(" ", "").split(",") if t]
-    except ValueError:
-        raise NstliteError(f"{what} must be numbers separated by commas, e.g. 1e-5,1e-4; got {text!r}") from None
-    if not values:
-        raise NstliteError(f"{what} is empty")
-    return values
-
-
-def _layer_list(text):
-    from .vgg import VGG19_LAYERS
-
-    names = [t for t in str(text).replace(" ", "").split(",") if t]
-    unknown = [n for n in names if n not in VGG19_LAYERS or not n.startswith("conv")]
-    if unknown or not names:
-        raise NstliteError(f"unknown layer(s) {', '.join(unknown) or '(none given)'}; use conv layer names "
-                           "such as conv1_1,conv2_1,conv3_1,conv4_1,conv5_1")
-    return names
-
-
-def _command_line(figure, args):
-    """The canonical command that reproduces this run (every setting spelled out)."""
-    parts = ["nstlite", f"figure{figure}", "--content", args.content]
-    for s in args.style:
-        parts += ["--style", s]
-    parts += ["--output", args.output, "--size", str(args.size), "--iterations", str(args.iterations),
-              "--seed", str(args.seed), "--jobs", str(args.jobs)]
-    if args.weights:
-        parts += ["--weights", args.weights]
-    if args.pooling != "avg":
-        parts += ["--pooling", args.pooling]
-    if args.device != "cpu":
-        parts += ["--device", args.device]
-    if args.tv_weight:
-        parts += ["--tv-weight", str(args.tv_weight)]
-    if getattr(args, "init", "noise") != "noise":
-        parts += ["--init", args.init]
-    if getattr(args, "ratios", None):
-        parts += ["--ratios" if figure == 3 else "--ratio", args.ratios]
-    if args.layers != ",".join(PAPER_LAYERS):
-        parts += ["--layers", args.layers]
-    return shlex.join(parts)
-
-
-def _run_cli(figure, args):
-    settings = Settings(size=args.size, iterations=args.iterations, seed=args.seed, weights=args.weights,
-                        pooling=args.pooling, device=args.device, tv_weight=args.tv_weight,
-                        init=getattr(args, "init", "noise"))
-    ratios = _float_list(args.ratios, "--ratio" if figure == 2 else "--ratios") if getattr(args, "ratios", None) else None
-    layers = _layer_list(args.layers)
-
-    def log(msg):
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    doc = make_figure(figure, args.content, args.style, args.output, settings, jobs=args.jobs, ratios=ratios,
-                      layers=layers, overwrite=args.overwrite, command=_command_line(figure, args), log=log)
-    json_path, csv_path = sidecar_paths(args.output)
-    print(f"wrote {args.output}, {json_path}, {csv_path} in {doc['wall_seconds']:.1f} s")
-    for name, value in doc["checks"].items():
-        print(f"  {name}: {_short(value)}")
-    return 0
-
-
-def _short(value):
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_short(v)}" for k, v in value.items())
-    return str(value)
-
-
-def _add_common(p, figure, n_styles_help):
-    d = DEFAULTS[figure]
-    p.add_argument("--content", required=True, metavar="IMG", help="the photograph")
-    p.add_argument("--style", required=True, action="append", metavar="IMG", help=n_styles_help)
-    p.add_argument("--output", "-o", required=True, metavar="PNG",
-                   help="grid image to write; the numbers go next to it (same stem, .json and .csv)")
-    p.add_argument("--size", type=int, default=d["size"], help=f"longest side of every panel in px (default {d['size']})")
-    p.add_argument("--iterations", type=int, default=d["iterations"],
-                   help=f"L-BFGS iterations per panel (default {d['iterations']})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start, the same for every panel")
-    p.add_argument("--weights", default=None, metavar="H5",
-                   help="VGG19 weights file (default $NSTLITE_WEIGHTS or ~/.cache/nstlite/vgg19.h5)")
-    p.add_argument("--pooling", choices=("avg", "max"), default="avg", help="pooling layers (the paper: avg)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--tv-weight", type=float, default=0.0,
-                   help="total-variation weight (default 0: the paper has no such term)")
-    p.add_argument("--layers", default=",".join(PAPER_LAYERS),
-                   help="the layers the figure is built from (default %(default)s)")
-    p.add_argument("--jobs", "-j", type=int, default=1,
-                   help="worker processes running panels at once (default 1; use the number of cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
-
-
-def register_cli(subparsers):
-    """Add the ``figure1``, ``figure2`` and ``figure3`` sub-commands."""
-    import argparse
-
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser(
-        "figure1", formatter_class=fmt,
-        help="paper Figure 1: content and style reconstructions from white noise, with PSNR per layer",
-        description="Figure 1 of Gatys et al. (2015). Top row: the photograph reconstructed from white noise by the "
-                    "content loss alone at conv1_1 ... conv5_1 (a-e). Bottom row: the artwork's style reconstructed "
-                    "by the style loss alone over conv1_1, conv1_1+conv2_1, ..., conv1_1...conv5_1 (a-e).\n\n"
-                    f"With the defaults this takes {HELP_TIMES[1]} on a 2-core CPU.")
-    _add_common(p, 1, "the artwork")
-    p.set_defaults(func=lambda a: _run_cli(1, a))
-
-    p = subparsers.add_parser(
-        "figure2", formatter_class=fmt,
-        help="paper Figure 2: the photograph stylised with each artwork",
-        description="Figure 2 of Gatys et al. (2015): the photograph and its stylisation with each artwork "
-                    "(content conv4_2, style conv1_1...conv5_1 with w_l = 1/5, from white noise).\n\n"
-                    f"With the defaults this takes {HELP_TIMES[2]} on a 2-core CPU.")
-    _add_common(p, 2, "an artwork; repeat for several (the paper: shipwreck, starry_night, the_scream, seated-nude)")
-    p.add_argument("--ratio", dest="ratios", default=None, metavar="R[,R...]",
-                   help=f"alpha/beta, one value or one per style (default {FIGURE2_RATIO:g}; the paper uses "
-                        "1e-3 for B-D and 1e-4 for E-F)")
-    p.add_argument("--init", choices=("noise", "content"), default="noise",
-                   help="start from white noise (the paper) or from the photograph")
-    p.set_defaults(func=lambda a: _run_cli(2, a))
-
-    p = subparsers.add_parser(
-        "figure3", formatter_class=fmt,
-        help="paper Figure 3: style layer sets x alpha/beta ratios, content loss per panel",
-        description="Figure 3 of Gatys et al. (2015): rows are style layer sets conv1_1 up to conv1_1...conv5_1, "
-                    "columns alpha/beta ratios; content at conv4_2, from white noise.\n\n"
-                    f"With the defaults this takes {HELP_TIMES[3]} on a 2-core CPU.")
-    _add_common(p, 3, "the artwork")
-    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in FIGURE3_RATIOS), metavar="R,R,...",
-                   help="alpha/beta of the columns (default %(default)s)")
-    p.add_argument("--init", choices=("noise", "content"), default="noise",
-                   help="start from white noise (the paper) or from the photograph")
-    p.set_defaults(func=lambda a: _run_cli(3, a))
