@@ -362,6 +362,27 @@ def _write_out(xp, src, dst, bias, relu, mask):
 
 
 # ----------------------------------------------------------------------------- shifted GEMM
+def shifted_gemm_rows(h, wp, c_in, c_out, itemsize):
+    """Output rows per block of ``shifted_gemm_conv`` (``BLOCK_BYTES`` of scratch per block)."""
+    return _rows_per_block(h, wp * (3 * c_in + 2 * c_out) * itemsize)
+
+
+def shifted_gemm_scratch(m, c_in, c_out):
+    """Workspace shapes of ``shifted_gemm_conv`` for a block of m padded-flat positions: the
+    gathered taps, the accumulator, one GEMM's product."""
+    return [(m, 3 * c_in), (m, c_out), (m, c_out)]
+
+
+def shifted_gemm_adjoint_rows(h, wp, c_in, itemsize):
+    """Input rows per block of ``shifted_gemm_conv_adjoint``."""
+    return _rows_per_block(h, wp * 2 * c_in * itemsize)
+
+
+def shifted_gemm_adjoint_scratch(m, c_in):
+    """Workspace shapes of ``shifted_gemm_conv_adjoint``: the accumulator, one GEMM's product."""
+    return [(m, c_in), (m, c_in)]
+
+
 def shifted_gemm_conv(xpad, wk, out, h, w, bias=None, relu=False, mask=None, ws=None, rows_per_block=None):
     """3x3 convolution by GEMMs over shifted views of a padded buffer.
 
@@ -388,13 +409,13 @@ def shifted_gemm_conv(xpad, wk, out, h, w, bias=None, relu=False, mask=None, ws=
     c_out = wk.shape[2]
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = _rows_per_block(h, wp * (3 * c_in + 2 * c_out) * xpad.itemsize)
+        rows_per_block = shifted_gemm_rows(h, wp, c_in, c_out, xpad.itemsize)
     flat = xpad.reshape(hp * wp, c_in)
     nflat = hp * wp
     for y0 in range(0, h, rows_per_block):
         rb = min(rows_per_block, h - y0)
         m = rb * wp
-        gathered, acc, part = ws.take(xpad.dtype, (m, 3 * c_in), (m, c_out), (m, c_out))
+        gathered, acc, part = ws.take(xpad.dtype, *shifted_gemm_scratch(m, c_in, c_out))
         for i in range(3):
             start = (y0 + i) * wp
             g3 = gathered.reshape(m, 3, c_in)
@@ -429,13 +450,13 @@ def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_b
     c_in = wk.shape[1] // 3
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = _rows_per_block(h, wp * 2 * c_in * dpad.itemsize)
+        rows_per_block = shifted_gemm_adjoint_rows(h, wp, c_in, dpad.itemsize)
     flat = dpad.reshape(hp * wp, c_out)
     nflat = hp * wp
     for y0 in range(0, h, rows_per_block):
         rb = min(rows_per_block, h - y0)
         m = rb * wp
-        acc, part = ws.take(dpad.dtype, (m, c_in), (m, c_in))
+        acc, part = ws.take(dpad.dtype, *shifted_gemm_adjoint_scratch(m, c_in))
         acc[...] = 0
         for i in range(3):
             for j in range(3):
@@ -472,8 +493,24 @@ def _image_padded(xp, x, ws_array):
     return ws_array
 
 
-def _im2col_rows(xp, h, wp, c_in, c_out, itemsize):
+def im2col_rows(h, wp, c_in, c_out, itemsize):
+    """Output rows per block of ``im2col_conv`` and its adjoint."""
     return _rows_per_block(h, wp * (9 * c_in + 1 + c_out) * itemsize)
+
+
+def im2col_scratch(h, w, c_in, c_out, rows_per_block):
+    """Workspace shapes of ``im2col_conv``: the padded channel-major image, the columns of a
+    block (with the bias row), the block's output."""
+    hp, wp, _ = padded_shape(h, w, c_in)
+    mb = rows_per_block * wp
+    return [(c_in, hp + 1, wp), (9 * c_in + 1, mb), (mb, c_out)]
+
+
+def im2col_adjoint_scratch(h, w, c_in, rows_per_block):
+    """Workspace shapes of ``im2col_conv_adjoint``: the padded channel-major image gradient
+    and a block's column gradient."""
+    hp, wp, _ = padded_shape(h, w, c_in)
+    return [(c_in, hp + 1, wp), (rows_per_block * wp, 9 * c_in)]
 
 
 def im2col_conv(x, wk, out, ws=None, relu=True, rows_per_block=None):
@@ -489,9 +526,8 @@ def im2col_conv(x, wk, out, ws=None, relu=True, rows_per_block=None):
     hp, wp, _ = padded_shape(h, w, c_in)
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = _im2col_rows(xp, h, wp, c_in, c_out, x.itemsize)
-    mb = rows_per_block * wp
-    xcm, cols, acc = ws.take(out.dtype, (c_in, hp + 1, wp), (9 * c_in + 1, mb), (mb, c_out))
+        rows_per_block = im2col_rows(h, wp, c_in, c_out, x.itemsize)
+    xcm, cols, acc = ws.take(out.dtype, *im2col_scratch(h, w, c_in, c_out, rows_per_block))
     xflat = _image_padded(xp, x, xcm).reshape(c_in, -1)
     cols[9 * c_in] = 1  # the bias row
     for y0 in range(0, h, rows_per_block):
@@ -531,9 +567,8 @@ def im2col_conv_adjoint(dpad, wk, h, w, ws=None, rows_per_block=None):
     c_in = (wk.shape[0] - 1) // 9
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = _im2col_rows(xp, h, wp, c_in, c_out, dpad.itemsize)
-    mb = rows_per_block * wp
-    dcm, dcols = ws.take(dpad.dtype, (c_in, hp + 1, wp), (mb, 9 * c_in))
+        rows_per_block = im2col_rows(h, wp, c_in, c_out, dpad.itemsize)
+    dcm, dcols = ws.take(dpad.dtype, *im2col_adjoint_scratch(h, w, c_in, rows_per_block))
     dcm[...] = 0
     dflat = dcm.reshape(c_in, -1)
     gflat = dpad.reshape(hp * wp, c_out)
@@ -632,6 +667,32 @@ def _at_pass(xp, m, y):
     xp.add(y3, m5, out=y3)               # y3 = d1 / 2 + 8 d2 + m5
 
 
+def winograd_tile_rows(h, w, c_in, c_out, itemsize):
+    """Tile rows per block of ``winograd_conv`` and its adjoint: ``BLOCK_BYTES`` of transformed
+    tiles (~256 tiles: enough rows for efficient GEMMs, small enough to stay in cache)."""
+    return _rows_per_block(tiles(h), ALPHA * ALPHA * tiles(w) * (c_in + c_out) * itemsize)
+
+
+def winograd_scratch(nb, w, c_in, c_out):
+    """Workspace shapes of ``winograd_conv`` for a block of nb tile rows of a map w wide: the
+    transformed input tiles V, their products M, the row pass of B^T, the row pass of A^T and
+    the block's output tiles."""
+    tw = tiles(w)
+    wv = TILE * tw + 2
+    return [(ALPHA, ALPHA, nb, tw, c_in), (ALPHA, ALPHA, nb, tw, c_out), (ALPHA, nb, wv, c_in),
+            (TILE, ALPHA, nb, tw, c_out), (nb, TILE, tw, TILE, c_out)]
+
+
+def winograd_adjoint_scratch(nb, w, c_in, c_out):
+    """Workspace shapes of ``winograd_conv_adjoint`` for a block of nb tile rows: Z = A dY A^T,
+    the row pass A dY, M = U^T Z (then B M B^T), the row pass B M, the block's padded
+    input-gradient rows, and the two rows carried to the next block."""
+    tw = tiles(w)
+    wv = TILE * tw + 2
+    return [(ALPHA, ALPHA, nb, tw, c_out), (ALPHA, nb, TILE * tw, c_out), (ALPHA, ALPHA, nb, tw, c_in),
+            (ALPHA, ALPHA, nb, tw, c_in), (TILE * nb + 2, wv, c_in), (2, wv, c_in)]
+
+
 def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None, tile_rows=None):
     """3x3 convolution by Winograd F(4x4, 3x3) from a padded buffer.
 
@@ -651,14 +712,11 @@ def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None,
     wv = TILE * tw + 2  # padded columns the tiles read
     ws = ws or Workspace(xp)
     if tile_rows is None:
-        # ~256 tiles per block: enough rows for efficient GEMMs, small enough to stay in cache
-        tile_rows = _rows_per_block(th, ALPHA * ALPHA * tw * (c_in + c_out) * xpad.itemsize)
+        tile_rows = winograd_tile_rows(h, w, c_in, c_out, xpad.itemsize)
     row_stride = xpad.strides[0]
     for r0 in range(0, th, tile_rows):
         nb = min(tile_rows, th - r0)
-        V, M, tmp, R, Y = ws.take(xpad.dtype, (ALPHA, ALPHA, nb, tw, c_in), (ALPHA, ALPHA, nb, tw, c_out),
-                                  (ALPHA, nb, wv, c_in), (TILE, ALPHA, nb, tw, c_out),
-                                  (nb, TILE, tw, TILE, c_out))
+        V, M, tmp, R, Y = ws.take(xpad.dtype, *winograd_scratch(nb, w, c_in, c_out))
         # (nb, 6, wv, C): tile row r reads padded rows 4r .. 4r+5 (overlapping windows, a view)
         src = xp.lib.stride_tricks.as_strided(
             xpad[TILE * r0:], shape=(nb, ALPHA, wv, c_in),
@@ -792,21 +850,16 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None)
     wv = TILE * tw + 2
     ws = ws or Workspace(xp)
     if tile_rows is None:
-        tile_rows = _rows_per_block(th, ALPHA * ALPHA * tw * (c_in + c_out) * dpad.itemsize)
+        tile_rows = winograd_tile_rows(h, w, c_in, c_out, dpad.itemsize)
     Ut = U.transpose(0, 2, 1)  # (36, C_out, C_in): a view, the GEMM reads it transposed
-
-    def shapes(nb):
-        return [(ALPHA, ALPHA, nb, tw, c_out),     # Z = A dY A^T
-                (ALPHA, nb, TILE * tw, c_out),     # A dY, the row pass
-                (ALPHA, ALPHA, nb, tw, c_in),      # M = U^T Z, then B M B^T
-                (ALPHA, ALPHA, nb, tw, c_in),      # B M, the row pass
-                (TILE * nb + 2, wv, c_in)]         # the block's padded input-gradient rows
     # flat parts sized for the largest block, so the carried rows keep their place in memory
-    flats = ws.take(dpad.dtype, *[(int(np.prod(sh)),) for sh in shapes(min(tile_rows, th))], (2, wv, c_in))
+    largest = winograd_adjoint_scratch(min(tile_rows, th), w, c_in, c_out)
+    flats = ws.take(dpad.dtype, *[(int(np.prod(sh)),) for sh in largest])
     carry, have_carry = flats[-1].reshape(2, wv, c_in), False
     for r0 in range(0, th, tile_rows):
         nb = min(tile_rows, th - r0)
-        Z, rowsA, M, BM, S = [f[:int(np.prod(sh))].reshape(sh) for f, sh in zip(flats, shapes(nb))]
+        shapes = winograd_adjoint_scratch(nb, w, c_in, c_out)[:-1]
+        Z, rowsA, M, BM, S = [f[:int(np.prod(sh))].reshape(sh) for f, sh in zip(flats, shapes)]
         # A dY A^T: row k of tile row r is padded row 1 + 4r + k, columns 1 .. 4 tw
         base = dpad[1 + TILE * r0:, 1:1 + TILE * tw]
         rows_of = [base[k:k + TILE * (nb - 1) + 1:TILE] for k in range(TILE)]   # each (nb, 4 tw, C)
@@ -891,6 +944,33 @@ class ConvPlan:
         """True when the layer reads a (C, H, W) image directly by ``im2col_conv`` (a few
         input channels, kernel choice 'auto'): conv1_1."""
         return self.method == "auto" and self.c_in <= IM2COL_MAX_CHANNELS
+
+    def form_for(self, h, w):
+        """The kernel that runs this layer on an h x w map, forward and backward: 'im2col'
+        (the image, ``reads_image``), 'winograd' or 'shifted_gemm'."""
+        return "im2col" if self.reads_image() else self.method_for(h, w)
+
+    def weights_shape(self, form):
+        """Shape of the kernel in ``form``'s form (what ``weights(form)`` returns)."""
+        c_in, c_out = self.c_in, self.c_out
+        return {"winograd": (ALPHA * ALPHA, c_in, c_out), "shifted_gemm": (3, 3 * c_in, c_out),
+                "im2col": (9 * c_in + 1, c_out)}[form]
+
+    def workspace_shapes(self, h, w, itemsize):
+        """The workspace views (shapes) the forward and the backward pass take on an h x w map,
+        as two lists (the largest block's; the workspace holds the larger of the two sums)."""
+        c_in, c_out = self.c_in, self.c_out
+        form = self.form_for(h, w)
+        if form == "im2col":
+            rows = im2col_rows(h, padded_shape(h, w, c_in)[1], c_in, c_out, itemsize)
+            return im2col_scratch(h, w, c_in, c_out, rows), im2col_adjoint_scratch(h, w, c_in, rows)
+        if form == "winograd":
+            nb = min(winograd_tile_rows(h, w, c_in, c_out, itemsize), tiles(h))
+            return winograd_scratch(nb, w, c_in, c_out), winograd_adjoint_scratch(nb, w, c_in, c_out)
+        wp = padded_shape(h, w, c_in)[1]
+        m_fwd = min(shifted_gemm_rows(h, wp, c_in, c_out, itemsize), h) * wp
+        m_bwd = min(shifted_gemm_adjoint_rows(h, wp, c_in, itemsize), h) * wp
+        return shifted_gemm_scratch(m_fwd, c_in, c_out), shifted_gemm_adjoint_scratch(m_bwd, c_in)
 
     def weights(self, method):
         """The kernel in ``method``'s form: U (36, C_in, C_out), taps (3, 3*C_in, C_out) or

@@ -85,7 +85,43 @@ class VGG19:
         # True when ``forward`` hands out copies that nothing else reads (the channels-last
         # path's): the caller may overwrite them, e.g. with the loss gradients, until the next
         # forward. The reference path hands out the activations its backward pass reads.
-        self.features_writable = self._fast is not None
+        self._features_writable = self._fast is not None
+
+    @property
+    def features_writable(self):
+        """True when ``forward`` hands out copies that nothing else reads: the caller may
+        overwrite them (with the loss gradients, say) until the next ``forward``."""
+        return self._features_writable
+
+    def memory_bytes(self, height, width, layers, loss_layers):
+        """The network's own resident bytes for one evaluation (forward to ``layers``, then
+        backward) of a height x width input, from the layout of the path that runs it:
+        weights in their kernels' forms, buffers and workspace, masks, and the feature maps
+        of ``loss_layers`` handed out. The optimiser's memory is the caller's to add."""
+        if self._fast is not None:
+            return self._fast.memory_bytes(height, width, layers, loss_layers)
+        return self._reference_memory_bytes(height, width, layers)
+
+    def _reference_memory_bytes(self, height, width, layers):
+        """The reference path keeps every layer's output (the ReLU output is the mask;
+        max pooling adds its winners, int64) and its network kernels, and at its peak the
+        temporaries of one layer: the zero-padded input, the output and one product."""
+        itemsize = self.dtype.itemsize
+        names = self.layer_names[: self._depth(list(layers)) + 1]
+        total, peak, h, w, c = 3 * height * width * itemsize, 0, height, width, 3
+        for name in names:
+            if name.startswith("conv"):
+                c_in, c = c, self.weights[name][0].shape[0]
+                total += self.weights[name][0].nbytes + self.weights[name][1].nbytes
+                forward = c_in * (h + 2) * (w + 2) + 2 * c * h * w
+                backward = 3 * c * h * w + c_in * (h + 2) * (w + 2) + 2 * c_in * h * w
+                peak = max(peak, forward * itemsize, backward * itemsize)
+            else:
+                h, w = h // 2, w // 2
+                if self.pooling == "max":
+                    total += 8 * c * h * w
+            total += c * h * w * itemsize
+        return int(total + peak)
 
     # ----------------------------------------------------------------- input conversion
     def preprocess(self, rgb):
@@ -281,16 +317,56 @@ class _ChannelsLastPath:
             out[name] = (height, width, c)
         return out
 
+    @staticmethod
+    def _buffer_sizes(height, width, layout):
+        """Elements of the input buffer and of each of the two ping-pong buffers (as large as
+        the largest padded map)."""
+        return (int(np.prod(CF.padded_shape(height, width, 3))),
+                max(int(np.prod(CF.padded_shape(*hwc))) for hwc in layout.values()))
+
     def _buffers_for(self, height, width):
         if self.size == (height, width):
             return
         xp, dtype = self.xp, self.net.dtype
         self.masks, self.features, self.buffers = {}, {}, []  # drop the old size's buffers first
         self.layout = self._layout(height, width)
-        self.input_buffer = xp.zeros(CF.padded_shape(height, width, 3), dtype=dtype)
-        size = max(int(np.prod(CF.padded_shape(*hwc))) for hwc in self.layout.values())
-        self.buffers = [xp.zeros(size, dtype=dtype) for _ in range(2)]
+        n_input, n_map = self._buffer_sizes(height, width, self.layout)
+        self.input_buffer = xp.zeros(n_input, dtype=dtype).reshape(CF.padded_shape(height, width, 3))
+        self.buffers = [xp.zeros(n_map, dtype=dtype) for _ in range(2)]
         self.size = (height, width)
+
+    def memory_bytes(self, height, width, layers, loss_layers):
+        """Bytes this path holds for one evaluation (forward to ``layers``, backward) of a
+        height x width input: the kernels in the form that runs at each layer's size, the
+        workspace (the largest block scratch of any of those kernels), the input buffer and the
+        two ping-pong buffers, the ReLU masks (and max pooling's winners), the feature copies
+        handed out for ``loss_layers`` and the input gradient. The network's own (C_out, C_in,
+        3, 3) kernels count in full unless they are pages of the mapped weights file
+        (``nstlite.weights.release_pages``): then only the largest, resident while its kernel
+        form is made."""
+        itemsize = self.net.dtype.itemsize
+        layout = self._layout(height, width)
+        names = self.net.layer_names[: self.net._depth(list(layers)) + 1]
+        n_input, n_map = self._buffer_sizes(height, width, layout)
+        total = (n_input + 2 * n_map + 3 * height * width) * itemsize
+        workspace, originals = 0, []
+        for name in names:
+            h, w, c = layout[name]
+            if name.startswith("conv"):
+                plan = self.plan(name)
+                total += int(np.prod(plan.weights_shape(plan.form_for(h, w)))) * itemsize
+                forward, backward = plan.workspace_shapes(h, w, itemsize)
+                workspace = max(workspace, *(sum(int(np.prod(s)) for s in shapes) for shapes in (forward, backward)))
+                total += h * w * c  # bool ReLU mask
+                originals.append(self.net.weights[name][0])
+                total += self.net.weights[name][1].nbytes
+            elif self.net.pooling == "max":
+                total += h * w * c  # int8 winning tap
+        total += workspace * itemsize
+        total += sum(int(np.prod(layout[n])) * itemsize for n in set(loss_layers))
+        mapped = [w.nbytes for w in originals if _is_file_mapped(w)]
+        total += sum(w.nbytes for w in originals if not _is_file_mapped(w)) + max(mapped, default=0)
+        return int(total)
 
     def _buffer(self, name, avoid=None):
         """A padded buffer shaped like layer ``name``'s map, in the flat array that does not
@@ -435,6 +511,16 @@ class _ChannelsLastPath:
         names, _ = self.last
         return [self.masks[n].transpose(2, 0, 1).copy() for n in names
                 if n.startswith("conv") or self.net.pooling == "max"]
+
+
+def _is_file_mapped(a):
+    """True for a view of the mapped weights file (``read_weights(mapped=True)``)."""
+    import mmap
+    while isinstance(a, np.ndarray):
+        a = a.base
+    if isinstance(a, memoryview):
+        a = a.obj
+    return isinstance(a, mmap.mmap)
 
 
 def _copy(dst, src):

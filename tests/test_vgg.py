@@ -238,3 +238,35 @@ def test_mapped_read_falls_back_to_copies_for_chunked_or_compressed_data(tmp_pat
     assert not mapped["conv1_1"][0].flags.owndata  # still a view of the file
     for name in ("conv1_1", "conv1_2"):
         np.testing.assert_array_equal(mapped[name][0], params[name][0].astype(np.float32))
+
+
+@pytest.mark.parametrize("kernel,pooling", [("fast", "avg"), ("winograd", "max"), ("shifted_gemm", "avg"),
+                                            ("reference", "max")])
+def test_memory_bytes_is_what_an_evaluation_allocates(kernel, pooling):
+    """``memory_bytes`` against NumPy's own allocations (tracemalloc): the channels-last path
+    keeps exactly what it says after an evaluation; the reference path's estimate (its maps
+    plus one layer's temporaries) bounds what it allocates at its peak."""
+    import tracemalloc
+    params = random_params(0, widths=(8, 12, 16, 16, 24))
+    layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_2", "conv5_1"]
+    running = VGG19_LAYERS[:VGG19_LAYERS.index("conv5_1") + 1]
+    kernels = sum(w.nbytes + b.nbytes for n, (w, b) in params.items() if n in running)  # allocated before tracing
+    x = np.random.default_rng(0).standard_normal((3, 67, 45)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        net = VGG19(params, None, pooling=pooling, conv_kernel=kernel)
+        feats = net.forward(x, layers)
+        grads = {n: f.copy() for n, f in feats.items()}
+        dx = net.backward(grads)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    estimate = net.memory_bytes(67, 45, layers, layers) - kernels
+    kept -= sum(g.nbytes for g in grads.values())
+    peak -= sum(g.nbytes for g in grads.values())
+    assert dx.shape == x.shape
+    if kernel == "reference":
+        assert not net.features_writable and 0.7 * estimate < peak <= estimate
+    else:
+        assert net.features_writable and abs(kept - estimate) < 0.01 * estimate + 32768
+    assert net.memory_bytes(134, 90, layers, layers) > 3 * net.memory_bytes(67, 45, layers, layers)
