@@ -8,10 +8,11 @@ copies), plus the host side added here:
   in float64;
 * about a dozen more image-sized float64 vectors (SciPy's x, g, bounds and work arrays, the
   best point, the gradient crossing from the device);
-* the interpreter with NumPy, SciPy and Pillow loaded and the decoded images (a constant).
+* the interpreter with NumPy, SciPy and Pillow loaded and the decoded images (a constant);
 
-The per-size part carries a 15 % margin. How the estimate compares with measured peaks is in
-``docs/performance.md``.
+and the objective's share, one map per loss layer at the network's precision: the content target
+P^l, or the temporary a loss makes. All of it but the constant carries a 15 % margin. The
+measured peaks the estimate is checked against are in the README's memory section (and the test).
 """
 from typing import Callable, Optional, Sequence
 
@@ -42,12 +43,26 @@ def host_bytes(height: int, width: int, history: int = DEFAULT_LBFGS_HISTORY) ->
     return (2 * int(history) + HOST_VECTORS) * 3 * height * width * 8
 
 
+def objective_bytes(net, height: int, width: int, layers: Sequence[str]) -> int:
+    """One map per loss layer (the content target, or a loss's temporary), in bytes."""
+    channels, values = 3, 0
+    for name in net.layer_names:
+        if name.startswith("conv"):
+            channels = int(net.weights[name][0].shape[0])
+        if name in layers:
+            h, w = net.map_size(name, height, width)
+            values += channels * h * w
+    return values * net.dtype.itemsize
+
+
 def estimate_peak_bytes(net, height: int, width: int, layers: Sequence[str],
                         history: int = DEFAULT_LBFGS_HISTORY) -> int:
     """Estimated peak memory, in bytes, of one optimisation of a height x width image whose
     losses read ``layers`` of ``net`` (a ``VGG19``)."""
-    network = _network_bytes(net, height, width, list(layers))
-    return int((1.0 + MARGIN) * (network + host_bytes(height, width, history)) + OVERHEAD_BYTES)
+    layers = list(layers)
+    network = net.memory_bytes(height, width, layers, layers)
+    rest = objective_bytes(net, height, width, layers) + host_bytes(height, width, history)
+    return int((1.0 + MARGIN) * (network + rest) + OVERHEAD_BYTES)
 
 
 def largest_fitting_size(fits: Callable[[int, int], bool], height: int, width: int, upper: int) -> int:
@@ -84,29 +99,3 @@ def check_memory(net, height: int, width: int, layers: Sequence[str], history: i
         max(height, width))
     raise NstliteError(refusal_message(height, width, estimate, available, biggest))
 
-
-def _network_bytes(net, height, width, layers):
-    """Interim, until ``VGG19.memory_bytes`` lands (branch engine-memory): the channels-last
-    path's resident bytes by hand."""
-    if hasattr(net, "memory_bytes"):
-        return net.memory_bytes(height, width, layers, layers)
-    itemsize = net.dtype.itemsize
-    depth = net.layer_names[: max(net.layer_names.index(n) for n in layers) + 1]
-    fixed, c_in, largest_kernel = 33 * 2**20, 3, 0
-    for name, (w, _) in net.weights.items():
-        kernel = 9 * c_in * int(w.shape[0]) * itemsize
-        if name in depth:
-            fixed += 4 * kernel
-            largest_kernel = max(largest_kernel, kernel)
-        c_in = int(w.shape[0])
-    h, w, c = height, width, 3
-    largest, masks, loss = (h + 2) * (w + 2) * c, 0, 0
-    for name in depth:
-        if name.startswith("pool"):
-            h, w = h // 2, w // 2
-            continue
-        c = int(net.weights[name][0].shape[0])
-        largest = max(largest, (h + 2) * (w + 2) * c)
-        masks += c * h * w
-        loss += 2 * c * h * w if name in layers else 0
-    return fixed + largest_kernel + 2 * largest * itemsize + masks + loss * itemsize

@@ -17,7 +17,7 @@ from nstlite.errors import NstliteError
 from nstlite.memory import check_memory, estimate_peak_bytes, largest_fitting_size
 from nstlite.options import parse_layer_weights
 from nstlite.style_transfer import StylizeInterrupted, stylize
-from nstlite.vgg import VGG19
+from nstlite.vgg import VGG19, load_vgg19
 from nstlite.weights import VGG19_WIDTHS, default_weights_path, random_params, write_weights
 
 MEAN = (103.939, 116.779, 123.68)
@@ -188,14 +188,24 @@ def test_too_small_for_the_network(files, net):
 
 
 # --------------------------------------------------------------------------- memory
-def test_memory_estimate_scales_with_area_and_refuses(net):
+@pytest.fixture(scope="module")
+def full_size_net(tmp_path_factory):
+    """A VGG19 of the real shapes up to conv5_1 with random weights, loaded from a file."""
+    params = random_params(0, widths=VGG19_WIDTHS)
+    path = tmp_path_factory.mktemp("full") / "full.h5"
+    write_weights(path, {n: params[n] for n in list(params)[:13]}, "BGR", 255, MEAN, (1, 1, 1), "test")
+    return load_vgg19(path)
+
+
+def test_memory_estimate_scales_with_area_and_refuses(net, full_size_net):
     layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1"]
     # the size-dependent part scales with the area (the kernels and workspace are fixed)
     e64, e128, e256 = (estimate_peak_bytes(net, s, s, layers) for s in (64, 128, 256))
     assert 3.8 < (e256 - e128) / (e128 - e64) < 4.2
     small = estimate_peak_bytes(net, 128, 128, layers)
-    # the real VGG19's shapes at 512 px: around 1-3 GB (features, workspaces, L-BFGS history)
-    full = VGG19(random_params(0, widths=VGG19_WIDTHS))
+    # the real VGG19's shapes at 512 px, its kernels mapped from the file as load_vgg19 does:
+    # around 1-3 GB (features, workspaces, L-BFGS history)
+    full = full_size_net
     gb = estimate_peak_bytes(full, 512, 512, layers) / 2**30
     assert 0.8 < gb < 4
     # measured for whole real runs: 0.97 GB at 512x384 and 0.48 GB at 256x192; the estimate
