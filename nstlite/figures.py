@@ -293,6 +293,15 @@ def _net_for(settings):
     return _NETS[key]
 
 
+def weights_source(path=None):
+    """Where a weights file's weights came from: its ``source`` attribute (``nstlite.weights``),
+    or None when the file has none. ``VGG19`` keeps only the preprocessing attributes."""
+    from .weights import VGG19_CONV_LAYERS, read_weights
+
+    _, attrs = read_weights(path, last=VGG19_CONV_LAYERS[0], mapped=True)  # one small layer read
+    return attrs.get("source")
+
+
 def run_panel(panel, images, settings):
     """Optimise one panel with ``nstlite.stylize``; returns {'key', 'image', 'numbers'}.
 
@@ -406,6 +415,13 @@ def _wrap(draw, text, font, width):
     return lines
 
 
+def _fitting_font_size(draw, words, width, size):
+    """``size``, shrunk (down to 7 px) until every word fits in ``width`` - 2 px."""
+    while size > 7 and words and max(_text_size(draw, w, _font(size))[0] for w in words) > width - 2:
+        size -= 1
+    return size
+
+
 def render_grid(cells, title=None, row_labels=None, col_labels=None, font_size=None, background=(255, 255, 255),
                 text_colour=(0, 0, 0)):
     """One labelled grid image.
@@ -425,12 +441,9 @@ def render_grid(cells, title=None, row_labels=None, col_labels=None, font_size=N
     cell_w = max(img.shape[1] for img, _ in cells.values())
     cell_h = max(img.shape[0] for img, _ in cells.values())
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    fs = font_size or max(10, min(24, cell_w // 11))
-    # Shrink the font until every word of the captions and column labels fits in a cell.
     words = [w for _, cap in cells.values() for w in (cap or "").split()]
     words += [w for t in (col_labels or []) for w in t.split()]
-    while fs > 7 and words and max(_text_size(scratch, w, _font(fs))[0] for w in words) > cell_w - 2:
-        fs -= 1
+    fs = _fitting_font_size(scratch, words, cell_w, font_size or max(10, min(24, cell_w // 11)))
     font, pad = _font(fs), max(3, fs // 3)
     line_h = _text_size(scratch, "Ag\u2026", font)[1] + pad
 
@@ -666,23 +679,10 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
     ratios : alpha/beta values (Figure 2: one, or one per style; Figure 3: the columns);
     layers : the layers the figure is built from (default conv1_1, conv2_1, ..., conv5_1).
     """
-    from . import __version__
-    from .weights import default_weights_path
+    from .image import save_image
 
-    styles = list(styles)
-    if figure in (1, 3) and len(styles) != 1:
-        raise NstliteError(f"figure {figure} takes exactly one style image, got {len(styles)}")
-    if figure == 2 and not styles:
-        raise NstliteError("figure 2 needs at least one style image")
-    if settings.size < 16:
-        raise NstliteError(f"--size {settings.size} is too small: VGG19 needs at least 16 px")
-    if settings.iterations < 1:
-        raise NstliteError("--iterations must be at least 1")
-    if jobs < 1:
-        raise NstliteError("--jobs must be at least 1")
-    layers = tuple(layers)
-    if not layers:
-        raise NstliteError("no layers given")
+    styles, layers = list(styles), tuple(layers)
+    _check_request(figure, styles, settings, jobs, layers)
     check_outputs(output, [content] + styles, overwrite)
     started = time.perf_counter()
     net = _net_for(settings)  # a missing or bad weights file fails here, before any work
@@ -691,20 +691,7 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
         raise NstliteError(f"layer(s) {', '.join(sorted(missing))} not in this network; "
                            f"use names from {', '.join(n for n in net.layer_names if n.startswith('conv'))}")
     images = load_inputs(content, styles, settings.size)
-
-    if figure == 1:
-        items = figure1_panels(layers)
-    elif figure == 2:
-        ratios = list(ratios) if ratios else [FIGURE2_RATIO]
-        if len(ratios) == 1:
-            ratios = ratios * len(styles)
-        names = [os.path.splitext(os.path.basename(s))[0] for s in styles]
-        items = figure2_panels(names, ratios, style_layers=layers)
-    else:
-        ratios = list(ratios) if ratios else list(FIGURE3_RATIOS)
-        items = figure3_panels(ratios, tuple(layers[:k] for k in range(1, len(layers) + 1)))
-    if ratios and any(not (r > 0 and math.isfinite(r)) for r in ratios):
-        raise NstliteError("alpha/beta ratios must be positive numbers")
+    items, ratios = figure_items(figure, styles, ratios, layers)
     panels = [p for p in items if isinstance(p, Panel)]
 
     def progress(done, total, panel, result):
@@ -721,8 +708,55 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
     records = panel_records(figure, panels, results)
     for rec in records:  # where each panel sits in the grid image, to crop it out
         rec["box"] = boxes[(rec["row"], rec["col"])]["image"]
-    wall = time.perf_counter() - started
-    document = {
+    document = _document(figure, command, output, content, styles, images, settings, jobs, ratios, layers,
+                         records, time.perf_counter() - started)
+    json_path, csv_path = sidecar_paths(output)
+    save_image(output, grid)
+    write_csv(csv_path, records)
+    write_json(json_path, document)
+    return document
+
+
+def _check_request(figure, styles, settings, jobs, layers):
+    """One-line errors for a figure request that cannot run, before anything is read."""
+    if figure in (1, 3) and len(styles) != 1:
+        raise NstliteError(f"figure {figure} takes exactly one style image, got {len(styles)}")
+    if figure == 2 and not styles:
+        raise NstliteError("figure 2 needs at least one style image")
+    if settings.size < 16:
+        raise NstliteError(f"--size {settings.size} is too small: VGG19 needs at least 16 px")
+    if settings.iterations < 1:
+        raise NstliteError("--iterations must be at least 1")
+    if jobs < 1:
+        raise NstliteError("--jobs must be at least 1")
+    if not layers:
+        raise NstliteError("no layers given")
+
+
+def figure_items(figure, styles, ratios, layers):
+    """(grid items, the alpha/beta ratios used) of Figure ``figure`` for these style paths."""
+    if figure == 1:
+        return figure1_panels(layers), ratios
+    if figure == 2:
+        ratios = list(ratios) if ratios else [FIGURE2_RATIO]
+        if len(ratios) == 1:
+            ratios = ratios * len(styles)
+        names = [os.path.splitext(os.path.basename(s))[0] for s in styles]
+        items = figure2_panels(names, ratios, style_layers=layers)
+    else:
+        ratios = list(ratios) if ratios else list(FIGURE3_RATIOS)
+        items = figure3_panels(ratios, tuple(layers[:k] for k in range(1, len(layers) + 1)))
+    if any(not (r > 0 and math.isfinite(r)) for r in ratios):
+        raise NstliteError("alpha/beta ratios must be positive numbers")
+    return items, ratios
+
+
+def _document(figure, command, output, content, styles, images, settings, jobs, ratios, layers, records, wall):
+    """The JSON document of a figure run: inputs, settings (with the weights' source), numbers."""
+    from . import __version__
+    from .weights import default_weights_path
+
+    return {
         "figure": figure,
         "paper": PAPER,
         "command": command,
@@ -731,16 +765,9 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
         "input_sizes": {k: list(v.shape[:2]) for k, v in images.items()},
         "settings": dict(asdict(settings), jobs=jobs, ratios=ratios, layers=list(layers),
                          weights=settings.weights or default_weights_path(),
-                         weights_source=getattr(net, "source", None)),
+                         weights_source=weights_source(settings.weights)),
         "nstlite_version": __version__,
         "wall_seconds": round(wall, 2),
         "panels": records,
         "checks": figure_checks(figure, records, ratios),
     }
-    from .image import save_image
-
-    json_path, csv_path = sidecar_paths(output)
-    save_image(output, grid)
-    write_csv(csv_path, records)
-    write_json(json_path, document)
-    return document
