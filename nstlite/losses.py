@@ -1,4 +1,5 @@
-"""The losses of Gatys, Ecker & Bethge (2015), each with its analytic gradient.
+"""The losses of Gatys, Ecker & Bethge (2015), each with its analytic gradient, and the
+loss-term protocol the objective is composed of.
 
 Reference
 ---------
@@ -10,7 +11,7 @@ Symbols
 ========  =====================================================================
 F^l       response of layer l to the generated image, an N_l x M_l matrix:
           N_l filters (channels) by M_l positions (height x width). In code a
-          feature map ``feat`` of shape (C, H, W) is ``F = feat.reshape(C, H*W)``.
+          feature map ``F`` of shape (C, H, W) is the matrix ``F.reshape(C, H*W)``.
 P^l       response of layer l to the photograph (content target)
 G^l       Gram matrix of the generated image, G^l = F^l F^l^T   (eq. 3)
 A^l       Gram matrix of the artwork (style target)
@@ -19,194 +20,199 @@ w_l       weight of layer l in the style loss                    (eq. 5)
 alpha     content weight, beta style weight                      (eq. 7)
 ========  =====================================================================
 
-Every function takes arrays and returns ``(loss, gradient)``; the gradient has the shape of
-the input map. Losses are 0-d arrays on the input's device (no host sync): call
-``nstlite.backend.scalar`` outside hot loops to read one.
+Every loss function takes arrays and returns ``(loss, gradient)``; the gradient has the shape
+of the input map. Losses are 0-d arrays on the input's device (no host sync): read one with
+``nstlite.backend.scalar`` outside hot loops.
 
 Notes
 -----
 The paper writes the derivatives of eqs. (2) and (6) with a factor "if F_ij^l > 0, else 0".
 That factor is the derivative of the ReLU that produced F^l. Here the losses return the
-unmasked derivative with respect to the rectified response and the ReLU backward
+unmasked derivative with respect to the rectified response, and the ReLU backward
 (``nstlite.layers.relu_backward``) applies the mask, once, when the gradient travels back
-through the network. Applying it in the loss as well would be harmless but redundant.
+through the network.
 
-A feature map may be stored channel by channel ((C, H, W) memory: F row by row) or position by
-position (channels-last (H, W, C) memory seen through ``transpose(2, 0, 1)``, as the fast
-VGG19 path hands its maps out: F^T row by row). ``_as_matrix`` returns F as a view in either
-case, and eq. (6) is evaluated in the orientation that writes dF in F's own layout, so neither
-the loss nor the network backward has to copy a map into the other layout.
+These functions are the plain statement of the paper and the oracle of the engine's fused,
+in-place kernels (``nstlite.fast.losses``), which the objective uses where they apply.
+
+The loss-term protocol
+----------------------
+The objective (``nstlite.objective.Objective``) is composed of *terms*. A term is an object with
+
+``layer``
+    the VGG19 layer it reads (``"conv4_2"``), or ``INPUT`` for the image itself (TV).
+``target(F) -> statistics``
+    what it needs of the photograph's or the artwork's (C, H, W) map ``F``, as a dict of arrays.
+``loss(F, statistics) -> (value, dF)``
+    its value on the generated image's (C, H, W) map and the derivative with respect to ``F``.
+``position_sums``
+    the names of the statistics that are *sums over positions* (a Gram matrix
+    sum_k F_ik F_jk, a sum of F, the count of positions itself). Such statistics can be
+    accumulated tile by tile over a large image, and two images of different sizes compare
+    after rescaling by their numbers of positions. A term whose ``position_sums`` is empty
+    and that has no ``statistics`` method is *local*: its value is a sum over positions of
+    something that depends on the position only (the content loss, TV).
+
+A term whose statistics are all position sums (a *global* term, every style loss) splits
+``loss`` into three steps, so that an evaluator can compute the statistics of a large image
+tile by tile and then each tile's gradient from the global statistics:
+
+``statistics(F)``
+    the generated image's statistics (the same dict ``target`` makes of the artwork's map);
+``value(statistics, target)``
+    the loss from the generated image's statistics;
+``gradient(F, statistics, target)``
+    dvalue/dF at the positions of ``F``, given the (global) statistics.
+
+Worked example: a style loss that matches the mean response of each channel,
+E = 1/(2N) sum_i (mu_i - mu^_i)^2 with mu_i = (1/M) sum_k F_ik, so dE/dF_ik = (mu_i - mu^_i) / (N M)::
+
+    class MeanLoss(StyleLoss):
+        position_sums = ("sum", "positions")
+
+        def statistics(self, F):
+            c = F.shape[0]
+            return {"sum": F.reshape(c, -1).sum(axis=1), "positions": F[0].size}
+
+        def value(self, stats, target):
+            d = stats["sum"] / stats["positions"] - target["sum"] / target["positions"]
+            return (d * d).sum() / (2 * d.size)
+
+        def gradient(self, F, stats, target):
+            xp = get_array_module(F)
+            d = stats["sum"] / stats["positions"] - target["sum"] / target["positions"]
+            return xp.broadcast_to((d / (d.size * stats["positions"]))[:, None, None], F.shape).copy()
+
+    STYLE_LOSSES["mean"] = MeanLoss     # nstlite.stylize(..., style_loss="mean") now uses it
+
+Its gradient needs a gradcheck row (``check_loss`` on ``lambda F: term.loss(F, target)``) and a
+test that the row fails on a wrong gradient (see CONTRIBUTING.md).
 """
+from __future__ import annotations
+
 from .backend import get_array_module
+from .errors import NstliteError
+
+INPUT = "input"  # the pseudo-layer of a term that reads the image itself (TV)
 
 
-def _as_matrix(feat):
-    """(C, H, W) feature map -> the paper's N_l x M_l matrix F^l, a view of feat's memory.
-
-    Channel-major memory is F row by row (a reshape); channels-last memory is F^T (M_l x N_l)
-    row by row, and F is its transpose (a reshape would copy the whole map).
-    """
-    c = feat.shape[0]
-    if _channels_last(feat):
-        return feat.transpose(1, 2, 0).reshape(-1, c).T
-    return feat.reshape(c, -1)
-
-
-def _channels_last(feat):
-    """True when the (C, H, W) array is a view of contiguous (H, W, C) memory (and not also
-    channel-major, as a map with one channel or one position is)."""
-    return feat.transpose(1, 2, 0).flags.c_contiguous and not feat.flags.c_contiguous
-
-
-def content_loss(F, P, grad_scale=1.0, out=None):
+# --------------------------------------------------------------------------- eqs. (1)-(2)
+def content_loss(F, P):
     """Squared-error content loss and its gradient.
 
     L_content(p, x, l) = 1/2 sum_ij (F_ij^l - P_ij^l)^2                      eq. (1)
     dL/dF_ij^l = F_ij^l - P_ij^l    (the ReLU backward applies "F > 0")        eq. (2)
 
+    Parameters
+    ----------
     F, P : (C, H, W) feature maps of the generated image and of the photograph.
-    grad_scale : factor on the returned gradient only (alpha of eq. 7, say).
-    out : where to write the gradient (an array shaped like F; may be F itself, which is then
-        overwritten); None allocates a new one.
-    Returns (loss 0-d array, grad_scale * dL/dF with the shape of F).
+
+    Returns
+    -------
+    (loss, dF) : a 0-d array and an array shaped like F.
     """
     xp = get_array_module(F)
-    diff = xp.subtract(F, P, out=out)  # eq. (2)
-    loss = 0.5 * xp.sum(diff * diff)  # eq. (1)
-    if grad_scale != 1.0:
-        diff *= grad_scale
-    return loss, diff
+    dF = F - P  # eq. (2)
+    return 0.5 * xp.sum(dF * dF), dF  # eq. (1)
 
 
+# --------------------------------------------------------------------------- eq. (3)
 def gram(F):
     """Gram matrix G^l = F^l F^l^T, i.e. G_ij = sum_k F_ik F_jk.                   eq. (3)
 
     F : (C, H, W) feature map -> G : (C, C).
     """
-    Fm = _as_matrix(F)
+    Fm = F.reshape(F.shape[0], -1)  # N_l x M_l
     return Fm @ Fm.T
 
 
-# Rows of F^T (positions) per product of eq. (6) when the gradient overwrites F itself: each
-# block's product goes to a small scratch array first, so the block can then replace its rows.
-_GRADIENT_BLOCK_BYTES = 4 << 20
+def gram_backward(dG, F):
+    """Gradient of a function of G = F F^T with respect to F, given dG = d/dG.
+
+    d/dF_ik sum_ab dG_ab G_ab = ((dG + dG^T) F)_ik: each entry of F enters row i and column i of G.
+    With dG = (G - A) / (2 N^2 M^2), the derivative of eq. (4), and symmetric G - A this is
+    eq. (6).
+
+    dG : (C, C); F : (C, H, W) -> dF : (C, H, W).
+    """
+    Fm = F.reshape(F.shape[0], -1)
+    return ((dG + dG.T) @ Fm).reshape(F.shape)
 
 
-def style_layer_loss(F, A, grad_scale=1.0, out=None):
+# --------------------------------------------------------------------------- eqs. (4), (6)
+def style_layer_loss(F, A):
     """Style error of one layer and its gradient.
 
     E_l = 1 / (4 N_l^2 M_l^2) sum_ij (G_ij^l - A_ij^l)^2                       eq. (4)
     dE_l/dF_ij^l = 1 / (N_l^2 M_l^2) ((F^l)^T (G^l - A^l))_ji                  eq. (6)
     (the ReLU backward applies the paper's "F > 0" factor)
 
-    F : (C, H, W) feature map of the generated image; A : (C, C) Gram matrix of the artwork
-    (symmetric).
-    grad_scale : factor on the returned gradient only (w_l of eq. 5 times beta of eq. 7, say).
-        It and 1 / (N_l^2 M_l^2) multiply the small N_l x N_l matrix G - A before the product
-        of eq. (6), so weighting the gradient costs no pass over the map.
-    out : where to write the gradient, an array with F's shape and memory layout; it may be F
-        itself (F is then overwritten: the product runs over blocks of positions, each read
-        before it is replaced). None allocates a new one.
-    Returns (E_l 0-d array, grad_scale * dE_l/dF with the shape of F).
+    Parameters
+    ----------
+    F : (C, H, W) feature map of the generated image.
+    A : (C, C) Gram matrix of the artwork. Eq. (6) is the derivative of eq. (4) when A is
+        symmetric, as every Gram matrix (and every blend of them) is.
+
+    Returns
+    -------
+    (E_l, dF) : a 0-d array and an array shaped like F.
     """
     xp = get_array_module(F)
-    Fm = _as_matrix(F)
-    n, m = Fm.shape
+    n, m = F.shape[0], F.shape[1] * F.shape[2]
     norm = float(n) ** 2 * float(m) ** 2  # N_l^2 M_l^2 as a Python float: keeps F's dtype
+    Fm = F.reshape(n, m)
     G = Fm @ Fm.T  # eq. (3)
-    diff = G - A
-    loss = xp.sum(diff * diff) / (4.0 * norm)  # eq. (4)
-    # Eq. (6) is the exact derivative of eq. (4) when A is symmetric, which every Gram matrix
-    # (and every blend of them) is.
-    diff *= grad_scale / norm
-    if out is None:
-        out = xp.empty_like(F)  # in F's memory layout: empty_like keeps the order of the strides
-    in_place = xp.may_share_memory(out, F)
-    # When out is F, the product runs over blocks of positions: each block's product goes to
-    # scratch first, then replaces the block of F it was computed from.
-    step = max(1, _GRADIENT_BLOCK_BYTES // (n * F.itemsize)) if in_place else m
-    scratch = xp.empty(min(step, m) * n, dtype=F.dtype) if in_place else None
-    # The product is formed in the orientation of F's memory, so that it writes whole rows:
-    # channels-last, eq. (6) as written, F^T (G - A) (M_l x N_l, positions are rows);
-    # channel-major, its transpose (G - A)^T F (N_l x M_l, positions are columns).
-    if _channels_last(F):
-        def positions(a, k0, k1):  # positions k0 .. k1 of an N_l x M_l matrix, as F^T's rows
-            return a.T[k0:k1]
-
-        def product(k0, k1, into):
-            return xp.matmul(Fm.T[k0:k1], diff, out=into)
-    else:
-        def positions(a, k0, k1):
-            return a[:, k0:k1]
-
-        def product(k0, k1, into):
-            return xp.matmul(diff.T, Fm[:, k0:k1], out=into)
-    dF = _as_matrix(out)
-    for k0 in range(0, m, step):
-        k1 = min(k0 + step, m)
-        block = positions(dF, k0, k1)
-        if in_place:
-            block[...] = product(k0, k1, scratch[:block.size].reshape(block.shape))
-        else:
-            product(k0, k1, block)
-    return loss, out
+    E = xp.sum((G - A) ** 2) / (4.0 * norm)  # eq. (4)
+    dF = (Fm.T @ (G - A)).T / norm  # eq. (6)
+    return E, dF.reshape(F.shape)
 
 
-def style_loss(feats, targets, layer_weights, grad_scale=1.0, out=None):
+# --------------------------------------------------------------------------- eq. (5)
+def style_loss(feats, targets, layer_weights):
     """Weighted sum of the layers' style errors.
 
     L_style(a, x) = sum_l w_l E_l                                             eq. (5)
     dL_style/dF^l = w_l dE_l/dF^l
 
+    Parameters
+    ----------
     feats : dict layer name -> (C, H, W) response of the generated image
     targets : dict layer name -> (C, C) Gram matrix A^l of the artwork
-    layer_weights : dict layer name -> w_l (Python float)
-    grad_scale : factor on the returned gradients only (beta of eq. 7, say)
-    out : optional dict layer name -> array to write that layer's gradient into (may be the
-        feature map itself, see ``style_layer_loss``); other layers get new arrays.
+    layer_weights : dict layer name -> w_l
 
-    Returns (loss, grads, per_layer): grads maps layer -> grad_scale * dL_style/dF^l,
-    per_layer maps layer -> E_l (unweighted), all 0-d device arrays.
+    Returns
+    -------
+    (loss, grads, per_layer) : grads maps layer -> dL_style/dF^l, per_layer maps layer -> E_l.
     """
-    out = out or {}
     loss, grads, per_layer = 0.0, {}, {}
     for name, w_l in layer_weights.items():
-        E_l, dF = style_layer_loss(feats[name], targets[name], grad_scale * w_l, out.get(name))
-        per_layer[name] = E_l
+        E_l, dF = style_layer_loss(feats[name], targets[name])
         loss = loss + w_l * E_l  # eq. (5)
-        grads[name] = dF
+        grads[name], per_layer[name] = w_l * dF, E_l
     return loss, grads, per_layer
 
 
-def total_loss(content, style, alpha, beta, in_place=False, weighted=False):
+# --------------------------------------------------------------------------- eq. (7)
+def total_loss(content, style, alpha, beta):
     """L_total = alpha L_content + beta L_style.                                   eq. (7)
 
-    content, style : (loss, grads) pairs where grads maps layer -> dL/dF^l.
-    in_place : scale and sum the given gradient arrays themselves instead of copying them (for
-        callers that own them: at conv1_1 of a 512 px image one copy is 64 MB).
-    weighted : the gradients already carry alpha and beta (the losses were called with
-        ``grad_scale=alpha`` and ``grad_scale=beta``): they are only summed.
-    Returns (loss, grads) with the gradients of both terms summed per layer.
+    Parameters
+    ----------
+    content, style : (loss, grads) pairs, grads a dict layer -> dL/dF^l.
+    alpha, beta : the content and style weights.
+
+    Returns
+    -------
+    (loss, grads) : grads maps every layer of either term to alpha dL_content/dF^l + beta dL_style/dF^l.
     """
-    c_loss, c_grads = content
-    s_loss, s_grads = style
-    grads = {}
-    for terms, weight in ((c_grads, alpha), (s_grads, beta)):
-        for name, g in terms.items():
-            if not weighted:
-                if in_place:
-                    g *= weight
-                else:
-                    g = g * weight
-            if name not in grads:
-                grads[name] = g
-            elif in_place:
-                grads[name] += g
-            else:
-                grads[name] = grads[name] + g
+    (c_loss, c_grads), (s_loss, s_grads) = content, style
+    grads = {name: alpha * g for name, g in c_grads.items()}
+    for name, g in s_grads.items():
+        grads[name] = grads[name] + beta * g if name in grads else beta * g
     return alpha * c_loss + beta * s_loss, grads
 
 
+# --------------------------------------------------------------------------- TV
 def tv_loss(x):
     """Total-variation regulariser with squared differences (not in the 2015 paper; a common
     smoothness prior, e.g. Mahendran & Vedaldi 2015, jcjohnson/neural-style).
@@ -226,3 +232,114 @@ def tv_loss(x):
     dx[:, :, 1:] += 2 * dh
     dx[:, :, :-1] -= 2 * dh
     return loss, dx
+
+
+# --------------------------------------------------------------------------- loss terms
+class LossTerm:
+    """A term of the objective: see "The loss-term protocol" in the module docstring.
+
+    Parameters
+    ----------
+    layer : the layer the term reads (``INPUT`` for the image).
+    """
+
+    position_sums: tuple = ()
+
+    def __init__(self, layer: str):
+        self.layer = layer
+
+    def target(self, F) -> dict:
+        """The statistics of the photograph's or artwork's (C, H, W) map that ``loss`` compares with."""
+        raise NotImplementedError
+
+    def loss(self, F, target: dict):
+        """(value, dvalue/dF) on the generated image's (C, H, W) map ``F``."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.layer!r})"
+
+
+class ContentLoss(LossTerm):
+    """The content loss of eqs. (1)-(2) at one layer: a local term, its target the map P^l itself."""
+
+    def target(self, F):
+        xp = get_array_module(F)
+        return {"P": xp.array(F, copy=True)}  # a copy: the network reuses its buffers
+
+    def loss(self, F, target):
+        return content_loss(F, target["P"])
+
+
+class StyleLoss(LossTerm):
+    """A global term: statistics of the whole map (sums over positions), compared with the artwork's.
+
+    Subclasses define ``statistics``, ``value`` and ``gradient``; ``target`` is the artwork's
+    statistics and ``loss`` composes the three steps.
+    """
+
+    def statistics(self, F) -> dict:
+        raise NotImplementedError
+
+    def value(self, stats: dict, target: dict):
+        raise NotImplementedError
+
+    def gradient(self, F, stats: dict, target: dict):
+        raise NotImplementedError
+
+    def target(self, F):
+        return self.statistics(F)
+
+    def loss(self, F, target):
+        stats = self.statistics(F)
+        return self.value(stats, target), self.gradient(F, stats, target)
+
+
+class GramLoss(StyleLoss):
+    """The paper's style error E_l of eqs. (3), (4) and (6) at one layer.
+
+    Statistics: ``gram`` (G = F F^T, eq. 3) and ``positions`` (M_l), both sums over positions.
+    Equal to ``style_layer_loss(F, A)`` when the statistics are those of F itself.
+    """
+
+    position_sums = ("gram", "positions")
+
+    def statistics(self, F):
+        return {"gram": gram(F), "positions": F.shape[1] * F.shape[2]}  # eq. (3)
+
+    def value(self, stats, target):
+        xp = get_array_module(stats["gram"])
+        diff = stats["gram"] - target["gram"]
+        n, m = diff.shape[0], stats["positions"]
+        return xp.sum(diff * diff) / (4.0 * float(n) ** 2 * float(m) ** 2)  # eq. (4)
+
+    def gradient(self, F, stats, target):
+        diff = stats["gram"] - target["gram"]
+        n, m = diff.shape[0], stats["positions"]
+        Fm = F.reshape(n, -1)
+        return ((Fm.T @ diff).T / (float(n) ** 2 * float(m) ** 2)).reshape(F.shape)  # eq. (6)
+
+
+class TVLoss(LossTerm):
+    """The total-variation regulariser on the image: a local term without a target."""
+
+    def __init__(self, layer: str = INPUT):
+        super().__init__(layer)
+
+    def target(self, F):
+        return {}
+
+    def loss(self, x, target):
+        return tv_loss(x)
+
+
+# Style losses by name (``stylize(..., style_loss=name)``, ``--style-loss``).
+STYLE_LOSSES = {"gram": GramLoss}
+
+
+def style_loss_class(name: str):
+    """The StyleLoss subclass registered as ``name``; a one-line error for an unknown name."""
+    try:
+        return STYLE_LOSSES[name]
+    except KeyError:
+        raise NstliteError(f"unknown style loss {name!r}; choose one of {', '.join(sorted(STYLE_LOSSES))}") from None

@@ -19,7 +19,7 @@ from . import colors
 from . import image as im
 from .backend import to_device, to_host
 from .errors import NstliteError
-from .objective import Objective, content_targets, positions_of, style_targets
+from .objective import Objective, build_objective
 from .options import INIT_KINDS, StylizeOptions
 
 
@@ -91,16 +91,12 @@ def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, styl
                         original_colors=opts.original_colors)
 
 
-def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions) -> Objective:
-    """The objective of eq. (7) for one scale: the one place that makes targets."""
-    content_layers, style_weights = list(opts.content_layers), dict(opts.style_layers)
-    P = content_targets(net, content_x, content_layers) if content_layers else {}  # eq. (1)
-    A = {}
-    if style_weights:  # eq. (3), rescaled to the generated image's positions
-        positions = positions_of(net, content_x, list(style_weights))
-        A = style_targets(net, [net.preprocess(s) for s in style_rgbs], list(style_weights),
-                          opts.style_blend_weights, positions)
-    return Objective(net, P, A, style_weights, opts.content_weight, opts.style_weight, opts.tv_weight)
+def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions):
+    """The objective of eq. (7) for one scale, its targets P^l (eq. 1) and A^l (eq. 3) made
+    from the photograph and the artworks as the network sees them."""
+    style_xs = [net.preprocess(s) for s in style_rgbs] if opts.style_layers else []
+    return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,
+                           opts.style_weight, opts.tv_weight, blend_weights=opts.style_blend_weights)
 
 
 def colour_control(method: Optional[str], content_rgb, style_rgbs):

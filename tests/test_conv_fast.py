@@ -241,28 +241,6 @@ def test_backward_shares_the_forward_weights():
         assert list(p._weights) == [method]
 
 
-# ----------------------------------------------------------------------------- losses on channels-last maps
-@pytest.mark.parametrize("shape", [(5, 4, 3), (1, 3, 3), (4, 1, 1), (3, 2, 7)])
-def test_losses_on_channels_last_maps_equal_plain(shape):
-    """The fast path hands out (C, H, W) views of (H, W, C) memory: the style loss reads F as a
-    view in either layout and returns dF laid out like F; values equal the plain layout's."""
-    from nstlite import losses
-    rng = np.random.default_rng(sum(shape))
-    F = rng.standard_normal(shape)
-    A = losses.gram(rng.standard_normal(shape))
-    F_cl = np.ascontiguousarray(F.transpose(1, 2, 0)).transpose(2, 0, 1)  # same values, channels-last memory
-    assert np.array_equal(losses.gram(F_cl), losses.gram(F)) or rel(losses.gram(F_cl), losses.gram(F)) < 1e-14
-    E, dF = losses.style_layer_loss(F, A)
-    E_cl, dF_cl = losses.style_layer_loss(F_cl, A)
-    assert abs(float(E_cl) - float(E)) <= 1e-14 * abs(float(E))
-    assert dF_cl.shape == dF.shape and rel(dF_cl, dF) < 1e-14
-    if shape[0] > 1 and shape[1] * shape[2] > 1:
-        assert dF_cl.transpose(1, 2, 0).flags.c_contiguous  # channels-last, like F_cl
-        assert np.shares_memory(losses._as_matrix(F_cl), F_cl)  # F as a view, no copy
-    _, grads, _ = losses.style_loss({"a": F_cl}, {"a": A}, {"a": 0.3})
-    assert rel(grads["a"], 0.3 * dF) < 1e-14
-
-
 @pytest.mark.parametrize("c_in,h,w", [(3, 9, 7), (1, 1, 1), (4, 8, 13), (3, 5, 2)])
 @pytest.mark.parametrize("rows", [1, 3, None])
 def test_im2col_image_conv_and_adjoint(c_in, h, w, rows):
@@ -327,20 +305,6 @@ def test_im2col_threads_give_the_same_result(threads, rows_per_block):
     dref = L.conv3x3_backward_reference(CF.interior(g, 23, 18).transpose(2, 0, 1).astype(np.float64), cache)
     assert rel(res[threads][1], dref) < 1e-5
 
-
-def test_content_targets_keep_the_channels_last_layout():
-    """P^l is copied in the layout of the map it came from, so eq. (1)'s F - P is computed on
-    like-laid-out arrays, and its gradient reaches the network channels-last."""
-    from nstlite import losses
-    from nstlite.objective import content_targets
-    params = random_params(0, widths=(4, 5, 6, 6, 8), dtype=np.float64)
-    net = VGG19(params, None, dtype="float64", conv_kernel="fast")
-    x = np.random.default_rng(9).standard_normal((3, 32, 32)) * 20
-    P = content_targets(net, x, ["conv4_2"])["conv4_2"]
-    F = net.forward(x * 0.9, ["conv4_2"])["conv4_2"]
-    assert P.transpose(1, 2, 0).flags.c_contiguous
-    _, dF = losses.content_loss(F, P)
-    assert dF.transpose(1, 2, 0).flags.c_contiguous and rel(dF, np.asarray(F) - np.asarray(P)) < 1e-15
 
 
 # ----------------------------------------------------------------------------- GEMM split
