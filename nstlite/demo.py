@@ -20,6 +20,7 @@ import zipfile
 import numpy as np
 
 from . import image as im
+from .atomic import atomic_write
 from .errors import NstliteError
 
 PHOTO_PACKAGE = "scikit-image"
@@ -57,8 +58,13 @@ def fetch_photo(folder=None, python=None, timeout=600):
                 data = z.read(PHOTO_MEMBER)
         except (KeyError, zipfile.BadZipFile):
             raise NstliteError(f"{os.path.basename(wheels[0])} has no {PHOTO_MEMBER}; {hint}") from None
-    im.atomic_write(dst, lambda path: open(path, "wb").write(data))
+    atomic_write(dst, lambda path: _write_bytes(path, data))
     return dst
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def painting(size=256, seed=0):

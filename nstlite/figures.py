@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .atomic import atomic_write
 from .colors import luminance
 from .errors import NstliteError
 
@@ -509,8 +510,6 @@ def with_inset(img, inset, fraction=0.3, border=2):
 # --------------------------------------------------------------------------- output files
 def _write_text(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically (temp file in the same folder + os.replace)."""
-    from .image import atomic_write
-
     def write(tmp):
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)

@@ -27,8 +27,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .atomic import atomic_write  # noqa: F401  (re-exported: image.atomic_write)
-
+from .atomic import atomic_write
 from .errors import NstliteError
 
 Image = namedtuple("Image", "rgb alpha")
@@ -46,7 +45,8 @@ class ImageError(NstliteError):
 
 
 def _pil():
-    from PIL import Image as PILImage, ImageOps
+    from PIL import Image as PILImage
+    from PIL import ImageOps
 
     return PILImage, ImageOps
 
