@@ -30,10 +30,12 @@ EXPECTED_ENDS = ("iterations", "converged", "callback")
 
 
 # --------------------------------------------------------------------------- shared options
-def add_run_options(p, size, iterations, what="the result"):
-    """The options every optimising command has, with that command's size and iteration defaults."""
+def add_run_options(p, size, iterations, what="the result", per="per scale with --scales"):
+    """The options every optimising command has, with that command's size and iteration defaults
+    (``what`` is sized; the iterations count ``per`` that)."""
     p.add_argument("--size", type=int, default=size, help=f"longest side of {what} in pixels (default %(default)s)")
-    p.add_argument("--iterations", type=int, default=iterations, help="L-BFGS iterations (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=iterations,
+                   help=f"L-BFGS iterations ({per}; default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start (default %(default)s)")
     p.add_argument("--weights", default=None, metavar="H5",
                    help="VGG19 weights file (default $NSTLITE_WEIGHTS or ~/.cache/nstlite/vgg19.h5)")
@@ -171,7 +173,8 @@ def _add_figure_commands(sub):
         p.add_argument("--style", required=True, action="append", metavar="IMG", help=style_help)
         p.add_argument("--output", "-o", required=True, metavar="PNG",
                        help="grid image to write; the numbers go next to it (same stem, .json and .csv)")
-        add_run_options(p, F.DEFAULTS[figure]["size"], F.DEFAULTS[figure]["iterations"], "every panel")
+        add_run_options(p, F.DEFAULTS[figure]["size"], F.DEFAULTS[figure]["iterations"], "every panel",
+                        "per panel")
         p.add_argument("--layers", default=",".join(F.PAPER_LAYERS),
                        help="the layers the figure is built from (default %(default)s)")
         p.add_argument("--jobs", "-j", type=int, default=1,
