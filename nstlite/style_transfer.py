@@ -46,8 +46,7 @@ class StylizeResult:
     image : H x W x 3 uint8 (H x W x 4 when the content had alpha); x : final network input,
     (3, H, W) float64 host array; history : one dict per evaluation (the --log lines); final :
     the losses of the returned image; iterations, evaluations, seconds, stop_reason; output :
-    the path written (or None); checkpoints : paths of checkpoint files written; alpha : the
-    photograph's alpha at the final size (or None); content_rgb : the photograph at that size.
+    the path written (or None); checkpoints : paths of checkpoint files written.
     """
 
     image: np.ndarray
@@ -60,8 +59,6 @@ class StylizeResult:
     stop_reason: StopReason
     output: Optional[str] = None
     checkpoints: List[str] = field(default_factory=list)
-    alpha: Optional[np.ndarray] = None
-    content_rgb: Optional[np.ndarray] = None
 
     def __repr__(self):
         return (f"StylizeResult(image={self.image.shape}, iterations={self.iterations}, "
@@ -221,5 +218,4 @@ def _result(outcomes, reporter, seconds):
                          history=reporter.history, final=last.final,
                          iterations=sum(o.iterations for o in outcomes),
                          evaluations=sum(o.evaluations for o in outcomes), seconds=seconds,
-                         stop_reason=last.stop_reason, checkpoints=reporter.checkpoints,
-                         alpha=last.problem.content.alpha, content_rgb=last.problem.content.rgb)
+                         stop_reason=last.stop_reason, checkpoints=reporter.checkpoints)
