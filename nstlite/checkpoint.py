@@ -11,6 +11,7 @@ L-BFGS-B's own memory is not saved: a resumed run rebuilds it over its first ite
 """
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -56,7 +57,7 @@ def load_checkpoint(path) -> Checkpoint:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             x = np.asarray(z["x"], dtype=np.float64)
-    except Exception as e:  # a zip that is not ours, a damaged file, no "meta"...
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # not ours, damaged, no "meta"
         raise NstliteError(f"{path} is not an nstlite checkpoint ({type(e).__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or x.ndim != 3 or x.shape[0] != 3:
         raise NstliteError(f"{path} is not an nstlite checkpoint")

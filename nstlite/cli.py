@@ -148,17 +148,17 @@ def _add_stylize_commands(sub):
 # --------------------------------------------------------------------------- the figures
 FIGURE_HELP = {
     1: ("paper Figure 1: content and style reconstructions from white noise, with PSNR per layer",
-        "Figure 1 of Gatys et al. (2015). Top row: the photograph reconstructed from white noise by the "
-        "content loss alone at conv1_1 ... conv5_1 (a-e). Bottom row: the artwork's style reconstructed "
-        "by the style loss alone over conv1_1, conv1_1+conv2_1, ..., conv1_1...conv5_1 (a-e).",
+        ("Figure 1 of Gatys et al. (2015). Top row: the photograph reconstructed from white noise by the "
+         "content loss alone at conv1_1 ... conv5_1 (a-e). Bottom row: the artwork's style reconstructed "
+         "by the style loss alone over conv1_1, conv1_1+conv2_1, ..., conv1_1...conv5_1 (a-e)."),
         "the artwork"),
     2: ("paper Figure 2: the photograph stylised with each artwork",
-        "Figure 2 of Gatys et al. (2015): the photograph and its stylisation with each artwork "
-        "(content conv4_2, style conv1_1...conv5_1 with w_l = 1/5, from white noise).",
+        ("Figure 2 of Gatys et al. (2015): the photograph and its stylisation with each artwork "
+         "(content conv4_2, style conv1_1...conv5_1 with w_l = 1/5, from white noise)."),
         "an artwork; repeat for several (the paper: shipwreck, starry_night, the_scream, seated-nude)"),
     3: ("paper Figure 3: style layer sets x alpha/beta ratios, content loss per panel",
-        "Figure 3 of Gatys et al. (2015): rows are style layer sets conv1_1 up to conv1_1...conv5_1, "
-        "columns alpha/beta ratios; content at conv4_2, from white noise.",
+        ("Figure 3 of Gatys et al. (2015): rows are style layer sets conv1_1 up to conv1_1...conv5_1, "
+         "columns alpha/beta ratios; content at conv4_2, from white noise."),
         "the artwork"),
 }
 
@@ -168,7 +168,8 @@ def _add_figure_commands(sub):
 
     for figure, (short, long, style_help) in FIGURE_HELP.items():
         p = sub.add_parser(f"figure{figure}", help=short, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           description=f"{long}\n\nWith the defaults this takes {F.HELP_TIMES[figure]} on a 2-core CPU.")
+                           description=f"{long}\n\nWith the defaults this takes {F.HELP_TIMES[figure]} "
+                                       "on a 2-core CPU.")
         p.add_argument("--content", required=True, metavar="IMG", help="the photograph")
         p.add_argument("--style", required=True, action="append", metavar="IMG", help=style_help)
         p.add_argument("--output", "-o", required=True, metavar="PNG",

@@ -14,7 +14,9 @@ and the objective's share, one map per loss layer at the network's precision: th
 P^l, or the temporary a loss makes. All of it but the constant carries a 15 % margin. The
 measured peaks the estimate is checked against are in the README's memory section (and the test).
 """
-from typing import Callable, Optional, Sequence
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 from . import image as im
 from .errors import NstliteError
@@ -26,7 +28,7 @@ MARGIN = 0.15                  # on the size-dependent part
 SMALLEST_SIZE = 16             # below this, suggesting a --size is pointless (VGG19 needs 16 px)
 
 
-def available_memory_bytes() -> Optional[int]:
+def available_memory_bytes() -> int | None:
     """MemAvailable from /proc/meminfo, or None where that cannot be read."""
     try:
         with open("/proc/meminfo") as f:
@@ -86,7 +88,7 @@ def refusal_message(height: int, width: int, estimate: int, available: int, bigg
 
 
 def check_memory(net, height: int, width: int, layers: Sequence[str], history: int = DEFAULT_LBFGS_HISTORY,
-                 available: Optional[int] = None) -> int:
+                 available: int | None = None) -> int:
     """The peak estimate in bytes; an ``NstliteError`` (``refusal_message``) when it exceeds the
     memory available (``available``, default MemAvailable; unknown: never refused)."""
     estimate = estimate_peak_bytes(net, height, width, layers, history)

@@ -23,17 +23,20 @@ What naive use of SciPy gets wrong, and what happens here instead:
   non-finite loss at the very start ends the run (there is nothing to fall back to).
 * The best point seen is tracked and returned, whatever ended the run.
 """
+from __future__ import annotations
+
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
 
 
-class StopReason(str, Enum):
+class StopReason(str, Enum):  # noqa: UP042  (enum.StrEnum needs Python 3.11; setup.py says 3.9)
     """Why a run ended. A ``str`` whose value is the text the logs and JSON files carry."""
 
     ITERATIONS = "iterations"            # the requested iterations ran
@@ -68,7 +71,7 @@ class Result:
 
     x: np.ndarray
     loss: float
-    info: Optional[Any]
+    info: Any | None
     iterations: int
     evaluations: int
     restarts: int
@@ -82,8 +85,8 @@ class Result:
 
 
 def minimize_lbfgsb(fun: Callable, x0, lower, upper, iterations: int, history: int = 10,
-                    max_evaluations: Optional[int] = None, max_restarts: int = 5,
-                    on_evaluation: Optional[Callable] = None, on_iteration: Optional[Callable] = None,
+                    max_evaluations: int | None = None, max_restarts: int = 5,
+                    on_evaluation: Callable | None = None, on_iteration: Callable | None = None,
                     start_iteration: int = 0, max_nonfinite: int = 20) -> Result:
     """Minimise ``fun`` over the box ``lower <= x <= upper`` with L-BFGS-B.
 

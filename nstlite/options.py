@@ -6,10 +6,13 @@ numbers, dicts) into one normal form and raises a one-line ``NstliteError`` for 
 cannot be run. The parsers of comma-separated numbers and layer lists live here too, so the
 command line, the figures and the API read them alike.
 """
+from __future__ import annotations
+
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any
 
 from . import colors
 from . import image as im
@@ -46,7 +49,7 @@ def parse_numbers(text, what: str, kind: Callable = float) -> list:
     return values
 
 
-def parse_layers(spec, default: Sequence[str] = (), known: Optional[Sequence[str]] = None) -> list:
+def parse_layers(spec, default: Sequence[str] = (), known: Sequence[str] | None = None) -> list:
     """Layer names from None (``default``), a comma string or a sequence of names.
 
     known : when given, every name must be one of these (a one-line error names the others).
@@ -64,7 +67,7 @@ def parse_layers(spec, default: Sequence[str] = (), known: Optional[Sequence[str
     return names
 
 
-def parse_layer_weights(spec, default: Sequence[str] = ()) -> Dict[str, float]:
+def parse_layer_weights(spec, default: Sequence[str] = ()) -> dict[str, float]:
     """Style layers with their w_l (eq. 5).
 
     ``spec`` may be None (the default layers), a comma string ``"conv1_1:0.2,conv2_1,..."``, a
@@ -152,7 +155,7 @@ class StylizeOptions:
     pooling: str = "avg"
     tv_weight: float = DEFAULT_TV_WEIGHT
     lbfgs_history: int = DEFAULT_LBFGS_HISTORY
-    original_colors: Optional[str] = None
+    original_colors: str | None = None
     scales: Any = None
     weights: Any = None
     net: Any = None
@@ -162,15 +165,15 @@ class StylizeOptions:
     checkpoint_prefix: Any = None
     print_every: int = DEFAULT_PRINT_EVERY
     quiet: bool = False
-    callback: Optional[Callable] = None
+    callback: Callable | None = None
     resume: Any = None
     output: Any = None
-    max_evaluations: Optional[int] = None
+    max_evaluations: int | None = None
     check_memory_limit: bool = True
     stream: Any = None
 
     @classmethod
-    def from_keywords(cls, keywords: dict) -> "StylizeOptions":
+    def from_keywords(cls, keywords: dict) -> StylizeOptions:
         """The options from ``stylize``'s keywords (an unknown one is a TypeError, as in a call)."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(keywords) - names)
@@ -178,7 +181,7 @@ class StylizeOptions:
             raise TypeError(f"stylize() got an unexpected keyword argument {unknown[0]!r}")
         return cls(**keywords)
 
-    def validated(self, n_styles: int) -> "StylizeOptions":
+    def validated(self, n_styles: int) -> StylizeOptions:
         """The options in normal form, for ``n_styles`` style images; ``NstliteError`` (one
         line) for anything that cannot run. Nothing is read or loaded except the file checks."""
         if self.output is not None:
@@ -202,7 +205,8 @@ class StylizeOptions:
         content_layers = parse_layers(self.content_layers, DEFAULT_CONTENT_LAYERS) if alpha > 0 else []
         style_layers = parse_layer_weights(self.style_layers, DEFAULT_STYLE_LAYERS) if beta > 0 and n_styles else {}
         if not content_layers and not style_layers:
-            raise NstliteError("nothing to optimise: give a style image (or a style weight > 0) or a content weight > 0")
+            raise NstliteError("nothing to optimise: give a style image (or a style weight > 0) "
+                               "or a content weight > 0")
         _check_init(self.init)
         return replace(self, iterations=iterations, content_weight=alpha, style_weight=beta, tv_weight=tv,
                        scales=scales, content_layers=content_layers, style_layers=style_layers,

@@ -10,8 +10,9 @@
 ``Evaluator`` is the SciPy boundary: float64 host vector in, (loss, float64 gradient, losses)
 out, with one device-to-host copy per evaluation.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
-from typing import List, Optional
 
 import numpy as np
 
@@ -36,19 +37,19 @@ class ScaleProblem:
     index: int
     size: int
     content: im.Image
-    style_rgbs: List[np.ndarray]
+    style_rgbs: list[np.ndarray]
     objective: Objective
     x0: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
-    style_names: List[str]
-    original_colors: Optional[str] = None
+    style_names: list[str]
+    original_colors: str | None = None
 
     @property
     def shape(self):
         return self.x0.shape
 
-    def evaluator(self) -> "Evaluator":
+    def evaluator(self) -> Evaluator:
         return Evaluator(self.objective, self.net, self.x0.shape, self.style_names)
 
     def image(self, x) -> np.ndarray:
@@ -99,7 +100,7 @@ def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions):
                            opts.style_weight, opts.tv_weight, blend_weights=opts.style_blend_weights)
 
 
-def colour_control(method: Optional[str], content_rgb, style_rgbs):
+def colour_control(method: str | None, content_rgb, style_rgbs):
     """(what the network sees of the photograph, of each artwork) for a colour-control method
     of Gatys et al. (2017): None, "histogram" (recolour the artworks) or "luminance" (grey
     images, the artworks' luminance matched to the photograph's)."""

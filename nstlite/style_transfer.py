@@ -12,11 +12,11 @@ per scale, build the problem: colour control, targets P^l and A^l, start, box
 progress, log, checkpoints and callback (``nstlite.reporter``, ``nstlite.checkpoint``) ->
 deprocess -> save atomically.
 """
+from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 import numpy as np
 
@@ -51,14 +51,14 @@ class StylizeResult:
 
     image: np.ndarray
     x: np.ndarray
-    history: List[dict]
+    history: list[dict]
     final: dict
     iterations: int
     evaluations: int
     seconds: float
     stop_reason: StopReason
-    output: Optional[str] = None
-    checkpoints: List[str] = field(default_factory=list)
+    output: str | None = None
+    checkpoints: list[str] = field(default_factory=list)
 
     def __repr__(self):
         return (f"StylizeResult(image={self.image.shape}, iterations={self.iterations}, "
