@@ -93,9 +93,10 @@ MUTATIONS = {
         losses, "style_loss", style_loss_forgets_w_l)),
     "total: forgets beta": (["total_loss alpha, beta (eq. 7)"], lambda mp: mp.setattr(
         losses, "total_loss", total_loss_forgets_beta)),
+    "guided gram: guide applied once": (["guided gram, one region (Gatys 2017)"], lambda mp: mp.setattr(
+        losses.GuidedGramLoss, "gradient", lambda self, F, stats, target: losses.GramLoss.gradient(
+            self, F * self.guide, stats, target))),
     "tv: half": (["tv_loss"], lambda mp: mp.setattr(losses, "tv_loss", scaled(losses.tv_loss, 0.5, index=1))),
-    "gram term: off by two": (["style loss term 'gram' (GramLoss)"], lambda mp: mp.setattr(
-        losses.GramLoss, "gradient", scaled(losses.GramLoss.gradient, 2.0))),
     "objective: fused content kernel doubled": (rows_starting("objective: content only"), lambda mp: mp.setitem(
         fused.FUSED, losses.ContentLoss, scaled(fused.FUSED[losses.ContentLoss], 2.0, 1))),
     "objective: fused style kernel doubled": (rows_starting("objective: style only"), lambda mp: mp.setitem(
@@ -103,6 +104,12 @@ MUTATIONS = {
     "objective: tv term halved": (rows_starting("objective: alpha*content + beta*style + tv"), lambda mp: mp.setattr(
         losses.TVLoss, "loss", scaled(losses.TVLoss.loss, 0.5, index=1))),
 }
+# every registered style loss: its row fails when the gradient is doubled or has the wrong sign
+for _name, _cls in losses.STYLE_LOSSES.items():
+    for _factor in (2.0, -1.0):
+        MUTATIONS[f"style loss {_name}: gradient x {_factor:g}"] = (
+            [f"style loss term {_name!r} ({_cls.__name__})"],
+            lambda mp, cls=_cls, factor=_factor: mp.setattr(cls, "loss", scaled(cls.loss, factor, index=1)))
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
