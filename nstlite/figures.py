@@ -488,7 +488,8 @@ def render_grid(cells, title=None, row_labels=None, col_labels=None, font_size=N
         canvas.paste(Image.fromarray(np.ascontiguousarray(img[..., :3])), (ix, iy))
         if caption:
             write(_wrap(draw, caption, font, cell_w), x0, y0 + cell_h + pad // 2, cell_w)
-        boxes[(r, c)] = {"image": [ix, iy, ix + w, iy + h], "caption": [x0, y0 + cell_h, x0 + cell_w, y0 + cell_h + caption_h]}
+        boxes[(r, c)] = {"image": [ix, iy, ix + w, iy + h],
+                         "caption": [x0, y0 + cell_h, x0 + cell_w, y0 + cell_h + caption_h]}
     return np.asarray(canvas), boxes
 
 
@@ -635,7 +636,8 @@ def figure_checks(figure, records, ratios=None):
         for name, pairs in rows.items():
             losses_by_ratio = [c for _, c in sorted(pairs)]
             falls[name] = all(a > b for a, b in zip(losses_by_ratio, losses_by_ratio[1:]))
-        checks["content_loss_by_ratio"] = {name: {f"{r:.0e}": c for r, c in sorted(pairs)} for name, pairs in rows.items()}
+        checks["content_loss_by_ratio"] = {name: {f"{r:.0e}": c for r, c in sorted(pairs)}
+                                           for name, pairs in rows.items()}
         checks["content_loss_falls_as_ratio_grows"] = falls
         checks["content_loss_falls_in_every_row"] = all(falls.values())
     return checks
