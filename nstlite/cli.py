@@ -25,8 +25,6 @@ STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "con
                     "style_blend_weights", "style_scale", "init", "seed", "pooling", "tv_weight", "lbfgs_history",
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
                     "resume")
-# Ends of a stylize run that need no note on stderr.
-EXPECTED_ENDS = ("iterations", "converged", "callback")
 
 
 # --------------------------------------------------------------------------- shared options
@@ -78,6 +76,7 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
 # --------------------------------------------------------------------------- stylize and demo
 def run_stylize(args, content, styles, output):
     """Run ``stylize`` for a command: SIGTERM behaves like Ctrl-C, whose best image is saved."""
+    from .optimize import StopReason  # here, not at the top: --help need not load SciPy
     from .style_transfer import StylizeInterrupted, stylize
 
     keywords = {name: getattr(args, name) for name in STYLIZE_KEYWORDS}
@@ -95,7 +94,7 @@ def run_stylize(args, content, styles, output):
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    if result.stop_reason not in EXPECTED_ENDS:
+    if result.stop_reason not in (StopReason.ITERATIONS, StopReason.CONVERGED, StopReason.CALLBACK):
         print(f"nstlite: note: stopped after {result.iterations} iterations ({result.stop_reason}); "
               "the best image found was saved", file=sys.stderr)
     return 0

@@ -103,7 +103,7 @@ def stylize(content, styles, **keywords) -> StylizeResult:
         on Ctrl-C; its ``result`` holds the best image so far, already written to ``output``.
     """
     started = time.perf_counter()
-    styles = [] if styles is None else list(styles) if isinstance(styles, (list, tuple)) else [styles]
+    styles = _as_list(styles)
     opts = StylizeOptions.from_keywords(keywords).validated(len(styles))
     resume = load_checkpoint(opts.resume) if opts.resume is not None else None
     content_img = im.load_image(content, "content image")
@@ -129,6 +129,13 @@ def stylize(content, styles, **keywords) -> StylizeResult:
     if result.stop_reason == StopReason.INTERRUPTED:
         raise StylizeInterrupted(result)
     return result
+
+
+def _as_list(styles):
+    """None, one image or a list/tuple of them -> a list."""
+    if styles is None:
+        return []
+    return list(styles) if isinstance(styles, (list, tuple)) else [styles]
 
 
 def _network(opts):
