@@ -25,6 +25,7 @@ import numpy as np
 from . import layers as L
 from . import losses
 from .backend import to_host, xp_for
+from .fast.plan import CONV_KERNELS, DEFAULT_KERNEL
 from .objective import build_objective
 from .vgg import VGG19
 from .weights import random_params
@@ -145,19 +146,19 @@ def _without_pool_ties(rng, shape, margin=1e-3):
 
 def _tiny_net(pooling, device, seed, kernel=None):
     params = random_params(seed, widths=TINY_WIDTHS, dtype=np.float64)
-    return VGG19(params, None, pooling=pooling, device=device, dtype="float64", conv_kernel=kernel)
+    return VGG19(params, None, pooling=pooling, device=device, dtype="float64", kernel=kernel)
 
 
 def _conv_kernels():
     """name -> (forward, backward) of every registered conv kernel."""
-    return L.CONV_KERNELS
+    return CONV_KERNELS
 
 
 def _network_kernels():
     """The whole-network checks run the reference path, the default (channels-last) path and,
     when registered, the channels-last path forced onto Winograd everywhere (on the tiny check
     network the default path picks the direct kernels: its maps are small)."""
-    names = ["reference", L.DEFAULT_CONV_KERNEL] + (["winograd"] if "winograd" in _conv_kernels() else [])
+    names = ["reference", DEFAULT_KERNEL] + (["winograd"] if "winograd" in _conv_kernels() else [])
     return list(dict.fromkeys(names))
 
 

@@ -200,8 +200,12 @@ def style_targets(net, terms, style_xs, positions, blend_weights=None):
         raise NstliteError("style blend weights must be non-negative and not all zero")
     weights = [b / total_w for b in blend_weights]
     layers = list(dict.fromkeys(t.layer for t in terms))
-    feats = [net.forward(sx, layers) for sx in style_xs]
-    return [t.prepare(t.blend([t.target(f[t.layer]) for f in feats], weights, positions[t.layer])) for t in terms]
+    per_artwork = []  # [artwork][term] statistics, made before the next forward reuses the maps
+    for sx in style_xs:
+        feats = net.forward(sx, layers)
+        per_artwork.append([t.target(feats[t.layer]) for t in terms])
+    return [t.prepare(t.blend([stats[i] for stats in per_artwork], weights, positions[t.layer]))
+            for i, t in enumerate(terms)]
 
 
 def positions_of(net, shape, layers):

@@ -11,6 +11,7 @@ import pytest
 
 from nstlite import gradcheck, layers, losses
 from nstlite.fast import losses as fused
+from nstlite.fast import plan
 from nstlite.gradient_check import catalogue
 
 
@@ -45,7 +46,7 @@ def conv_rows(kernel):
 
 
 def conv_backward_flipped(kernel):
-    fwd, bwd = layers.CONV_KERNELS[kernel]
+    fwd, bwd = plan.CONV_KERNELS[kernel]
     return fwd, lambda d, c: np.flip(bwd(d, c), axis=-1).copy()
 
 
@@ -56,6 +57,15 @@ def break_pool(mp, kind, backward):
 
 def rows_starting(prefix):
     return [name for name, _ in catalogue() if name.startswith(prefix)]
+
+
+def adjoint_doubled(adjoint):
+    """A channels-last conv adjoint (writes dx in place) whose dx comes out twice too large."""
+    def wrong(dpad, wk, dx, *args, **kwargs):
+        out = adjoint(dpad, wk, dx, *args, **kwargs)
+        dx *= 2.0
+        return out
+    return wrong
 
 
 def style_loss_forgets_w_l(feats, targets, layer_weights, real=losses.style_loss):
@@ -70,13 +80,19 @@ def total_loss_forgets_beta(content, style, alpha, beta, real=losses.total_loss)
 # (rows that must fail, how to break the code)
 MUTATIONS = {
     "conv reference: flipped taps": (conv_rows("reference"), lambda mp: mp.setitem(
-        layers.CONV_KERNELS, "reference", conv_backward_flipped("reference"))),
+        plan.CONV_KERNELS, "reference", conv_backward_flipped("reference"))),
     "conv winograd: flipped taps": (conv_rows("winograd"), lambda mp: mp.setitem(
-        layers.CONV_KERNELS, "winograd", conv_backward_flipped("winograd"))),
+        plan.CONV_KERNELS, "winograd", conv_backward_flipped("winograd"))),
     "conv shifted_gemm: flipped taps": (conv_rows("shifted_gemm"), lambda mp: mp.setitem(
-        layers.CONV_KERNELS, "shifted_gemm", conv_backward_flipped("shifted_gemm"))),
-    "conv fast: flipped taps": (conv_rows("fast"), lambda mp: mp.setitem(
-        layers.CONV_KERNELS, "fast", conv_backward_flipped("fast"))),
+        plan.CONV_KERNELS, "shifted_gemm", conv_backward_flipped("shifted_gemm"))),
+    "conv auto: flipped taps": (conv_rows("auto"), lambda mp: mp.setitem(
+        plan.CONV_KERNELS, "auto", conv_backward_flipped("auto"))),
+    "channels-last path: direct conv adjoint doubled": (
+        [f"vgg19 backward ({p} pool) [auto]" for p in ("avg", "max")],
+        lambda mp: mp.setattr(plan, "shifted_gemm_conv_adjoint", adjoint_doubled(plan.shifted_gemm_conv_adjoint))),
+    "channels-last path: Winograd adjoint doubled": (
+        [f"vgg19 backward ({p} pool) [winograd]" for p in ("avg", "max")],
+        lambda mp: mp.setattr(plan, "winograd_conv_adjoint", adjoint_doubled(plan.winograd_conv_adjoint))),
     "relu lets every gradient through": (["relu", "vgg19 backward (avg pool)"], lambda mp: mp.setattr(
         layers, "relu_backward", lambda dout, cache: dout)),
     "avg pool: half instead of a quarter": (["avg_pool 2x2", "vgg19 backward (avg pool)"], lambda mp: break_pool(

@@ -14,7 +14,7 @@ LAYERS = {"conv1_1": 0.4, "conv2_1": 0.3, "conv3_1": 0.3}
 
 def tiny_net(kernel="reference"):
     return VGG19(random_params(5, widths=(4, 5, 6, 6, 8), dtype=np.float64), None, dtype="float64",
-                 conv_kernel=kernel)
+                 kernel=kernel)
 
 
 def test_guides_follow_the_pooling_and_erode(rng):
@@ -54,7 +54,7 @@ def test_one_region_covering_everything_is_the_plain_gram_loss(rng):
     np.testing.assert_allclose(guided[1], plain[1], rtol=1e-10, atol=1e-12 * np.abs(plain[1]).max())
 
 
-@pytest.mark.parametrize("kernel", ["reference", "fast"])
+@pytest.mark.parametrize("kernel", ["reference", "auto"])
 def test_two_regions_objective_gradient_is_exact(rng, kernel):
     net = tiny_net(kernel)
     photo = rng.standard_normal((3, 32, 36)) * 20

@@ -1,5 +1,5 @@
-"""The fast conv kernels (nstlite.conv_fast) and the channels-last VGG19 path against the
-reference convolution and the reference VGG19 path.
+"""The fast conv kernels of nstlite.fast (Winograd, shifted GEMM, im2col) against the
+reference convolution of nstlite.layers.
 
 Tolerances (normwise relative error, max|fast - ref| / max|ref|):
   float64: 1e-12 for every kernel (Winograd's transforms lose a few digits: ~1e-14 seen);
@@ -10,15 +10,26 @@ Tolerances (normwise relative error, max|fast - ref| / max|ref|):
 import numpy as np
 import pytest
 
-from nstlite import conv_fast as CF
 from nstlite import layers as L
-from nstlite.vgg import VGG19
-from nstlite.weights import random_params
+from nstlite.fast.gemm import (im2col_conv, im2col_conv_adjoint, im2col_weights, shifted_gemm_conv,
+                              shifted_gemm_conv_adjoint)
+from nstlite.fast.layout import interior, padded_shape, to_padded
+from nstlite.fast.plan import CONV_KERNELS, ConvPlan
+from nstlite.fast.toom_cook import WINO_POINTS, toom_cook
+from nstlite.fast.winograd import (WINO_AT, WINO_BT, WINO_G, WINO_SCALE_AT, WINO_SCALE_BT, winograd_conv,
+                                  winograd_conv_adjoint, winograd_weights)
+from nstlite.fast.workspace import Workspace, local_blas_threads
 
-FAST_KERNELS = ["shifted_gemm", "winograd", "fast"]
-TOL = {("float64", "shifted_gemm"): 1e-12, ("float64", "winograd"): 1e-12, ("float64", "fast"): 1e-12,
-       ("float32", "shifted_gemm"): 2e-6, ("float32", "winograd"): 1e-5, ("float32", "fast"): 1e-5}
+FAST_KERNELS = ["shifted_gemm", "winograd", "auto"]
+TOL = {("float64", "shifted_gemm"): 1e-12, ("float64", "winograd"): 1e-12, ("float64", "auto"): 1e-12,
+       ("float32", "shifted_gemm"): 2e-6, ("float32", "winograd"): 1e-5, ("float32", "auto"): 1e-5}
 SHAPES = [(3, 7, 9, 4), (5, 13, 6, 7), (16, 11, 17, 16), (8, 1, 1, 3), (4, 5, 2, 3), (20, 4, 8, 17)]
+
+
+def rel_l2(a, b):
+    """||a - b|| / ||b|| in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
 def rel(a, b):
@@ -35,9 +46,9 @@ def test_kernel_matches_reference(kernel, dtype, c_in, h, w, c_out):
     wt = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
     dout = rng.standard_normal((c_out, h, w)).astype(dtype)
-    ref_out, ref_cache = L.conv3x3_forward_reference(x, wt, b)
-    ref_dx = L.conv3x3_backward_reference(dout, ref_cache)
-    fwd, bwd = L.CONV_KERNELS[kernel]
+    ref_out, ref_cache = L.conv3x3_forward(x, wt, b)
+    ref_dx = L.conv3x3_backward(dout, ref_cache)
+    fwd, bwd = CONV_KERNELS[kernel]
     out, cache = fwd(x, wt, b)
     dx = bwd(dout, cache)
     assert out.shape == ref_out.shape and out.dtype == np.dtype(dtype)
@@ -53,20 +64,20 @@ def test_block_sizes_do_not_change_result(kernel):
     x = rng.standard_normal((6, 19, 23))
     d = rng.standard_normal((5, 19, 23))
     wt = rng.standard_normal((5, 6, 3, 3))
-    wk = CF.ConvPlan(wt, np.zeros(5), kernel).weights(kernel)
+    wk = ConvPlan(wt, np.zeros(5), kernel).weights(kernel)
     if kernel == "winograd":
-        run, adjoint, extra = CF.winograd_conv, CF.winograd_conv_adjoint, {"tile_rows": 1}
+        run, adjoint, extra = winograd_conv, winograd_conv_adjoint, {"tile_rows": 1}
     else:
-        run, adjoint, extra = CF.shifted_gemm_conv, CF.shifted_gemm_conv_adjoint, {"rows_per_block": 1}
+        run, adjoint, extra = shifted_gemm_conv, shifted_gemm_conv_adjoint, {"rows_per_block": 1}
     a, b = np.empty((19, 23, 5)), np.empty((19, 23, 5))
-    run(CF.to_padded(x), wk, a, 19, 23)
-    run(CF.to_padded(x), wk, b, 19, 23, **extra)
+    run(to_padded(x), wk, a, 19, 23)
+    run(to_padded(x), wk, b, 19, 23, **extra)
     assert rel(a, b) < 1e-13
     da, db = np.empty((19, 23, 6)), np.empty((19, 23, 6))
-    adjoint(CF.to_padded(d), wk, da, 19, 23)
-    adjoint(CF.to_padded(d), wk, db, 19, 23, **extra)
+    adjoint(to_padded(d), wk, da, 19, 23)
+    adjoint(to_padded(d), wk, db, 19, 23, **extra)
     assert rel(da, db) < 1e-13
-    assert rel(da, L.conv3x3_backward_reference(d, (x, wt)).transpose(1, 2, 0)) < 1e-12
+    assert rel(da, L.conv3x3_backward(d, (x, wt)).transpose(1, 2, 0)) < 1e-12
 
 
 def test_epilogue_relu_and_mask():
@@ -75,26 +86,26 @@ def test_epilogue_relu_and_mask():
     wt = rng.standard_normal((16, 16, 3, 3))
     bias = rng.standard_normal(16)
     mask = rng.standard_normal((9, 10, 16))
-    ref, _ = L.conv3x3_forward_reference(x, wt, bias)
+    ref, _ = L.conv3x3_forward(x, wt, bias)
     ref = ref.transpose(1, 2, 0)
     for method in ("winograd", "shifted_gemm"):
-        plan = CF.ConvPlan(wt, bias, method)
+        plan = ConvPlan(wt, bias, method)
         out = np.empty((9, 10, 16))
-        plan.forward(CF.to_padded(x), out, 9, 10, CF.Workspace(np), relu=True)
+        plan.forward(to_padded(x), out, 9, 10, Workspace(np), relu=True)
         assert rel(out, np.maximum(ref, 0)) < 1e-12
         # the backward epilogue: result * (mask > 0)
         dx = np.empty((9, 10, 16))
-        plan.backward(CF.to_padded(x), dx, 9, 10, CF.Workspace(np), mask=mask)
-        ref_dx = L.conv3x3_backward_reference(x, (x, wt)).transpose(1, 2, 0) * (mask > 0)
+        plan.backward(to_padded(x), dx, 9, 10, Workspace(np), mask=mask)
+        ref_dx = L.conv3x3_backward(x, (x, wt)).transpose(1, 2, 0) * (mask > 0)
         assert rel(dx, ref_dx) < 1e-12
 
 
 def test_padded_buffer_layout():
-    assert CF.padded_shape(5, 8, 3) == (10, 10, 3)
+    assert padded_shape(5, 8, 3) == (10, 10, 3)
     x = np.arange(2 * 5 * 6, dtype=float).reshape(2, 5, 6) + 1
-    buf = CF.to_padded(x)
-    assert buf.shape == CF.padded_shape(5, 6, 2)
-    assert np.array_equal(CF.interior(buf, 5, 6), x.transpose(1, 2, 0))
+    buf = to_padded(x)
+    assert buf.shape == padded_shape(5, 6, 2)
+    assert np.array_equal(interior(buf, 5, 6), x.transpose(1, 2, 0))
     assert buf.sum() == x.sum()  # zeros everywhere else
 
 
@@ -102,7 +113,7 @@ def test_winograd_matrices_reproduce_direct_1d():
     """F(4, 3) in one dimension: A^T [(G g) * (B^T d)] equals the 4 outputs of a 3-tap correlation."""
     rng = np.random.default_rng(5)
     d, g = rng.standard_normal(6), rng.standard_normal(3)
-    y = CF.WINO_AT @ ((CF.WINO_G @ g) * (CF.WINO_BT @ d))
+    y = WINO_AT @ ((WINO_G @ g) * (WINO_BT @ d))
     direct = np.array([d[i:i + 3] @ g for i in range(4)])
     assert np.allclose(y, direct, rtol=0, atol=1e-13)
 
@@ -113,14 +124,14 @@ def test_winograd_matrices_derive_from_the_points():
     scalings: A^T's columns times WINO_SCALE_AT, B^T's rows times WINO_SCALE_BT, G's rows
     divided by both."""
     from fractions import Fraction
-    AT, G, BT = CF.toom_cook(CF.WINO_POINTS)
-    a, b = CF.WINO_SCALE_AT, CF.WINO_SCALE_BT
+    AT, G, BT = toom_cook(WINO_POINTS)
+    a, b = WINO_SCALE_AT, WINO_SCALE_BT
     assert all(Fraction(x).denominator & (Fraction(x).denominator - 1) == 0 for x in a + b)  # powers of two
-    assert all(float(AT[k][i] * a[i]) == CF.WINO_AT[k, i] for k in range(4) for i in range(6))
-    assert all(float(BT[i][j] * b[i]) == CF.WINO_BT[i, j] for i in range(6) for j in range(6))
-    assert all(float(G[i][j] / (a[i] * b[i])) == CF.WINO_G[i, j] for i in range(6) for j in range(3))
+    assert all(float(AT[k][i] * a[i]) == WINO_AT[k, i] for k in range(4) for i in range(6))
+    assert all(float(BT[i][j] * b[i]) == WINO_BT[i, j] for i in range(6) for j in range(6))
+    assert all(float(G[i][j] / (a[i] * b[i])) == WINO_G[i, j] for i in range(6) for j in range(3))
     # the same derivation gives Lavin & Gray's published matrices for their points, unscaled
-    AT2, G2, BT2 = CF.toom_cook((0, 1, -1, 2, -2))
+    AT2, G2, BT2 = toom_cook((0, 1, -1, 2, -2))
     assert [[float(v) for v in r] for r in BT2] == [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                                                     [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
     assert [[float(v) for v in r] for r in AT2] == [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0],
@@ -137,9 +148,9 @@ def test_winograd_float32_input_gradient_error():
     x = np.kron(rng.uniform(0, 1, (c, 8, 8)), np.ones((1, 4, 4))) + 0.1 * rng.uniform(0, 1, (c, 32, 32))
     wt = rng.standard_normal((c, c, 3, 3)) / 24
     dout = rng.standard_normal((c, 32, 32)) * (rng.uniform(size=(c, 32, 32)) > 0.5)
-    ref, cache = L.conv3x3_forward_reference(x, wt, np.zeros(c))
-    ref_dx = L.conv3x3_backward_reference(dout, cache)
-    fwd, bwd = L.CONV_KERNELS["winograd"]
+    ref, cache = L.conv3x3_forward(x, wt, np.zeros(c))
+    ref_dx = L.conv3x3_backward(dout, cache)
+    fwd, bwd = CONV_KERNELS["winograd"]
     out, c32 = fwd(x.astype(np.float32), wt.astype(np.float32), np.zeros(c, np.float32))
     dx = bwd(dout.astype(np.float32), c32)
 
@@ -149,63 +160,6 @@ def test_winograd_float32_input_gradient_error():
     assert l2(out, ref) < 1e-6
 
 
-# ----------------------------------------------------------------------------- VGG19 paths
-@pytest.mark.parametrize("pooling", ["avg", "max"])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("kernel", ["winograd", "shifted_gemm", "fast"])
-@pytest.mark.parametrize("size", [(32, 36), (37, 29)])
-def test_vgg_fast_path_matches_reference(pooling, dtype, kernel, size):
-    """Features and image gradients of the channels-last path equal the reference path's."""
-    params = random_params(0, widths=(4, 5, 6, 6, 8), dtype=np.float64)
-    ref = VGG19(params, None, pooling=pooling, dtype=dtype, conv_kernel="reference")
-    fast = VGG19(params, None, pooling=pooling, dtype=dtype, conv_kernel=kernel)
-    rng = np.random.default_rng(sum(size))
-    x = (rng.standard_normal((3,) + size) * 20).astype(dtype)
-    layers = ["conv1_1", "conv2_1", "conv3_1", "pool3", "conv4_1", "conv4_2", "conv5_1"]
-    fr, ff = ref.forward(x, layers), fast.forward(x, layers)
-    tol = TOL[dtype, kernel] * 5
-    for n in layers:
-        assert ff[n].shape == fr[n].shape and ff[n].dtype == np.dtype(dtype)
-        assert rel(ff[n], fr[n]) < tol, n
-    grads = {n: rng.standard_normal(fr[n].shape).astype(dtype) for n in layers}
-    gr, gf = ref.backward(grads), fast.backward(grads)
-    assert gf.shape == x.shape and gf.dtype == np.dtype(dtype)
-    assert rel(gf, gr) < tol
-    # a shallower gradient after the same forward, and the activation patterns agree
-    gr2, gf2 = ref.backward({"conv2_1": grads["conv2_1"]}), fast.backward({"conv2_1": grads["conv2_1"]})
-    assert rel(gf2, gr2) < tol
-    pr, pf = ref.activation_pattern(), fast.activation_pattern()
-    assert len(pr) == len(pf)
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(pr, pf)) or dtype == "float32"
-
-
-def test_vgg_fast_path_reuses_buffers_across_sizes():
-    """Two sizes in turn (style image, then content image) give the reference's answers."""
-    params = random_params(1, widths=(4, 5, 6, 6, 8), dtype=np.float64)
-    ref = VGG19(params, None, dtype="float64", conv_kernel="reference")
-    fast = VGG19(params, None, dtype="float64", conv_kernel="winograd")
-    rng = np.random.default_rng(7)
-    for shape in [(3, 40, 33), (3, 32, 32), (3, 40, 33)]:
-        x = rng.standard_normal(shape) * 10
-        fr, ff = ref.forward(x, ["conv5_1", "conv1_1"]), fast.forward(x, ["conv5_1", "conv1_1"])
-        assert rel(ff["conv5_1"], fr["conv5_1"]) < 1e-12
-        g = {"conv5_1": np.ones_like(fr["conv5_1"]), "conv1_1": np.ones_like(fr["conv1_1"])}
-        assert rel(fast.backward(g), ref.backward(g)) < 1e-12
-
-
-def test_vgg_fast_path_errors():
-    params = random_params(0, widths=(4, 5, 6, 6, 8), dtype=np.float64)
-    net = VGG19(params, None, dtype="float64", conv_kernel="fast")
-    from nstlite.errors import NstliteError
-    with pytest.raises(NstliteError):
-        net.backward({"conv1_1": np.zeros((4, 8, 8))})
-    with pytest.raises(NstliteError):
-        net.forward(np.zeros((3, 8, 8)), ["conv5_1"])
-    net.forward(np.zeros((3, 16, 16)), ["conv2_1"])
-    with pytest.raises(NstliteError):
-        net.backward({"conv3_1": np.zeros((6, 4, 4))})
-
-
 @pytest.mark.parametrize("h,w", [(16, 12), (13, 9), (4, 4), (3, 5), (1, 1)])
 def test_winograd_adjoint_blocks_and_edges(h, w):
     """The adjoint carries the two overlapping rows from one block of tile rows to the next,
@@ -213,14 +167,14 @@ def test_winograd_adjoint_blocks_and_edges(h, w):
     rng = np.random.default_rng(h * 31 + w)
     wt = rng.standard_normal((7, 5, 3, 3))
     dout = rng.standard_normal((7, h, w))
-    ref = L.conv3x3_backward_reference(dout, (np.zeros((5, h, w)), wt)).transpose(1, 2, 0)
-    U = CF.winograd_weights(wt)
+    ref = L.conv3x3_backward(dout, (np.zeros((5, h, w)), wt)).transpose(1, 2, 0)
+    U = winograd_weights(wt)
     mask = rng.standard_normal((h, w, 5))
     for tile_rows in (1, 2, None):
         dx = np.full((h, w, 5), np.nan)
-        CF.winograd_conv_adjoint(CF.to_padded(dout), U, dx, h, w, tile_rows=tile_rows)
+        winograd_conv_adjoint(to_padded(dout), U, dx, h, w, tile_rows=tile_rows)
         assert rel(dx, ref) < 1e-12
-        CF.winograd_conv_adjoint(CF.to_padded(dout), U, dx, h, w, mask=mask, tile_rows=tile_rows)
+        winograd_conv_adjoint(to_padded(dout), U, dx, h, w, mask=mask, tile_rows=tile_rows)
         assert rel(dx, ref * (mask > 0)) < 1e-12
 
 
@@ -228,17 +182,19 @@ def test_backward_shares_the_forward_weights():
     """One weight form per kernel (memory): the adjoints read the forward's arrays, and the
     'auto' choice takes Winograd only for wide layers on maps of at least 16 tiles."""
     rng = np.random.default_rng(8)
-    plan = CF.ConvPlan(rng.standard_normal((32, 16, 3, 3)), np.zeros(32), "auto")
+    plan = ConvPlan(rng.standard_normal((32, 16, 3, 3)), np.zeros(32), "auto")
     assert plan.method_for(16, 16) == "winograd" and plan.method_for(12, 16) == "shifted_gemm"
-    small = CF.ConvPlan(rng.standard_normal((32, 3, 3, 3)), np.zeros(32), "auto")
+    small = ConvPlan(rng.standard_normal((32, 3, 3, 3)), np.zeros(32), "auto")
     assert small.method_for(512, 512) == "shifted_gemm"
     for method in ("winograd", "shifted_gemm"):
-        p = CF.ConvPlan(rng.standard_normal((6, 5, 3, 3)), np.zeros(6), method)
+        p = ConvPlan(rng.standard_normal((6, 5, 3, 3)), np.zeros(6), method)
         d = rng.standard_normal((6, 9, 10))
         dx = np.empty((9, 10, 5))
-        p.backward(CF.to_padded(d), dx, 9, 10, CF.Workspace(np))
-        p.forward(CF.to_padded(rng.standard_normal((5, 9, 10))), np.empty((9, 10, 6)), 9, 10, CF.Workspace(np))
-        assert list(p._weights) == [method]
+        p.backward(to_padded(d), dx, 9, 10, Workspace(np))
+        p.forward(to_padded(rng.standard_normal((5, 9, 10))), np.empty((9, 10, 6)), 9, 10, Workspace(np))
+        assert p.forms == (method,)
+        assert p.weights(method).shape == p.weights_shape(method)  # what memory_bytes counts
+    assert small.weights("im2col").shape == small.weights_shape("im2col")
 
 
 @pytest.mark.parametrize("c_in,h,w", [(3, 9, 7), (1, 1, 1), (4, 8, 13), (3, 5, 2)])
@@ -249,16 +205,16 @@ def test_im2col_image_conv_and_adjoint(c_in, h, w, rows):
     rng = np.random.default_rng(c_in * 7 + h + w)
     x, wt, b = rng.standard_normal((c_in, h, w)), rng.standard_normal((5, c_in, 3, 3)), rng.standard_normal(5)
     dout = rng.standard_normal((5, h, w))
-    ref, cache = L.conv3x3_forward_reference(x, wt, b)
-    wk = CF.im2col_weights(wt, b)
+    ref, cache = L.conv3x3_forward(x, wt, b)
+    wk = im2col_weights(wt, b)
     out = np.full((h, w, 5), np.nan)
-    CF.im2col_conv(x, wk, out, relu=False, rows_per_block=rows)
+    im2col_conv(x, wk, out, relu=False, rows_per_block=rows)
     assert rel(out, ref.transpose(1, 2, 0)) < 1e-12
-    CF.im2col_conv(x, wk, out, relu=True, rows_per_block=rows)
+    im2col_conv(x, wk, out, relu=True, rows_per_block=rows)
     assert rel(out, np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
-    dx = CF.im2col_conv_adjoint(CF.to_padded(dout), wk, h, w, rows_per_block=rows)
-    assert dx.shape == (c_in, h, w) and rel(dx, L.conv3x3_backward_reference(dout, cache)) < 1e-12
-    assert CF.ConvPlan(wt, b, "auto").reads_image() and not CF.ConvPlan(wt, b, "shifted_gemm").reads_image()
+    dx = im2col_conv_adjoint(to_padded(dout), wk, h, w, rows_per_block=rows)
+    assert dx.shape == (c_in, h, w) and rel(dx, L.conv3x3_backward(dout, cache)) < 1e-12
+    assert ConvPlan(wt, b, "auto").reads_image() and not ConvPlan(wt, b, "shifted_gemm").reads_image()
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -266,19 +222,19 @@ def test_winograd_threads_give_the_same_result(threads):
     """Splitting the tile transforms over threads changes nothing (the same operations on
     disjoint tile rows): bitwise equal to one thread, forward and input gradient."""
     rng = np.random.default_rng(11)
-    x, d = CF.to_padded(rng.standard_normal((6, 37, 21))), CF.to_padded(rng.standard_normal((5, 37, 21)))
+    x, d = to_padded(rng.standard_normal((6, 37, 21))), to_padded(rng.standard_normal((5, 37, 21)))
     wt, b = rng.standard_normal((5, 6, 3, 3)), rng.standard_normal(5)
     mask = rng.standard_normal((37, 21, 6)) > 0
-    U = CF.winograd_weights(wt)
+    U = winograd_weights(wt)
     res = {}
     for k in (1, threads):
-        ws = CF.Workspace(np, threads=k)
+        ws = Workspace(np, threads=k)
         out, dx = np.empty((37, 21, 5)), np.empty((37, 21, 6))
-        CF.winograd_conv(x, U, out, 37, 21, bias=b, relu=True, ws=ws)
-        CF.winograd_conv_adjoint(d, U, dx, 37, 21, mask=mask, ws=ws)
+        winograd_conv(x, U, out, 37, 21, bias=b, relu=True, ws=ws)
+        winograd_conv_adjoint(d, U, dx, 37, 21, mask=mask, ws=ws)
         res[k] = out, dx
     assert np.array_equal(res[1][0], res[threads][0]) and np.array_equal(res[1][1], res[threads][1])
-    ref, _ = L.conv3x3_forward_reference(CF.interior(x, 37, 21).transpose(2, 0, 1), wt, b)
+    ref, _ = L.conv3x3_forward(interior(x, 37, 21).transpose(2, 0, 1), wt, b)
     assert rel(res[threads][0], np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
 
 
@@ -290,21 +246,23 @@ def test_im2col_threads_give_the_same_result(threads, rows_per_block):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((3, 23, 18)).astype(np.float32)
     wt, b = rng.standard_normal((8, 3, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
-    wk = CF.im2col_weights(wt, b)
-    g = CF.to_padded(rng.standard_normal((8, 23, 18)).astype(np.float32))
+    wk = im2col_weights(wt, b)
+    g = to_padded(rng.standard_normal((8, 23, 18)).astype(np.float32))
     res = {}
     for k in (1, threads):
-        ws = CF.Workspace(np, threads=k)
+        ws = Workspace(np, threads=k)
         out = np.empty((23, 18, 8), np.float32)
-        CF.im2col_conv(x, wk, out, ws=ws, relu=False, rows_per_block=rows_per_block)
-        res[k] = out, CF.im2col_conv_adjoint(g, wk, 23, 18, ws=ws, rows_per_block=rows_per_block)
-    np.testing.assert_allclose(res[threads][0], res[1][0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(res[threads][1], res[1][1], rtol=1e-6, atol=1e-6)
-    ref, cache = L.conv3x3_forward_reference(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64))
+        im2col_conv(x, wk, out, ws=ws, relu=False, rows_per_block=rows_per_block)
+        res[k] = out, im2col_conv_adjoint(g, wk, 23, 18, ws=ws, rows_per_block=rows_per_block)
+    # The threads sum the same products in another grouping (float32 GEMM blocks), so the
+    # results differ by rounding: a relative L2 error of a few float32 epsilons (~1e-7; 1e-6
+    # allowed). Elementwise it can be larger where terms cancel (1.9e-6 on a value of 0.149).
+    assert rel_l2(res[threads][0], res[1][0]) < 1e-6
+    assert rel_l2(res[threads][1], res[1][1]) < 1e-6
+    ref, cache = L.conv3x3_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64))
     assert rel(res[threads][0], ref.transpose(1, 2, 0)) < 1e-5
-    dref = L.conv3x3_backward_reference(CF.interior(g, 23, 18).transpose(2, 0, 1).astype(np.float64), cache)
+    dref = L.conv3x3_backward(interior(g, 23, 18).transpose(2, 0, 1).astype(np.float64), cache)
     assert rel(res[threads][1], dref) < 1e-5
-
 
 
 # ----------------------------------------------------------------------------- GEMM split
@@ -316,12 +274,12 @@ def test_workspace_matmul_splits_the_stack_and_restores_blas_threads():
     b = rng.standard_normal((36, 24, 16)).astype(np.float32)
     expect = np.matmul(a, b)
     for threads in (1, 2, 3):
-        ws = CF.Workspace(np, threads=threads)
+        ws = Workspace(np, threads=threads)
         out = np.empty_like(expect)
         assert ws.matmul(a, b, out) is out
         np.testing.assert_allclose(out, expect, rtol=1e-6, atol=1e-5)
-    local = CF._LOCAL_BLAS_THREADS
+    local = local_blas_threads()
     if local is not None:
         before = local(2)  # set a known count for this thread, remember what it was
-        CF.Workspace(np, threads=2).matmul(a, b, np.empty_like(expect))
+        Workspace(np, threads=2).matmul(a, b, np.empty_like(expect))
         assert local(before) == 2  # matmul put it back
