@@ -17,8 +17,6 @@ The error reported is ``max_i |analytic_i - numeric_i| / max(max|analytic|, max|
 Functions with kinks (ReLU at 0, max-pool ties) have no derivative there and a finite
 difference that straddles one is meaningless: such inputs are *resampled*, never tolerated.
 """
-import argparse
-import time
 import zlib
 from dataclasses import dataclass
 
@@ -384,24 +382,3 @@ def format_table(results):
     lines = ["  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * wd for wd in widths))
     return "\n".join(lines)
-
-
-def run_cli(args):
-    t0 = time.perf_counter()
-    results = gradcheck(device=args.device, seed=args.seed)
-    print(format_table(results))
-    failed = [c for c in results if not c.passed]
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed  "
-          f"(float64, {args.device}, seed {args.seed}, {time.perf_counter() - t0:.1f} s)")
-    return 1 if failed else 0
-
-
-def register_cli(subparsers):
-    p = subparsers.add_parser(
-        "gradcheck", help="verify every hand-written gradient against finite differences",
-        description="Check every layer's backward, every loss's gradient and the whole objective "
-                    "against central finite differences in float64. Prints a table; exits 1 on any failure.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run_cli)
