@@ -24,7 +24,7 @@ from .errors import NstliteError, run_parser
 STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "content_layers", "style_layers",
                     "style_blend_weights", "style_scale", "init", "seed", "pooling", "tv_weight", "lbfgs_history",
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
-                    "resume")
+                    "resume", "style_loss", "sw_directions", "tile")
 
 
 # --------------------------------------------------------------------------- shared options
@@ -71,6 +71,14 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
     p.add_argument("--print-every", type=int, default=O.DEFAULT_PRINT_EVERY, metavar="N",
                    help="progress line every N iterations (0: none; default %(default)s)")
     p.add_argument("--log", default=None, metavar="FILE", help="JSON lines, one per evaluation")
+    p.add_argument("--style-loss", default="gram", metavar="LOSS",
+                   help="gram (the paper), mean_std, gaussian_w2, histogram, sliced_wasserstein, "
+                        "package.module:Class, or a weighted mix such as gram:1,histogram:0.5 (default %(default)s)")
+    p.add_argument("--sw-directions", type=int, default=None, metavar="K",
+                   help="directions of the sliced Wasserstein loss (default: one per channel)")
+    p.add_argument("--tile", default=None, metavar="N|auto",
+                   help="evaluate the exact objective by tiles of N pixels (a multiple of 16), or auto: "
+                        "tiles only when the whole image does not fit in memory")
 
 
 # --------------------------------------------------------------------------- stylize and demo
@@ -256,6 +264,10 @@ def _add_gradcheck_command(sub):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--select", action="append", default=None, metavar="TEXT",
+                   help="run only the rows whose name contains TEXT (repeatable)")
+    p.add_argument("--loss", action="append", default=None, metavar="package.module:Class",
+                   help="also check your own style loss (a nstlite.losses.StyleLoss subclass; repeatable)")
     p.set_defaults(func=_cmd_gradcheck)
 
 
@@ -263,7 +275,9 @@ def _cmd_gradcheck(args):
     from .gradient_check import format_table, gradcheck
 
     t0 = time.perf_counter()
-    results = gradcheck(device=args.device, seed=args.seed)
+    results = gradcheck(device=args.device, seed=args.seed, select=args.select, style_losses=args.loss)
+    if not results:
+        raise NstliteError(f"no gradcheck row matches {', '.join(args.select)}")
     print(format_table(results))
     failed = [c for c in results if not c.passed]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed  "

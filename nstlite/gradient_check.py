@@ -27,6 +27,7 @@ from . import losses
 from .backend import to_host, xp_for
 from .fast.plan import CONV_KERNELS, DEFAULT_KERNEL
 from .objective import build_objective
+from .tiled import TiledObjective
 from .vgg import VGG19
 from .weights import random_params
 
@@ -333,6 +334,21 @@ def _objective_row(pooling, kernel, seed, alpha, beta, tv):
     return run
 
 
+def _tiled_row(kernel, seed):
+    """The tiled objective (``nstlite.tiled``) with its own finite differences: 6 tiles whose
+    input gradients add up, style derivatives from the global statistics."""
+    def run(xp, rng):
+        net = _tiny_net("avg", "gpu" if xp is not np else "cpu", seed, kernel)
+
+        def attempt():
+            photo, art = _image(xp, rng, 64, 80), _image(xp, rng)
+            obj = TiledObjective(build_objective(net, photo, [art], ["conv4_2"], {n: 0.2 for n in STYLE_LAYERS},
+                                                 alpha=1.0, beta=1e3, tv_weight=1e-2), 32, record_pattern=True)
+            return check_directional("", lambda z: obj(z)[:2], obj.activation_pattern, _image(xp, rng, 64, 80), rng)
+        return _resampled("", attempt)
+    return run
+
+
 def _network_rows(seed):
     rows = []
     for kernel in _network_kernels():
@@ -342,6 +358,7 @@ def _network_rows(seed):
             setups = OBJECTIVE_SETUPS if pooling == "avg" else OBJECTIVE_SETUPS[-1:]
             rows += [(f"objective: {label} ({pooling} pool){tag}", _objective_row(pooling, kernel, seed, a, b, tv))
                      for label, a, b, tv in setups]
+        rows.append((f"objective: tiled, 6 tiles (avg pool){tag}", _tiled_row(kernel, seed)))
     return rows
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from . import image as im
 from .errors import NstliteError
 from .options import DEFAULT_LBFGS_HISTORY
+from .tiled import choose_tile, tiled_bytes
 
 HOST_VECTORS = 12              # image-sized float64 vectors besides L-BFGS-B's history
 OVERHEAD_BYTES = 160 * 2**20   # interpreter, NumPy/SciPy/Pillow, decoded images
@@ -100,4 +101,28 @@ def check_memory(net, height: int, width: int, layers: Sequence[str], history: i
         lambda h, w: estimate_peak_bytes(net, h, w, layers, history) <= available, height, width,
         max(height, width))
     raise NstliteError(refusal_message(height, width, estimate, available, biggest))
+
+
+def scale_tile(net, height: int, width: int, layers: Sequence[str], history: int = DEFAULT_LBFGS_HISTORY,
+               tile=None, available: int | None = None):
+    """The tile size of one scale: None or a size as asked; for "auto", None when the whole image
+    fits in the memory available (MemAvailable; unknown: untiled), else the largest tile whose
+    evaluation fits beside the optimiser's vectors (``nstlite.tiled.choose_tile``)."""
+    if tile != "auto":
+        return tile
+    if available is None:
+        available = available_memory_bytes()
+    if available is None or estimate_peak_bytes(net, height, width, layers, history) <= available:
+        return None
+    budget = (available - OVERHEAD_BYTES) / (1.0 + MARGIN) - host_bytes(height, width, history) \
+        - objective_bytes(net, height, width, layers)
+    return choose_tile(net, height, width, list(layers), list(layers), max(int(budget), 0))
+
+
+def tiled_peak_bytes(net, height: int, width: int, layers: Sequence[str], history: int, tile: int) -> int:
+    """Estimated peak memory, in bytes, of an optimisation evaluated by tiles of ``tile`` pixels."""
+    layers = list(layers)
+    network = tiled_bytes(net, height, width, layers, layers, tile)
+    rest = objective_bytes(net, height, width, layers) + host_bytes(height, width, history)
+    return int((1.0 + MARGIN) * (network + rest) + OVERHEAD_BYTES)
 

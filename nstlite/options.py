@@ -18,6 +18,7 @@ from . import colors
 from . import image as im
 from .backend import DEVICES
 from .errors import NstliteError
+from .losses import parse_style_losses
 
 # Defaults (see README.md, "Defaults, and why", for how they were chosen).
 DEFAULT_SIZE = 512
@@ -132,6 +133,13 @@ class StylizeOptions:
     resume : a checkpoint ``.npz`` to continue from
     output : write the result there (atomically); on Ctrl-C the best image so far is written
     max_evaluations : limit on loss evaluations per scale (default 2 * iterations + 20)
+    style_loss : a style loss of ``nstlite.losses.STYLE_LOSSES`` ("gram", the paper's; "mean_std",
+        "gaussian_w2", "histogram", "sliced_wasserstein"), ``package.module:Class``, or a weighted
+        combination such as ``"gram:1,histogram:0.5"``
+    sw_directions : directions of the sliced Wasserstein loss (default: one per channel)
+    tile : None (the whole image at once), an inner tile size in pixels (a multiple of 16 to
+        conv5_1) for the exact tiled evaluation of ``nstlite.tiled``, or "auto" (tiles only when
+        the whole image does not fit in the memory available)
     check_memory_limit : refuse a CPU run whose peak estimate exceeds the memory available
 
     Notes
@@ -171,6 +179,9 @@ class StylizeOptions:
     max_evaluations: int | None = None
     check_memory_limit: bool = True
     stream: Any = None
+    style_loss: str = "gram"
+    sw_directions: int | None = None
+    tile: Any = None
 
     @classmethod
     def from_keywords(cls, keywords: dict) -> StylizeOptions:
@@ -208,8 +219,11 @@ class StylizeOptions:
             raise NstliteError("nothing to optimise: give a style image (or a style weight > 0) "
                                "or a content weight > 0")
         _check_init(self.init)
+        parse_style_losses(self.style_loss)  # unknown names fail here, before any work
+        if self.sw_directions is not None and int(self.sw_directions) < 1:
+            raise NstliteError(f"sw directions must be >= 1, not {self.sw_directions}")
         return replace(self, iterations=iterations, content_weight=alpha, style_weight=beta, tv_weight=tv,
-                       scales=scales, content_layers=content_layers, style_layers=style_layers,
+                       tile=_tile(self.tile), scales=scales, content_layers=content_layers, style_layers=style_layers,
                        style_blend_weights=self._blend_weights(n_styles), checkpoint_prefix=self._prefix())
 
     def _blend_weights(self, n_styles):
@@ -236,6 +250,21 @@ class StylizeOptions:
     def loss_layers(self) -> list:
         """The content and style layers, in that order, each once."""
         return list(dict.fromkeys(list(self.content_layers) + list(self.style_layers)))
+
+
+def _tile(tile):
+    """None, "auto" or a positive number of pixels (the network checks the multiple)."""
+    if tile in (None, 0, "0", "none", "off"):
+        return None
+    if tile == "auto":
+        return "auto"
+    try:
+        tile = int(tile)
+    except (TypeError, ValueError):
+        raise NstliteError(f"tile must be a number of pixels or auto, not {tile!r}") from None
+    if tile < 0:
+        raise NstliteError(f"tile must be positive, not {tile}")
+    return tile or None
 
 
 def _non_negative(name, value):

@@ -20,6 +20,7 @@ from . import colors
 from . import image as im
 from .backend import to_device, to_host
 from .errors import NstliteError
+from .memory import scale_tile
 from .objective import Objective, build_objective
 from .options import INIT_KINDS, StylizeOptions
 
@@ -94,10 +95,14 @@ def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, styl
 
 def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions):
     """The objective of eq. (7) for one scale, its targets P^l (eq. 1) and A^l (eq. 3) made
-    from the photograph and the artworks as the network sees them."""
+    from the photograph and the artworks as the network sees them; evaluated by tiles when
+    ``opts.tile`` asks for them (``memory.scale_tile``)."""
     style_xs = [net.preprocess(s) for s in style_rgbs] if opts.style_layers else []
+    tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile)
     return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,
-                           opts.style_weight, opts.tv_weight, blend_weights=opts.style_blend_weights)
+                           opts.style_weight, opts.tv_weight, style_loss=opts.style_loss,
+                           blend_weights=opts.style_blend_weights, tile=tile,
+                           style_loss_options={"seed": opts.seed, "directions": opts.sw_directions})
 
 
 def colour_control(method: str | None, content_rgb, style_rgbs):

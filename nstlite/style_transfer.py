@@ -23,7 +23,7 @@ import numpy as np
 from . import image as im
 from .checkpoint import load_checkpoint
 from .errors import NstliteError
-from .memory import check_memory
+from .memory import check_memory, scale_tile, tiled_peak_bytes
 from .optimize import StopReason, minimize_lbfgsb
 from .options import StylizeOptions
 from .problem import build_problem, min_side, scale_shapes, scaled_inputs
@@ -164,10 +164,13 @@ def _checked_shapes(net, opts, content_shape):
 
 
 def _memory_estimate(net, opts, final_shape):
-    """Peak bytes at the largest scale (refusing when it does not fit); None off the CPU."""
+    """Peak bytes at the largest scale (refusing when it does not fit untiled); None off the CPU."""
     if not opts.check_memory_limit or net.device != "cpu":
         return None
-    return check_memory(net, *final_shape, opts.loss_layers, opts.lbfgs_history)
+    tile = scale_tile(net, *final_shape, opts.loss_layers, opts.lbfgs_history, opts.tile)
+    if tile is None:
+        return check_memory(net, *final_shape, opts.loss_layers, opts.lbfgs_history)
+    return tiled_peak_bytes(net, *final_shape, opts.loss_layers, opts.lbfgs_history, tile)
 
 
 def _resume_scale(checkpoint, shapes, path):
