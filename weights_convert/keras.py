@@ -11,27 +11,25 @@ minus the mean pixel), since the Keras file was converted from the Caffe release
 """
 import os
 
+import h5py
 import numpy as np
 
 from nstlite.weights import FORMAT_NAME
 
 from .errors import ConvertError
+from .names import keras_to_vgg_name
 from .source import CAFFE, Source
-from .pastiche import keras_to_vgg_name
 
 
 def _datasets(group):
     """All datasets below ``group`` (depth first, in name order)."""
-    import h5py
-
     found = []
     group.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
     return found
 
 
-def read_keras(path):
-    import h5py
-
+def read_keras(path: str) -> Source:
+    """Read the conv layers of a Keras VGG19 ``.h5`` as a Source (Caffe's preprocessing)."""
     try:
         f = h5py.File(path, "r")
     except OSError as e:
