@@ -111,6 +111,8 @@ class Preprocessing(NamedTuple):
 
 def _shown(value) -> str:
     """A short printable form of a value from a file (repr escapes control characters)."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -265,16 +267,17 @@ def _fully_stored(dset) -> bool:
     return dset.id.get_num_chunks() >= chunks
 
 
-def hdf5_refusal(group, name: str) -> "str | None":
+def hdf5_refusal(group, name: str, max_values: "int | None" = None) -> "str | None":
     """Why the member ``name`` of an open h5py ``group`` may not be opened or read, or None.
 
-    Only hard links are followed; a dataset must also be a plain in-file dataset with all its
-    values stored (see the module docstring). Nothing is resolved or read to decide this: soft
-    and external links are told apart by the link itself, datasets by their creation properties.
+    Only hard links are followed; a dataset must be a plain in-file dataset with all its values
+    stored (see the module docstring), of floating point numbers, at most ``max_values`` of
+    them (None: any number). Nothing is resolved or read to decide this: soft and external
+    links are told apart by the link itself, datasets by their metadata.
 
     Returns
     -------
-    None, or one line saying what ``name`` is (``where`` spelled as its HDF5 path).
+    None, or one line saying what ``name`` is (spelled as its HDF5 path).
     """
     h5py = _h5py()
     where = f"{group.name.rstrip('/')}/{name}"
@@ -288,11 +291,17 @@ def hdf5_refusal(group, name: str) -> "str | None":
     if not isinstance(link, h5py.HardLink):
         return f"{where} is a {type(link).__name__}; only plain datasets are read"
     obj = group[name]
-    if isinstance(obj, h5py.Dataset):
-        why = _dataset_refusal(obj, where)
-        if why is None and not _fully_stored(obj):
-            why = f"{where} does not store all its values (the rest would read as the fill value)"
+    if not isinstance(obj, h5py.Dataset):
+        return None
+    why = _dataset_refusal(obj, where)
+    if why:
         return why
+    if obj.dtype.kind != "f" or obj.dtype.itemsize not in (2, 4, 8):
+        return f"{where} holds {obj.dtype} values, not floating point"
+    if max_values is not None and obj.size > max_values:
+        return f"{where} has shape {obj.shape}: more than {max_values} values, wider than nstlite reads"
+    if not _fully_stored(obj):
+        return f"{where} does not store all its values (the rest would read as the fill value)"
     return None
 
 
@@ -300,17 +309,14 @@ def _float_dataset(group, name: str, ndim: int, max_values: int, path: str):
     """The plain floating-point dataset ``group/name`` of ``ndim`` dimensions and at most
     ``max_values`` values, checked before any value is read; else a WeightsError."""
     h5py = _h5py()
-    why = hdf5_refusal(group, name)
+    why = hdf5_refusal(group, name, max_values)
     if why:
         raise WeightsError(f"{path}: {why}; refusing the file")
     dset = group[name]
-    where = dset.name
     if not isinstance(dset, h5py.Dataset):
-        raise WeightsError(f"{path}: {where} is a group, not a dataset")
-    if dset.dtype.kind != "f" or dset.dtype.itemsize not in (2, 4, 8):
-        raise WeightsError(f"{path}: {where} holds {dset.dtype} values, not floating point")
-    if len(dset.shape) != ndim or dset.size > max_values:
-        raise WeightsError(f"{path}: {where} has shape {dset.shape}, not {ndim}-D with at most {max_values} values")
+        raise WeightsError(f"{path}: {dset.name} is a group, not a dataset")
+    if len(dset.shape) != ndim:
+        raise WeightsError(f"{path}: {dset.name} has shape {dset.shape}, not {ndim}-D")
     return dset
 
 
@@ -354,7 +360,7 @@ def _layer_datasets(f, names, path: str) -> dict:
             raise WeightsError(f"{path}: {why}; refusing the file")
         group = f[name]
         if not isinstance(group, h5py.Group):
-            raise WeightsError(f"{path}: /{name} is a dataset, not a group with weight and bias")
+            raise WeightsError(f"{path}: /{name} is not a group with weight and bias")
         layers[name] = (_float_dataset(group, "weight", 4, MAX_KERNEL_VALUES, path),
                         _float_dataset(group, "bias", 1, MAX_WIDTH, path))
     return layers

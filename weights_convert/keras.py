@@ -25,46 +25,40 @@ from .source import CAFFE, Source
 MAX_GROUP_DEPTH = 4
 
 
-def _refuse_unsafe(group, name, path):
-    why = hdf5_refusal(group, name)
+def _refuse_unsafe(group, name, path, max_values=None):
+    why = hdf5_refusal(group, name, max_values)
     if why:
         raise ConvertError(f"{path}: {why}; refusing the file")
 
 
 def _datasets(group, path, depth=0):
     """All datasets below ``group`` (depth first, in name order), each checked by ``hdf5_refusal``
-    before it is opened: no soft or external link, external storage or virtual dataset."""
+    before it is opened: no soft or external link, external storage or virtual dataset; float
+    values, at most a (1024, 1024, 3, 3) kernel's worth."""
     if depth > MAX_GROUP_DEPTH:
         raise ConvertError(f"{path}: {group.name} nests groups deeper than a Keras layer does")
     found = []
     for name in group:
-        _refuse_unsafe(group, name, path)
+        _refuse_unsafe(group, name, path, MAX_KERNEL_VALUES)
         obj = group[name]
         found += _datasets(obj, path, depth + 1) if isinstance(obj, h5py.Group) else [obj]
     return found
 
 
-def _float_data(dset, path, max_values):
-    """The values of a checked dataset, after checking its dtype and size from its metadata."""
-    if dset.dtype.kind != "f" or dset.size > max_values:
-        raise ConvertError(f"{path}: {dset.name} holds {dset.size} {dset.dtype} values, not a float "
-                           f"VGG19 kernel or bias")
-    return np.asarray(dset[()])
-
-
 def _layer_weights(group, layer, path):
     """(weight (out, in, 3, 3), bias (out,)) of the Keras layer group ``group``."""
+    if not isinstance(group, h5py.Group):
+        raise ConvertError(f"{path}: {group.name} is not a group holding a kernel and a bias")
     datasets = _datasets(group, path)
     kernels = [d for d in datasets if len(d.shape) == 4]
-    biases = [d for d in datasets if len(d.shape) == 1]
+    biases = [d for d in datasets if len(d.shape) == 1 and d.size <= MAX_WIDTH]
     if len(kernels) != 1 or len(biases) != 1:
         raise ConvertError(f"{path}: layer {layer} should hold one 4-D kernel and one bias, "
                            f"found shapes {[d.shape for d in datasets]}")
     if kernels[0].shape[:2] != (3, 3):
         raise ConvertError(f"{path}: {layer} kernel has shape {kernels[0].shape}, expected TensorFlow "
                            "order (3, 3, in, out); Theano-ordered (th) files are not supported")
-    kernel = _float_data(kernels[0], path, MAX_KERNEL_VALUES)
-    bias = _float_data(biases[0], path, MAX_WIDTH)
+    kernel, bias = np.asarray(kernels[0][()]), np.asarray(biases[0][()])
     return kernel.transpose(3, 2, 0, 1), bias  # (kh, kw, in, out) -> (out, in, kh, kw)
 
 
