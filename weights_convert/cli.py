@@ -23,7 +23,7 @@ from .validate import file_sha256, is_standard_vgg19
 PROG = "weights_convert"
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Get real VGG19 weights for nstlite, or convert a VGG19 file you have, "
                                "with NumPy, h5py and SciPy only (no deep-learning framework).")
@@ -72,7 +72,7 @@ def existing_weights_state(path: str) -> tuple:
     return True, f"source: {attrs.get('source', '?')}"
 
 
-def cmd_fetch(args):
+def cmd_fetch(args: argparse.Namespace) -> int:
     out = os.path.expanduser(args.out) if args.out else default_weights_path()
     if os.path.isdir(out):
         raise ConvertError(f"{out} is a folder; give a file name such as {os.path.join(out, 'vgg19.h5')}")
@@ -92,7 +92,7 @@ def cmd_fetch(args):
     return 0
 
 
-def cmd_convert(args):
+def cmd_convert(args: argparse.Namespace) -> int:
     source = convert_file(args.src, args.dst, args.fmt, args.preprocessing, args.force)
     pre = source.preprocessing
     if source.guessed:
@@ -148,7 +148,7 @@ def describe(path: str) -> tuple:
     return lines, not problems
 
 
-def cmd_info(args):
+def cmd_info(args: argparse.Namespace) -> int:
     path = os.path.expanduser(args.file) if args.file else default_weights_path()
     lines, ok = describe(path)
     _say(*lines)

@@ -72,7 +72,7 @@ def _check_extent(storage, offset, size, stride):
     return size, stride
 
 
-def rebuild_tensor(storage, storage_offset, size, stride, *unused):
+def rebuild_tensor(storage, storage_offset: int, size, stride, *unused) -> "np.ndarray | None":
     """NumPy stand-in for ``torch._utils._rebuild_tensor{,_v2}``: a strided view of ``storage``."""
     if isinstance(storage, _Pending):  # first legacy pass: storages not read yet
         return None
@@ -87,7 +87,7 @@ def rebuild_tensor(storage, storage_offset, size, stride, *unused):
                                            writeable=False)
 
 
-def rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
+def rebuild_parameter(data, requires_grad: bool = False, backward_hooks=None, *unused):
     """NumPy stand-in for ``torch._utils._rebuild_parameter``: a parameter is just its data."""
     return data
 
@@ -119,7 +119,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._load_storage = load_storage
         self._storages = {}
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str):
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
@@ -151,7 +151,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         return storage
 
 
-def restricted_loads(data, load_storage=None):
+def restricted_loads(data: bytes, load_storage=None):
     """Unpickle bytes with the restricted unpickler (no storages unless ``load_storage`` is given)."""
     return _unpickle(io.BytesIO(data), load_storage)
 
