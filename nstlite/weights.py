@@ -117,6 +117,11 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so that a name from a file cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _numbers(value, name: str, count: int) -> np.ndarray:
     """``value`` as ``count`` finite float64 numbers, or a WeightsError saying what it is instead."""
     a = np.asarray(value)
@@ -280,7 +285,7 @@ def hdf5_refusal(group, name: str, max_values: "int | None" = None) -> "str | No
     None, or one line saying what ``name`` is (spelled as its HDF5 path).
     """
     h5py = _h5py()
-    where = f"{group.name.rstrip('/')}/{name}"
+    where = _printable(f"{group.name.rstrip('/')}/{name}")
     link = group.get(name, getlink=True)
     if link is None:
         return f"{where} is missing"

@@ -403,6 +403,16 @@ def test_a_file_without_preprocessing_attributes_reads_with_the_caffe_default(tm
     np.testing.assert_array_equal(attrs["mean"], CAFFE_MEAN)
 
 
+def test_names_from_the_file_are_shown_with_control_characters_escaped(tmp_path, capsys):
+    src = tmp_path / "k.h5"
+    write_keras_h5(src, small_params())
+    with h5py.File(src, "a") as f:
+        f["block1_conv1/\x1b[2Jevil"] = h5py.SoftLink("/elsewhere")
+    code, out, err = convert(capsys, src, tmp_path / "o.h5")
+    assert_cli_refusal(code, out, err, "soft link", "\\x1b[2Jevil")
+    assert "\x1b" not in err
+
+
 def test_oversized_attribute_folder_and_unknown_layer_are_refused(tmp_path):
     path = nstlite_file(tmp_path / "w.h5")
     with h5py.File(path, "a") as f:
