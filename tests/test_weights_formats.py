@@ -1,6 +1,5 @@
 """weights_convert readers for Keras h5, Caffe caffemodel and MatConvNet mat: values, kernel layout,
 channel order and preprocessing attributes, and clean errors on damaged files."""
-import contextlib
 import mmap
 import os
 import subprocess
@@ -15,8 +14,8 @@ from nstlite.vgg import load_vgg19
 from nstlite.weights import (CAFFE_MEAN, VGG19_CONV_LAYERS, WeightsError, default_weights_path, preprocessing_attrs,
                              random_params, read_weights, validate_params, vgg19_conv_shapes, write_weights)
 from weights_convert import ConvertError, cli, detect_format, read_source
-from weights_fixtures import (HOSTILE_DATASETS, SECRET_TEXT, SECRET_VALUE, SMALL_WIDTHS, caffemodel_bytes,
-                              make_hostile, pb_field, write_keras_h5, write_matconvnet_mat)
+from weights_fixtures import (HOSTILE_DATASETS, SECRET_TEXT, SECRET_VALUE, SMALL_WIDTHS, address_space_limit,
+                              caffemodel_bytes, make_hostile, pb_field, write_keras_h5, write_matconvnet_mat)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # written out: the constant CAFFE_MEAN is checked against it
@@ -201,25 +200,6 @@ def test_truncated_keras_file_and_nan_caffe_blob_give_clean_errors(tmp_path, cap
 KERAS_KERNEL = "/block1_conv1/block1_conv1/kernel:0"
 PULLS_IN_SECRET = ("external-storage", "external-link", "soft-link", "virtual-outside", "virtual-same-file",
                    "layer-external-link", "layer-soft-link")
-
-
-@contextlib.contextmanager
-def address_space_limit(extra=1 << 30):
-    """Run the block with at most ``extra`` more bytes of address space than now: a reader that
-    allocated what a hostile file declares fails with MemoryError instead of taking the machine."""
-    try:
-        import resource
-        with open("/proc/self/statm") as f:
-            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (ImportError, OSError, ValueError):
-        yield
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (used + extra, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def nstlite_file(path, params=None):

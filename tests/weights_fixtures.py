@@ -5,7 +5,9 @@ functions and classes that are written out under torch's names (``torch._utils._
 ``torch.FloatStorage``...), exactly as ``torch.save`` names them.
 """
 import collections
+import contextlib
 import io
+import os
 import pickle
 import struct
 import zipfile
@@ -281,6 +283,25 @@ def write_matconvnet_mat(path, params, mean_rgb, layout="new", mean_image=False)
         scipy.io.savemat(path, {"layers": layers, "meta": {"normalization": norm, "classes": {"name": "x"}}})
     else:
         scipy.io.savemat(path, {"layers": layers, "normalization": norm})
+
+
+@contextlib.contextmanager
+def address_space_limit(extra=1 << 30):
+    """Run the block with at most ``extra`` more bytes of address space than now: a reader that
+    allocated what a hostile file declares fails with MemoryError instead of taking the machine."""
+    try:
+        import resource
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (used + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 # --- hostile HDF5 files --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from nstlite.weights import VGG19_CONV_LAYERS
+from nstlite.weights import MAX_KERNEL_VALUES, MAX_WIDTH, VGG19_CONV_LAYERS
 
 from .errors import ConvertError
 
@@ -49,10 +49,20 @@ def assign_vgg_names(named_kernels: list, what: str) -> dict:
     """
     if len(named_kernels) > len(VGG19_CONV_LAYERS):
         raise ConvertError(f"{what} has {len(named_kernels)} 3x3 conv layers; VGG19 has 16")
+    for name, w, b in named_kernels:
+        require_bounded(name, w, b)
     names = [n for n, _, _ in named_kernels]
     if all(n in VGG19_CONV_LAYERS for n in names) and len(set(names)) == len(names):
         return {n: (w, b) for n, w, b in named_kernels}
     return {vgg: (w, b) for vgg, (_, w, b) in zip(VGG19_CONV_LAYERS, named_kernels)}
+
+
+def require_bounded(name: str, weight, bias) -> None:
+    """Raise ConvertError when a layer declares more values than nstlite reads (``MAX_WIDTH``):
+    checked on the shapes, before anything copies or converts the arrays."""
+    if np.size(weight) > MAX_KERNEL_VALUES or np.size(bias) > MAX_WIDTH:
+        raise ConvertError(f"{name}: weight of shape {np.shape(weight)} / bias of shape {np.shape(bias)} is "
+                           f"wider than VGG19 can be ({MAX_WIDTH} channels at most)")
 
 
 def flatten_state(obj) -> dict:

@@ -24,7 +24,7 @@ from nstlite.download import pip_download
 from nstlite.weights import VGG19_CONV_LAYERS
 
 from .errors import ConvertError
-from .names import keras_to_vgg_name
+from .names import keras_to_vgg_name, require_bounded
 from .source import CAFFE, Source
 from .torch_pickle import load_torch_file
 
@@ -62,6 +62,9 @@ def dequantize(state: dict) -> dict:
         if w_q.dtype != np.uint8 or table.shape != (256,) or w_q.ndim != 4:
             raise ConvertError(f"{layer}: expected uint8 indices (out, in, 3, 3) and a (256,) table, got "
                                f"{w_q.dtype} {w_q.shape} and {table.shape}")
+        # Tensors are views of the file (a stride-0 view declares any size for free): bound them
+        # before the lookup allocates.
+        require_bounded(layer, w_q, bias)
         weight = table.astype(np.float32)[w_q]  # (out, in, 3, 3): each index replaced by its centroid
         params[name] = (weight, bias.astype(np.float32))
     return {name: params[name] for name in VGG19_CONV_LAYERS if name in params}
