@@ -397,7 +397,8 @@ def _read_array(dset, file_map) -> np.ndarray:
     return mapped if mapped is not None else np.asarray(dset[()], dtype=np.float32)
 
 
-def read_weights(path=None, last: "str | None" = None, mapped: bool = False, check: bool = True) -> tuple:
+def read_weights(path: "str | os.PathLike | None" = None, last: "str | None" = None, mapped: bool = False,
+                 check: bool = True) -> tuple:
     """Read an nstlite HDF5 weights file, refusing anything unsafe before reading a value.
 
     Parameters
@@ -471,8 +472,8 @@ def release_pages(a: np.ndarray) -> None:
 
 
 # --------------------------------------------------------------------------- writing
-def write_weights(path, params: dict, channel_order: str, input_scale: float, mean, std, source: str,
-                  source_sha256: str = "") -> str:
+def write_weights(path: "str | os.PathLike", params: dict, channel_order: str, input_scale: float, mean, std,
+                  source: str, source_sha256: str = "") -> str:
     """Write ``params`` (name -> (weight, bias)) to ``path`` atomically (temp file + rename).
 
     Parameters
