@@ -47,7 +47,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from nstlite import conv_fast as CF  # noqa: E402
+from nstlite.fast import workspace as fast_workspace  # noqa: E402
+from nstlite.fast.channels_last import ChannelsLastPath  # noqa: E402
+from nstlite.fast.layout import interior  # noqa: E402
 from nstlite.objective import Objective, content_targets, positions_of, style_targets  # noqa: E402
 from nstlite.vgg import VGG19, load_vgg19  # noqa: E402
 from nstlite.backend import to_host  # noqa: E402
@@ -62,7 +64,7 @@ DEPTH_CONVS = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2",
 def load_params():
     """(params, attrs, label): the real weights when present, else random ones."""
     if os.path.exists(default_weights_path()):
-        net = load_vgg19(conv_kernel="reference")
+        net = load_vgg19(kernel="reference")
         params = {n: tuple(np.asarray(a) for a in net.weights[n]) for n in DEPTH_CONVS}
         return params, None, "real VGG19"
     return random_params(0), None, "random (He-scaled)"
@@ -92,7 +94,7 @@ def make_images(size, seed=0):
 # ----------------------------------------------------------------------------- nstlite
 def nstlite_objective(params, size, kernel, dtype="float32", net=None, device="cpu"):
     if net is None:
-        net = VGG19(params, None, pooling="avg", dtype=dtype, conv_kernel=kernel, device=device)
+        net = VGG19(params, None, pooling="avg", dtype=dtype, kernel=kernel, device=device)
     photo, art, start = make_images(size)
     xp_photo, xp_art, x = net.preprocess(photo), net.preprocess(art), net.preprocess(start)
     P = content_targets(net, xp_photo, CONTENT)
@@ -103,7 +105,7 @@ def nstlite_objective(params, size, kernel, dtype="float32", net=None, device="c
 
 def nstlite_layer_times(net, size, repeats):
     """layer -> (forward seconds, input-gradient seconds), each the median of ``repeats``."""
-    fast = net._fast
+    fast = net.path
     obj_layers = CONTENT + STYLE
     x = net.preprocess(make_images(size)[2])
     net.forward(x, obj_layers)
@@ -113,11 +115,11 @@ def nstlite_layer_times(net, size, repeats):
         if not name.startswith("conv"):
             continue
         below = names[i - 1] if i else None
-        src = fast._buffer(below) if below else fast.input_buffer
-        h, w, _ = fast.layout[name]
+        src = fast.padded_buffer(below) if below else fast.input_buffer
+        h, w, _ = fast.maps[name]
         plan = fast.plan(name)
-        out_buffer = fast._buffer(name, avoid=src)
-        dst = CF.interior(out_buffer, h, w)
+        out_buffer = fast.padded_buffer(name, avoid=src)
+        dst = interior(out_buffer, h, w)
         grad_in = out_buffer
         dx = np.empty((h, w, plan.c_in), np.float32)
         image = below is None and plan.reads_image()  # conv1_1: im2col straight from the image
@@ -221,7 +223,7 @@ def memory_child(size, kernel, evals=3):
 
     tracemalloc.start()
     if os.path.exists(default_weights_path()):  # as stylize loads them: mapped, to conv5_1 only
-        net = load_vgg19(conv_kernel=kernel, layers=CONTENT + STYLE)
+        net = load_vgg19(kernel=kernel, layers=CONTENT + STYLE)
         net, obj, x = nstlite_objective(None, size, kernel, net=net)
     else:
         net, obj, x = nstlite_objective(random_params(0), size, kernel)
@@ -229,8 +231,9 @@ def memory_child(size, kernel, evals=3):
         obj(x)
     _, peak = tracemalloc.get_traced_memory()
     rss = _peak_rss()
-    print(json.dumps({"peak_rss": rss, "tracemalloc_peak": peak,
-                      "workspace": net._fast.ws.nbytes if net._fast else 0}))
+    fast = isinstance(net.path, ChannelsLastPath)
+    print(json.dumps({"peak_rss": rss, "tracemalloc_peak": peak, "workspace": net.path.ws.nbytes if fast else 0,
+                      "memory_bytes": net.memory_bytes(size, size, CONTENT + STYLE, CONTENT + STYLE)}))
 
 
 def _peak_rss():
@@ -307,7 +310,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="256,512", help="comma-separated image sides")
     ap.add_argument("--repeats", type=int, default=5, help="timed evaluations per library and size")
-    ap.add_argument("--kernel", default="fast", help="nstlite conv kernel (fast, winograd, shifted_gemm, reference)")
+    ap.add_argument("--kernel", default="auto", help="nstlite conv kernel (auto, winograd, shifted_gemm, reference)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                     help="gpu: nstlite on CuPy and PyTorch on CUDA (no per-layer or RSS tables)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when importable")
@@ -315,13 +318,13 @@ def main():
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     ap.add_argument("--threads", type=int, help="threads for OpenBLAS and PyTorch (default: all cores)")
     ap.add_argument("--transform-threads", type=int,
-                    help="threads for the Winograd tile transforms (conv_fast.TRANSFORM_THREADS; default "
-                         f"{CF.TRANSFORM_THREADS})")
+                    help="threads for the Winograd tile transforms (nstlite.fast.workspace.transform_threads(); "
+                         "default: $NSTLITE_TRANSFORM_THREADS, else the core count, at most 4)")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--stylize-memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.transform_threads:
-        CF.TRANSFORM_THREADS = args.transform_threads
+        fast_workspace.set_transform_threads(args.transform_threads)
     if args.memory_child:
         memory_child(args.memory_child, args.kernel)
         return 0
@@ -357,7 +360,7 @@ def main():
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{_cpu_model()}; numpy {np.__version__}"
           + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch not importable"))
-    print(f"# weights: {label}; kernel: {args.kernel}; transform threads: {CF.TRANSFORM_THREADS}; "
+    print(f"# weights: {label}; kernel: {args.kernel}; transform threads: {fast_workspace.transform_threads()}; "
           f"OPENBLAS_THREAD_TIMEOUT="
           f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}; OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', '(all)')}; repeats: {args.repeats}")
@@ -397,7 +400,7 @@ def main():
         if args.device == "gpu":
             import cupy
             print(f"CuPy memory pool after the runs: {cupy.get_default_memory_pool().total_bytes() / 2**20:.0f} MiB")
-        if not args.no_layers and net._fast is not None:
+        if not args.no_layers and isinstance(net.path, ChannelsLastPath):
             reps = 3
             lt = nstlite_layer_times(net, size, reps)
             tt = torch_layer_times(torch, tweights, size, reps) if torch is not None else {}

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from nstlite import layers as L  # noqa: E402
+from nstlite.fast.plan import CONV_KERNELS  # noqa: E402
 from nstlite.vgg import VGG19  # noqa: E402
 
 from bench_objective import DEPTH_CONVS, load_params  # noqa: E402
@@ -52,7 +53,7 @@ def main():
     except ImportError:
         torch = None
     params, _, label = load_params()
-    net64 = VGG19(params, None, dtype="float64", conv_kernel="reference")
+    net64 = VGG19(params, None, dtype="float64", kernel="reference")
     x = net64.preprocess(smooth_image(args.size))
     names = net64.layer_names[: net64.layer_names.index("conv5_1") + 1]
     inputs, h = {}, x
@@ -60,7 +61,7 @@ def main():
         if name.startswith("conv"):
             inputs[name] = h
             w, b = net64.weights[name]
-            h = np.maximum(L.conv3x3_forward_reference(h, w, b)[0], 0)
+            h = np.maximum(L.conv3x3_forward(h, w, b)[0], 0)
         else:
             h = L.avg_pool_forward(h)[0]
     rng = np.random.default_rng(1)
@@ -73,16 +74,16 @@ def main():
         w, b = params[name]
         w64, b64 = np.asarray(w, np.float64), np.asarray(b, np.float64)
         xin = inputs[name]
-        out64, cache = L.conv3x3_forward_reference(xin, w64, b64)
+        out64, cache = L.conv3x3_forward(xin, w64, b64)
         # an output gradient shaped like the style loss's: (G - A) F with a perturbed target
         F = np.maximum(out64, 0).reshape(out64.shape[0], -1)
         G = F @ F.T
         dout = ((G * (1 + 0.1 * rng.standard_normal(G.shape)) - G) @ F).reshape(out64.shape) * (out64 > 0)
-        dx64 = L.conv3x3_backward_reference(dout, cache)
+        dx64 = L.conv3x3_backward(dout, cache)
         x32, w32, b32, d32 = (a.astype(np.float32) for a in (xin, w64, b64, dout))
         row = {"forward": [], "backward": []}
         for k in kernels:
-            fwd, bwd = L.CONV_KERNELS[k]
+            fwd, bwd = CONV_KERNELS[k]
             o, c = fwd(x32, w32, b32)
             row["forward"] += errors(o, out64)
             row["backward"] += errors(bwd(d32, c), dx64)
@@ -115,7 +116,7 @@ def whole_objective(params, size, torch):
     ref_pattern = net64.activation_pattern()
     print(f"\nwhole objective (content conv4_2 + 5 style layers, {size}x{size}), image gradient vs float64 (max / L2);")
     print("a ReLU that rounding switches on or off changes the gradient by that unit's whole contribution:")
-    for kernel in ["fast", "winograd", "shifted_gemm"]:
+    for kernel in ["auto", "winograd", "shifted_gemm"]:
         net, obj, x = nstlite_objective(params, size, kernel)
         err = errors(obj(x)[1], ref)
         flips = sum(int((np.asarray(a) != np.asarray(b)).sum()) for a, b in zip(net.activation_pattern(), ref_pattern))

@@ -50,11 +50,6 @@ def get_array_module(x):
     return numpy
 
 
-def device_of(x):
-    """'gpu' for a CuPy array, else 'cpu'."""
-    return "gpu" if get_array_module(x) is not numpy else "cpu"
-
-
 def to_device(a, device, dtype=None):
     """Copy/convert ``a`` onto ``device`` ('cpu' or 'gpu'), optionally casting to ``dtype``."""
     xp = xp_for(device)

@@ -20,6 +20,7 @@ import zipfile
 import numpy as np
 
 from . import image as im
+from .atomic import atomic_write
 from .errors import NstliteError
 
 PHOTO_PACKAGE = "scikit-image"
@@ -47,7 +48,8 @@ def fetch_photo(folder=None, python=None, timeout=600):
         try:
             run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise NstliteError(f"cannot download {PHOTO_PACKAGE} for the demo photo ({type(e).__name__}); {hint}") from None
+            raise NstliteError(f"cannot download {PHOTO_PACKAGE} for the demo photo ({type(e).__name__}); "
+                               f"{hint}") from None
         wheels = glob.glob(os.path.join(tmp, "*.whl"))
         if run.returncode != 0 or not wheels:
             last = (run.stdout.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
@@ -57,8 +59,13 @@ def fetch_photo(folder=None, python=None, timeout=600):
                 data = z.read(PHOTO_MEMBER)
         except (KeyError, zipfile.BadZipFile):
             raise NstliteError(f"{os.path.basename(wheels[0])} has no {PHOTO_MEMBER}; {hint}") from None
-    im.atomic_write(dst, lambda path: open(path, "wb").write(data))
+    atomic_write(dst, lambda path: _write_bytes(path, data))
     return dst
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def painting(size=256, seed=0):
@@ -114,24 +121,3 @@ def style_image(folder=None, size=256, seed=0):
     if not os.path.exists(dst):
         im.save_image(dst, painting(size, seed))
     return dst
-
-
-def _cmd_demo(args, run_cli):
-    im.output_format(args.output)  # before any download
-    content = args.content or fetch_photo()
-    style = args.style or style_image()
-    if not args.quiet:
-        print(f"demo: content {content}\ndemo: style   {style}", file=sys.stderr)
-    return run_cli(args, content, [style], args.output)
-
-
-def register_cli(subparsers, add_options, run_cli):
-    p = subparsers.add_parser(
-        "demo", help="stylise an example pair (downloads a sample photo) - a first run in a few minutes",
-        description="Stylise a sample photograph (Chelsea the cat, from the scikit-image wheel) with a "
-                    "generated swirl painting, small and quick. Every stylize option applies.")
-    p.add_argument("--output", default="demo.png", help="result image (default %(default)s)")
-    p.add_argument("--content", default=None, help="use this photograph instead of the sample")
-    p.add_argument("--style", default=None, help="use this artwork instead of the generated painting")
-    add_options(p)
-    p.set_defaults(size=DEMO_SIZE, iterations=DEMO_ITERATIONS, style_weight=DEMO_STYLE_WEIGHT, func=lambda a: _cmd_demo(a, run_cli))

@@ -17,8 +17,7 @@ The error reported is ``max_i |analytic_i - numeric_i| / max(max|analytic|, max|
 Functions with kinks (ReLU at 0, max-pool ties) have no derivative there and a finite
 difference that straddles one is meaningless: such inputs are *resampled*, never tolerated.
 """
-import argparse
-import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,8 @@ import numpy as np
 from . import layers as L
 from . import losses
 from .backend import to_host, xp_for
-from .objective import Objective, content_targets, positions_of, style_targets
+from .fast.plan import CONV_KERNELS, DEFAULT_KERNEL
+from .objective import build_objective
 from .vgg import VGG19
 from .weights import random_params
 
@@ -144,27 +144,22 @@ def _without_pool_ties(rng, shape, margin=1e-3):
             return x
 
 
-def _tiny_net(pooling, device, seed, conv_kernel=None):
+def _tiny_net(pooling, device, seed, kernel=None):
     params = random_params(seed, widths=TINY_WIDTHS, dtype=np.float64)
-    return VGG19(params, None, pooling=pooling, device=device, dtype="float64", conv_kernel=conv_kernel)
+    return VGG19(params, None, pooling=pooling, device=device, dtype="float64", kernel=kernel)
+
+
+def _conv_kernels():
+    """name -> (forward, backward) of every registered conv kernel."""
+    return CONV_KERNELS
 
 
 def _network_kernels():
-    """The whole-network checks run the reference path, the default (fast, channels-last)
-    path and, when registered, the channels-last path forced onto Winograd everywhere (on the
-    tiny check network the default path picks the direct kernels: its maps are small)."""
-    names = ["reference", L.DEFAULT_CONV_KERNEL] + (["winograd"] if "winograd" in L.CONV_KERNELS else [])
+    """The whole-network checks run the reference path, the default (channels-last) path and,
+    when registered, the channels-last path forced onto Winograd everywhere (on the tiny check
+    network the default path picks the direct kernels: its maps are small)."""
+    names = ["reference", DEFAULT_KERNEL] + (["winograd"] if "winograd" in _conv_kernels() else [])
     return list(dict.fromkeys(names))
-
-
-def _network_checks(device, rng, seed):
-    results = []
-    for kernel in _network_kernels():
-        tag = "" if kernel == "reference" else f" [{kernel}]"
-        for c in _network_checks_for(device, rng, seed, kernel):
-            c.name += tag
-            results.append(c)
-    return results
 
 
 def _resampled(name, attempt_check, attempts=20):
@@ -174,112 +169,208 @@ def _resampled(name, attempt_check, attempts=20):
     for attempt in range(attempts):
         c = attempt_check()
         if c is not None:
+            c.name = name
             c.note += f", resampled {attempt}x" if attempt else ""
             return c
     return Check(name, float("nan"), NETWORK_TOL, "could not find an input away from every kink")
 
 
-def _network_checks_for(device, rng, seed, kernel):
-    xp = xp_for(device)
-    results = []
-    H, W = TINY_SIZE
-    probe_layers = ["conv1_1", "pool2", "conv3_1", "conv4_2", "conv5_1"]
-    style_layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+# --------------------------------------------------------------------------- the catalogue
+# Each row is (name, run) with run(xp, rng) -> Check. Rows draw their inputs from their own
+# random stream (seeded by the row's name), so a row gives the same result alone or in the
+# whole catalogue, and a test that breaks one gradient runs only the rows that must catch it.
 
-    def image():
-        return xp.asarray(rng.standard_normal((3, H, W)) * 20.0)
-
-    for pooling in ("avg", "max"):
-        net = _tiny_net(pooling, device, seed, kernel)
-
-        # (a) the network alone: f(x) = sum_l <F_l(x), R_l>, gradient net.backward({l: R_l})
-        def network_check(name=f"vgg19 backward ({pooling} pool)", net=net):
-            x = image()
-            R = {n: xp.asarray(rng.standard_normal(f.shape)) for n, f in net.forward(x, probe_layers).items()}
-
-            def f_and_grad(z):
-                fz = net.forward(z, probe_layers)
-                return sum(xp.sum(fz[n] * R[n]) for n in probe_layers), net.backward(R)
-
-            return check_directional(name, f_and_grad, net.activation_pattern, x, rng)
-
-        results.append(_resampled(f"vgg19 backward ({pooling} pool)", network_check))
-
-        # (b) the whole objective: alpha content + beta style + TV
-        setups = [("content only", 1.0, 0.0, 0.0), ("style only", 0.0, 1.0, 0.0),
-                  ("alpha*content + beta*style + tv", 1.0, 1e3, 1e-2)]
-        if pooling == "max":
-            setups = setups[-1:]
-        for label, alpha, beta, tv in setups:
-            name = f"objective: {label} ({pooling} pool)"
-
-            def objective_check(name=name, net=net, alpha=alpha, beta=beta, tv=tv):
-                photo = image()
-                art = xp.asarray(rng.standard_normal((3, H + 4, W - 4)) * 20.0)
-                P = content_targets(net, photo, ["conv4_2"])
-                A = style_targets(net, [art], style_layers, positions=positions_of(net, photo, style_layers))
-                obj = Objective(net, P, A, {n: 0.2 for n in style_layers}, alpha=alpha, beta=beta, tv_weight=tv)
-                return check_directional(name, lambda z: obj(z)[:2], net.activation_pattern, image(), rng)
-
-            results.append(_resampled(name, objective_check))
-    return results
-
-
-def gradcheck(device="cpu", seed=0, kernels=None):
-    """Run every check; returns a list of ``Check`` (name, error, tol, passed, note)."""
-    xp = xp_for(device)
-    rng = np.random.default_rng(seed)
-
-    def arr(a):
-        return xp.asarray(a, dtype=np.float64)
-
-    results = []
-    w = arr(rng.standard_normal((4, 3, 3, 3)))
-    b = arr(rng.standard_normal(4))
-    for kname in (kernels or sorted(L.CONV_KERNELS)):
-        fwd, bwd = L.CONV_KERNELS[kname]
+def _layer_rows():
+    rows = []
+    for kname, (fwd, bwd) in sorted(_conv_kernels().items()):
         for shape in [(3, 5, 7), (3, 1, 4)]:
-            results.append(check_op(f"conv3x3 [{kname}]", lambda z, f=fwd: f(z, w, b), bwd,
-                                    arr(rng.standard_normal(shape)), rng))
-    results.append(check_op("relu", L.relu_forward, L.relu_backward, arr(_away_from_zero(rng, (3, 4, 5))), rng))
-    results.append(check_op("avg_pool 2x2", L.avg_pool_forward, L.avg_pool_backward,
-                            arr(rng.standard_normal((3, 5, 7))), rng))
-    results.append(check_op("max_pool 2x2", L.max_pool_forward, L.max_pool_backward,
-                            arr(_without_pool_ties(rng, (3, 5, 7))), rng))
+            def run(xp, rng, fwd=fwd, bwd=bwd, shape=shape):
+                w, b = xp.asarray(rng.standard_normal((4, 3, 3, 3))), xp.asarray(rng.standard_normal(4))
+                return check_op("", lambda z: fwd(z, w, b), bwd, xp.asarray(rng.standard_normal(shape)), rng)
+            rows.append((f"conv3x3 [{kname}] {shape[1]}x{shape[2]}", run))
+    rows += [
+        ("relu", lambda xp, rng: check_op("", L.relu_forward, L.relu_backward,
+                                          xp.asarray(_away_from_zero(rng, (3, 4, 5))), rng)),
+        ("avg_pool 2x2", lambda xp, rng: check_op("", L.avg_pool_forward, L.avg_pool_backward,
+                                                  xp.asarray(rng.standard_normal((3, 5, 7))), rng)),
+        ("max_pool 2x2", lambda xp, rng: check_op("", L.max_pool_forward, L.max_pool_backward,
+                                                  xp.asarray(_without_pool_ties(rng, (3, 5, 7))), rng)),
+    ]
+    return rows
 
-    P = arr(rng.standard_normal((4, 3, 5)))
-    results.append(check_loss("content_loss (eqs. 1-2)", lambda F: losses.content_loss(F, P),
-                              arr(rng.standard_normal((4, 3, 5)))))
-    dG = arr(rng.standard_normal((4, 4)))
-    # d/dF sum(dG * F F^T) = (dG + dG^T) F: the derivative behind eq. (6)
-    results.append(check_loss("gram (eq. 3)",
-                              lambda F: (xp.sum(losses.gram(F) * dG),
-                                         ((dG + dG.T) @ F.reshape(4, -1)).reshape(F.shape)),
-                              arr(rng.standard_normal((4, 3, 5)))))
-    A = losses.gram(arr(rng.standard_normal((4, 3, 5))))
-    results.append(check_loss("style_layer_loss (eqs. 4, 6)", lambda F: losses.style_layer_loss(F, A),
-                              arr(rng.standard_normal((4, 3, 5)))))
-    A2 = losses.gram(arr(rng.standard_normal((6, 2, 3))))
-    F2 = arr(rng.standard_normal((6, 2, 3)))
 
-    def style_terms(F):
-        return losses.style_loss({"a": F, "b": F2}, {"a": A, "b": A2}, {"a": 0.3, "b": 0.7})
+def _gram_row(xp, rng):
+    # f(F) = sum(dG * G(F)): its gradient is gram_backward(dG, F), the derivative behind eq. (6)
+    dG = xp.asarray(rng.standard_normal((4, 4)))
+    return check_loss("", lambda F: (xp.sum(losses.gram(F) * dG), losses.gram_backward(dG, F)),
+                      xp.asarray(rng.standard_normal((4, 3, 5))))
+
+
+def _style_pair(xp, rng):
+    """Two layers' maps and Gram targets for the eq. (5) and eq. (7) rows."""
+    A = {"a": losses.gram(xp.asarray(rng.standard_normal((4, 3, 5)))),
+         "b": losses.gram(xp.asarray(rng.standard_normal((6, 2, 3))))}
+    return A, xp.asarray(rng.standard_normal((6, 2, 3)))
+
+
+def _style_sum_row(xp, rng):
+    A, Fb = _style_pair(xp, rng)
 
     def weighted_style(F):
-        loss, grads, _ = style_terms(F)
+        loss, grads, _ = losses.style_loss({"a": F, "b": Fb}, A, {"a": 0.3, "b": 0.7})
         return loss, grads["a"]
+    return check_loss("", weighted_style, xp.asarray(rng.standard_normal((4, 3, 5))))
 
-    results.append(check_loss("style_loss sum_l w_l E_l (eq. 5)", weighted_style, arr(rng.standard_normal((4, 3, 5)))))
+
+def _total_row(xp, rng):
+    A, Fb = _style_pair(xp, rng)
+    P = xp.asarray(rng.standard_normal((4, 3, 5)))
 
     def weighted_total(F):
-        c_loss, c_grad = losses.content_loss(F, P)
-        s_loss, s_grads, _ = style_terms(F)
-        loss, grads = losses.total_loss((c_loss, {"a": c_grad}), (s_loss, s_grads), 0.7, 1.3)
+        content = losses.content_loss(F, P)
+        s_loss, s_grads, _ = losses.style_loss({"a": F, "b": Fb}, A, {"a": 0.3, "b": 0.7})
+        loss, grads = losses.total_loss((content[0], {"a": content[1]}), (s_loss, s_grads), 0.7, 1.3)
         return loss, grads["a"]
+    return check_loss("", weighted_total, xp.asarray(rng.standard_normal((4, 3, 5))))
 
-    results.append(check_loss("total_loss alpha, beta (eq. 7)", weighted_total, arr(rng.standard_normal((4, 3, 5)))))
-    results.append(check_loss("tv_loss", losses.tv_loss, arr(rng.standard_normal((3, 5, 6)))))
-    results.extend(_network_checks(device, rng, seed))
+
+def _without_rank_ties(rng, shape, margin=1e-3, project=None):
+    """|N(0, 1)| samples (rectified-like) whose values in each row of ``project(F)`` (default:
+    each channel) are at least ``margin`` apart, so that no finite difference reorders them (the
+    sorting losses' kinks); resampled otherwise."""
+    while True:
+        F = np.abs(rng.standard_normal(shape))
+        rows = F.reshape(shape[0], -1) if project is None else project(F.reshape(shape[0], -1))
+        if rows.shape[1] < 2 or np.diff(np.sort(rows, axis=1), axis=1).min() > margin:
+            return F
+
+
+def _term_row(cls):
+    """A style loss as a term: ``loss(F, target)`` against finite differences, its target
+    made by the term itself from an artwork map of another size (blended and prepared as in a
+    run), inputs resampled away from rank ties (the sorting losses' kinks)."""
+    def run(xp, rng):
+        term = cls("a")
+        project = getattr(term, "project", None)
+        art = xp.asarray(_without_rank_ties(rng, (4, 4, 6), project=project))
+        target = term.prepare(term.blend([term.target(art)], [1.0], 15))
+        F = xp.asarray(_without_rank_ties(rng, (4, 3, 5), project=project))
+        return check_loss("", lambda z: term.loss(z, target), F)
+    return run
+
+
+def _guided_gram_row(xp, rng):
+    """The guided Gram loss of one region (Gatys et al. 2017) with a random guide in [0, 1]."""
+    guide = xp.asarray(rng.uniform(0.0, 1.0, (3, 5)))
+    term = losses.GuidedGramLoss("a", guide)
+    target = term.prepare(term.blend([term.target(xp.asarray(np.abs(rng.standard_normal((4, 4, 6)))))], [1.0], 15))
+    return check_loss("", lambda F: term.loss(F, target), xp.asarray(np.abs(rng.standard_normal((4, 3, 5)))))
+
+
+def _content_row(xp, rng):
+    P = xp.asarray(rng.standard_normal((4, 3, 5)))
+    return check_loss("", lambda F: losses.content_loss(F, P), xp.asarray(rng.standard_normal((4, 3, 5))))
+
+
+def _style_layer_row(xp, rng):
+    A = losses.gram(xp.asarray(rng.standard_normal((4, 3, 5))))
+    return check_loss("", lambda F: losses.style_layer_loss(F, A), xp.asarray(rng.standard_normal((4, 3, 5))))
+
+
+def _loss_rows(style_losses=None):
+    rows = [
+        ("content_loss (eqs. 1-2)", _content_row),
+        ("gram (eq. 3)", _gram_row),
+        ("style_layer_loss (eqs. 4, 6)", _style_layer_row),
+        ("style_loss sum_l w_l E_l (eq. 5)", _style_sum_row),
+        ("total_loss alpha, beta (eq. 7)", _total_row),
+        ("guided gram, one region (Gatys 2017)", _guided_gram_row),
+        ("tv_loss", lambda xp, rng: check_loss("", losses.tv_loss, xp.asarray(rng.standard_normal((3, 5, 6))))),
+    ]
+    registered = sorted(losses.STYLE_LOSSES.items()) + [(n, losses.style_loss_class(n)) for n in style_losses or ()]
+    rows += [(f"style loss term {name!r} ({cls.__name__})", _term_row(cls)) for name, cls in registered]
+    return rows
+
+
+PROBE_LAYERS = ("conv1_1", "pool2", "conv3_1", "conv4_2", "conv5_1")
+STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+OBJECTIVE_SETUPS = (("content only", 1.0, 0.0, 0.0), ("style only", 0.0, 1.0, 0.0),
+                    ("alpha*content + beta*style + tv", 1.0, 1e3, 1e-2))
+
+
+def _image(xp, rng, h=TINY_SIZE[0], w=TINY_SIZE[1]):
+    return xp.asarray(rng.standard_normal((3, h, w)) * 20.0)
+
+
+def _network_row(pooling, kernel, seed):
+    """f(x) = sum_l <F_l(x), R_l> through the whole network; its gradient is net.backward({l: R_l})."""
+    def run(xp, rng):
+        net = _tiny_net(pooling, "gpu" if xp is not np else "cpu", seed, kernel)
+
+        def attempt():
+            x = _image(xp, rng)
+            R = {n: xp.asarray(rng.standard_normal(f.shape)) for n, f in net.forward(x, PROBE_LAYERS).items()}
+
+            def f_and_grad(z):
+                fz = net.forward(z, PROBE_LAYERS)
+                return sum(xp.sum(fz[n] * R[n]) for n in PROBE_LAYERS), net.backward(R)
+            return check_directional("", f_and_grad, net.activation_pattern, x, rng)
+        return _resampled("", attempt)
+    return run
+
+
+def _objective_row(pooling, kernel, seed, alpha, beta, tv):
+    """The whole objective (image -> alpha content + beta style + TV) along random directions."""
+    def run(xp, rng):
+        net = _tiny_net(pooling, "gpu" if xp is not np else "cpu", seed, kernel)
+
+        def attempt():
+            photo, art = _image(xp, rng), _image(xp, rng, TINY_SIZE[0] + 4, TINY_SIZE[1] - 4)
+            obj = build_objective(net, photo, [art], ["conv4_2"], {n: 0.2 for n in STYLE_LAYERS},
+                                  alpha=alpha, beta=beta, tv_weight=tv)
+            return check_directional("", lambda z: obj(z)[:2], net.activation_pattern, _image(xp, rng), rng)
+        return _resampled("", attempt)
+    return run
+
+
+def _network_rows(seed):
+    rows = []
+    for kernel in _network_kernels():
+        tag = "" if kernel == "reference" else f" [{kernel}]"
+        for pooling in ("avg", "max"):
+            rows.append((f"vgg19 backward ({pooling} pool){tag}", _network_row(pooling, kernel, seed)))
+            setups = OBJECTIVE_SETUPS if pooling == "avg" else OBJECTIVE_SETUPS[-1:]
+            rows += [(f"objective: {label} ({pooling} pool){tag}", _objective_row(pooling, kernel, seed, a, b, tv))
+                     for label, a, b, tv in setups]
+    return rows
+
+
+def catalogue(seed=0, style_losses=None):
+    """Every gradient check as (name, run), run(xp, rng) -> Check: layers, losses (every
+    registered style loss, plus ``style_losses``: names such as ``package.module:Class``), the
+    network."""
+    return _layer_rows() + _loss_rows(style_losses) + _network_rows(seed)
+
+
+def gradcheck(device="cpu", seed=0, select=None, style_losses=None):
+    """Run the catalogue's checks; returns a list of ``Check`` (name, error, tol, passed, note).
+
+    select : None (every row) or a string / list of strings; a row runs when its name contains
+        one of them.
+    style_losses : extra style losses to check, by name (``package.module:Class`` for your own
+        loss, see ``nstlite.losses``): each gets a row.
+    """
+    xp = xp_for(device)
+    if isinstance(select, str):
+        select = [select]
+    results = []
+    for name, run in catalogue(seed, style_losses):
+        if select is not None and not any(s in name for s in select):
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        check = run(xp, rng)
+        check.name = name
+        results.append(check)
     return results
 
 
@@ -291,24 +382,3 @@ def format_table(results):
     lines = ["  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * wd for wd in widths))
     return "\n".join(lines)
-
-
-def run_cli(args):
-    t0 = time.perf_counter()
-    results = gradcheck(device=args.device, seed=args.seed)
-    print(format_table(results))
-    failed = [c for c in results if not c.passed]
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed  "
-          f"(float64, {args.device}, seed {args.seed}, {time.perf_counter() - t0:.1f} s)")
-    return 1 if failed else 0
-
-
-def register_cli(subparsers):
-    p = subparsers.add_parser(
-        "gradcheck", help="verify every hand-written gradient against finite differences",
-        description="Check every layer's backward, every loss's gradient and the whole objective "
-                    "against central finite differences in float64. Prints a table; exits 1 on any failure.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run_cli)

@@ -6,15 +6,16 @@ during style transfer, so their gradients are never computed. dtype follows the 
 (float32 in use, float64 in the gradient checks). All array code uses ``xp``, the array module
 of the input (NumPy or CuPy), so the same lines run on CPU and GPU.
 
-Convolution kernels are chosen by name from ``CONV_KERNELS``. ``"reference"`` is the plain,
-obviously-correct implementation below and the oracle every faster kernel is tested against.
+The convolution here is the plain, obviously-correct one: the ``"reference"`` kernel, and the
+oracle every fast kernel of ``nstlite.fast`` is tested against. Pooling is written once, over
+the four taps of each 2x2 window with the spatial axes as a parameter, so that the
+channels-last path of ``nstlite.fast`` runs these same functions on its (H, W, C) maps.
 """
-from . import conv_fast
 from .backend import get_array_module
 
 
 # --------------------------------------------------------------------------- convolution
-def conv3x3_forward_reference(x, w, b):
+def conv3x3_forward(x, w, b):
     """3x3 cross-correlation, stride 1, zero padding 1, plus bias.
 
     Parameters
@@ -48,8 +49,8 @@ def conv3x3_forward_reference(x, w, b):
     return out, (x, w)
 
 
-def conv3x3_backward_reference(dout, cache):
-    """Gradient of ``conv3x3_forward_reference`` w.r.t. its input.
+def conv3x3_backward(dout, cache):
+    """Gradient of ``conv3x3_forward`` w.r.t. its input.
 
     ``dx = sum_{i,j} shift_{-(i,j)}( w[:, :, i, j]^T @ dout )``, cropped to the unpadded input:
     each input pixel receives the output gradients of every window it took part in.
@@ -67,38 +68,6 @@ def conv3x3_backward_reference(dout, cache):
             wt = w[:, :, i, j].astype(dout.dtype, copy=False).T  # (C_in, C_out)
             dxpad[:, i:i + h, j:j + wd] += (wt @ dflat).reshape(c_in, h, wd)
     return dxpad[:, 1:-1, 1:-1].copy()
-
-
-# Registry of convolution kernels: name -> (forward, backward). Faster kernels register here
-# (see ``nstlite.conv_fast``) and are tested against "reference".
-CONV_KERNELS = {
-    "reference": (conv3x3_forward_reference, conv3x3_backward_reference),
-    **conv_fast.KERNELS,  # "shifted_gemm", "winograd", "fast" (channels-last GEMM / Winograd kernels)
-}
-DEFAULT_CONV_KERNEL = "fast"  # channels-last path (nstlite.conv_fast); "reference" is the oracle
-
-
-def get_conv_kernel(name=None):
-    """(forward, backward) for a kernel name; ``None`` gives the default."""
-    name = DEFAULT_CONV_KERNEL if name is None else name
-    try:
-        return CONV_KERNELS[name]
-    except KeyError:
-        raise ValueError(f"unknown conv kernel {name!r}; available: {', '.join(sorted(CONV_KERNELS))}")
-
-
-def conv3x3_forward(x, w, b, kernel=None):
-    """3x3 convolution with the named kernel; returns ``(out, cache)``."""
-    forward, _ = get_conv_kernel(kernel)
-    out, cache = forward(x, w, b)
-    return out, (kernel, cache)
-
-
-def conv3x3_backward(dout, cache):
-    """Input gradient of ``conv3x3_forward`` using the same kernel as the forward."""
-    kernel, inner = cache
-    _, backward = get_conv_kernel(kernel)
-    return backward(dout, inner)
 
 
 # --------------------------------------------------------------------------- ReLU
@@ -120,64 +89,130 @@ def relu_backward(dout, cache):
 
 
 # --------------------------------------------------------------------------- pooling
-def _pool_crop(x):
-    """The part of x covered by 2x2 windows with stride 2 (odd last row/column dropped, as
-    in PyTorch's default floor mode)."""
-    c, h, w = x.shape
-    return x[:, : h // 2 * 2, : w // 2 * 2]
+# 2x2 windows with stride 2, floor mode (PyTorch's default): an odd last row/column is dropped
+# by the forward pass and gets zero gradient. ``spatial`` names the (row, column) axes: CHW for
+# the (C, H, W) maps of this module, HWC for the channels-last maps of ``nstlite.fast``.
+CHW = (1, 2)
+HWC = (0, 1)
+
+
+def pool_taps(x, ho, wo, spatial=CHW):
+    """The four strided views of the 2x2 windows of an ho x wo output grid over x, in
+    row-major window order: tap k = 2 a + b is ``x[2i + a, 2j + b]`` (along ``spatial``)."""
+    rows, cols = spatial
+    taps = []
+    for a in range(2):
+        for b in range(2):
+            index = [slice(None)] * x.ndim
+            index[rows], index[cols] = slice(a, 2 * ho, 2), slice(b, 2 * wo, 2)
+            taps.append(x[tuple(index)])
+    return taps
+
+
+def _output_size(out, spatial):
+    return out.shape[spatial[0]], out.shape[spatial[1]]
+
+
+def pool_forward_into(pooling, x, out, spatial=CHW):
+    """out <- 2x2 'avg' or 'max' pooling of x, in place; out's spatial size is (h//2, w//2)
+    (or that of a band of whole windows)."""
+    xp = get_array_module(x)
+    a, b, c, d = pool_taps(x, *_output_size(out, spatial), spatial)
+    if pooling == "avg":
+        xp.add(a, b, out=out)
+        xp.add(out, c, out=out)
+        xp.add(out, d, out=out)
+        xp.multiply(out, 0.25, out=out)
+    else:
+        xp.maximum(a, b, out=out)
+        xp.maximum(out, c, out=out)
+        xp.maximum(out, d, out=out)
+    return out
+
+
+def max_pool_winner(x, out, winner, spatial=CHW):
+    """winner (int8, out's shape) <- index 0..3 of each window's first maximal tap, for the max
+    pooled ``out`` of x: ties go to the first tap in row-major window order."""
+    winner[...] = 3
+    taps = pool_taps(x, *_output_size(out, spatial), spatial)
+    for k in (2, 1, 0):
+        winner[taps[k] == out] = k
+    return winner
+
+
+def pool_backward_into(pooling, dout, dx, winner=None, mask=None, spatial=CHW, overwrite_dout=False):
+    """dx <- the gradient of 2x2 pooling for the output gradient dout, in place.
+
+    Average pooling gives each tap of a window a quarter of its gradient; max pooling gives it
+    all to the window's ``winner``. ``mask`` (bool, dx's shape) multiplies the result: the
+    ReLU mask of the conv layer below, applied in the same pass. Rows and columns of dx beyond
+    the windows (the dropped odd ones) get zero. ``overwrite_dout``: average pooling may scale
+    dout in place (the caller's scratch) instead of making a scaled copy.
+    """
+    xp = get_array_module(dout)
+    ho, wo = _output_size(dout, spatial)
+    if pooling == "avg":
+        dout = xp.multiply(dout, 0.25, out=dout if overwrite_dout else None)  # scaled once, not per tap
+    masks = [None] * 4 if mask is None else pool_taps(mask, ho, wo, spatial)
+    for k, (tap, m) in enumerate(zip(pool_taps(dx, ho, wo, spatial), masks)):
+        share = dout if pooling == "avg" else (winner == k)
+        if pooling == "max":
+            share = share if m is None else share & m
+            xp.multiply(dout, share, out=tap)
+        elif m is None:
+            tap[...] = share
+        else:
+            xp.multiply(share, m, out=tap)
+    rows, cols = spatial
+    for axis, n in ((rows, ho), (cols, wo)):
+        if dx.shape[axis] > 2 * n:
+            index = [slice(None)] * dx.ndim
+            index[axis] = slice(2 * n, None)
+            dx[tuple(index)] = 0
+    return dx
+
+
+def _pooled_shape(shape, spatial=CHW):
+    shape = list(shape)
+    for axis in spatial:
+        shape[axis] //= 2
+    return tuple(shape)
 
 
 def avg_pool_forward(x):
     """2x2 average pooling, stride 2 - the paper's replacement for max pooling.
 
-    x : (C, H, W) -> out : (C, H//2, W//2), each output the mean of its 2x2 window.
+    x : (C, H, W) -> out : (C, H//2, W//2), each output the mean of its 2x2 window; the cache
+    is x's shape.
     """
-    xc = _pool_crop(x)
-    c, h, w = xc.shape
-    out = xc.reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    xp = get_array_module(x)
+    out = pool_forward_into("avg", x, xp.empty(_pooled_shape(x.shape), dtype=x.dtype))
     return out, x.shape
 
 
 def avg_pool_backward(dout, cache):
     """Each input pixel of a window receives a quarter of the window's output gradient;
-    pixels in a dropped odd row/column receive zero."""
+    pixels in a dropped odd row/column receive zero. dout (C, H//2, W//2) -> dx (C, H, W)."""
     xp = get_array_module(dout)
-    c, h, w = cache
-    dx = xp.zeros((c, h, w), dtype=dout.dtype)
-    ho, wo = dout.shape[1], dout.shape[2]
-    quarter = dout * 0.25
-    for i in range(2):
-        for j in range(2):
-            dx[:, i:2 * ho:2, j:2 * wo:2] = quarter
-    return dx
+    return pool_backward_into("avg", dout, xp.empty(cache, dtype=dout.dtype))
 
 
 def max_pool_forward(x):
     """2x2 max pooling, stride 2 (VGG's original pooling; an option here).
 
-    Returns ``(out, cache)`` with cache = (input shape, index 0..3 of the winning tap per window).
-    Ties go to the first tap in row-major window order.
+    Returns ``(out, cache)`` with cache = (x's shape, int8 index 0..3 of the winning tap per
+    window, ``max_pool_winner``). Ties go to the first tap in row-major window order.
     """
     xp = get_array_module(x)
-    xc = _pool_crop(x)
-    c, h, w = xc.shape
-    # (C, H/2, W/2, 4): the four taps of every window, row-major
-    windows = xc.reshape(c, h // 2, 2, w // 2, 2).transpose(0, 1, 3, 2, 4).reshape(c, h // 2, w // 2, 4)
-    arg = xp.argmax(windows, axis=-1)
-    out = xp.take_along_axis(windows, arg[..., None], axis=-1)[..., 0]
-    return out, (x.shape, arg)
+    out = pool_forward_into("max", x, xp.empty(_pooled_shape(x.shape), dtype=x.dtype))
+    return out, (x.shape, max_pool_winner(x, out, xp.empty(out.shape, dtype=xp.int8)))
 
 
 def max_pool_backward(dout, cache):
     """The window's output gradient flows to its winning input only."""
     xp = get_array_module(dout)
-    (c, h, w), arg = cache
-    dx = xp.zeros((c, h, w), dtype=dout.dtype)
-    ho, wo = dout.shape[1], dout.shape[2]
-    for k in range(4):
-        i, j = divmod(k, 2)
-        dx[:, i:2 * ho:2, j:2 * wo:2] = dout * (arg == k)
-    return dx
+    shape, winner = cache
+    return pool_backward_into("max", dout, xp.empty(shape, dtype=dout.dtype), winner=winner)
 
 
 POOLING = {

@@ -5,13 +5,16 @@ Names follow the paper and Gatys' code: ``conv{b}_{i}`` is the *rectified* respo
 i-th convolution of block b (conv followed by ReLU), ``pool{b}`` the pooled map of block b.
 The same strings name the groups of the weights file and the CLI options.
 """
+from __future__ import annotations
+
 import numpy as np
 
-from . import conv_fast as CF
 from . import layers as L
 from .backend import to_device, to_host, xp_for
 from .errors import NstliteError
-from .weights import VGG19_BLOCKS, VGG19_CONV_LAYERS, read_weights, release_pages
+from .fast.channels_last import ChannelsLastPath
+from .fast.plan import check_kernel
+from .weights import VGG19_BLOCKS, VGG19_CONV_LAYERS, read_weights
 
 # The 21 layers in order: conv1_1, conv1_2, pool1, conv2_1, ..., conv5_4, pool5.
 VGG19_LAYERS = tuple(
@@ -33,16 +36,18 @@ class VGG19:
     pooling : 'avg' (the paper's choice) or 'max'.
     device : 'cpu' (NumPy) or 'gpu' (CuPy).
     dtype : 'float32' (default) or 'float64' (gradient checks).
-    conv_kernel : name of a kernel in ``nstlite.layers.CONV_KERNELS`` (None: the default).
+    kernel : 'reference', 'auto' (None: the default), 'winograd' or 'shifted_gemm'.
         ``'reference'`` runs the layer-by-layer path of ``nstlite.layers`` on (C, H, W) arrays
-        (the oracle); the kernels of ``nstlite.conv_fast`` ('fast', 'winograd',
-        'shifted_gemm') run the channels-last path (``_ChannelsLastPath``).
+        (``ReferencePath``, the oracle); the others run the channels-last path of
+        ``nstlite.fast`` (``ChannelsLastPath``) with that conv kernel.
 
-    ``forward`` returns arrays that may live in buffers reused by the next ``forward``: copy
-    what must outlive it.
+    The network delegates to its path: ``forward``, ``backward``, ``activation_pattern``,
+    ``features_writable`` and ``memory_bytes`` are the path's. ``forward`` returns arrays that
+    may live in buffers reused by the next ``forward``: copy what must outlive it.
     """
 
-    def __init__(self, params, attrs=None, pooling="avg", device="cpu", dtype="float32", conv_kernel=None):
+    def __init__(self, params, attrs=None, pooling: str = "avg", device: str = "cpu", dtype: str = "float32",
+                 kernel: str | None = None):
         if pooling not in L.POOLING:
             raise NstliteError(f"unknown pooling {pooling!r}; choose avg or max")
         self.xp = xp_for(device)
@@ -51,8 +56,7 @@ class VGG19:
         if self.dtype not in (np.float32, np.float64):
             raise NstliteError(f"dtype must be float32 or float64, not {dtype}")
         self.pooling = pooling
-        self.conv_kernel = conv_kernel
-        L.get_conv_kernel(conv_kernel)  # fail early on an unknown kernel name
+        self.kernel = check_kernel(kernel)
 
         # Keep VGG19's layer order, ending at the first conv layer that has no weights.
         self.layer_names = []
@@ -77,15 +81,24 @@ class VGG19:
         self.input_scale = float(attrs.get("input_scale", 255.0))
         self.mean = np.asarray(attrs.get("mean", (103.939, 116.779, 123.68)), dtype=np.float64).reshape(3)
         self.std = np.asarray(attrs.get("std", (1.0, 1.0, 1.0)), dtype=np.float64).reshape(3)
-        self._tape = []  # (name, caches) of the last forward, in order
-        kernel_name = L.DEFAULT_CONV_KERNEL if conv_kernel is None else conv_kernel
-        self._fast = None
-        if kernel_name in CF.METHODS:
-            self._fast = _ChannelsLastPath(self, CF.METHODS[kernel_name])
-        # True when ``forward`` hands out copies that nothing else reads (the channels-last
-        # path's): the caller may overwrite them, e.g. with the loss gradients, until the next
-        # forward. The reference path hands out the activations its backward pass reads.
-        self.features_writable = self._fast is not None
+        self._computed = None  # the layers the last forward ran, in order
+        self.path = ReferencePath(self) if self.kernel == "reference" else ChannelsLastPath(self, self.kernel)
+
+    @property
+    def features_writable(self) -> bool:
+        """True when ``forward`` hands out copies that nothing else reads (the channels-last
+        path's): the caller may overwrite them, e.g. with the loss gradients, until the next
+        forward. The reference path hands out the activations its backward pass reads."""
+        return self.path.features_writable
+
+    def memory_bytes(self, height: int, width: int, layers, loss_layers) -> int:
+        """The network's own resident bytes for one evaluation (forward to ``layers``, then
+        backward) of a height x width input, from the layout of the path that runs it:
+        weights in their kernels' forms, buffers and workspace, masks, and the feature maps
+        of ``loss_layers`` handed out. The optimiser's memory is the caller's to add."""
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        self._depth(layers + list(loss_layers))
+        return self.path.memory_bytes(height, width, layers, loss_layers)
 
     # ----------------------------------------------------------------- input conversion
     def preprocess(self, rgb):
@@ -161,25 +174,8 @@ class VGG19:
         if x.ndim != 3 or x.shape[0] != 3:
             raise NstliteError(f"network input must have shape (3, H, W), got {tuple(x.shape)}")
         self._check_size(x.shape[1], x.shape[2], depth)
-        if self._fast is not None:
-            feats = self._fast.forward(x, layers, depth)
-            self._tape = [(name, None) for name in self.layer_names[: depth + 1]]  # the layers computed
-            return feats
-        h = x.astype(self.dtype, copy=False)
-        pool_forward, _ = L.POOLING[self.pooling]
-        tape, feats = [], {}
-        for name in self.layer_names[: depth + 1]:
-            if name.startswith("conv"):
-                w, b = self.weights[name]
-                pre, conv_cache = L.conv3x3_forward(h, w, b, kernel=self.conv_kernel)
-                h, relu_cache = L.relu_forward(pre)
-                tape.append((name, (conv_cache, relu_cache)))
-            else:
-                h, pool_cache = pool_forward(h)
-                tape.append((name, pool_cache))
-            if name in layers:
-                feats[name] = h
-        self._tape = tape
+        feats = self.path.forward(x, layers, depth)
+        self._computed = self.layer_names[: depth + 1]
         return feats
 
     def backward(self, grads):
@@ -190,18 +186,61 @@ class VGG19:
         to the gradient arriving from above, so losses at several layers sum correctly.
         Returns dL/dx, shape (3, H, W).
         """
-        if self._fast is not None:
-            return self._fast.backward(grads)
-        if not self._tape:
+        if self._computed is None:
             raise NstliteError("backward called before forward")
-        names = [n for n, _ in self._tape]
-        for n, g in grads.items():
-            if n not in names:
-                raise NstliteError(f"no gradient can flow from {n}: the last forward stopped at {names[-1]}")
+        if not grads:
+            raise NstliteError("no gradients given")
+        for n in grads:
+            if n not in self._computed:
+                raise NstliteError(f"no gradient can flow from {n}: the last forward stopped at {self._computed[-1]}")
+        return self.path.backward(grads)
+
+    def activation_pattern(self):
+        """The piecewise-linear state of the last forward: every ReLU's on/off mask (and every
+        max-pool's winning taps), in layer order, as (C, h, w) arrays. Gradient checks compare
+        it at x +- h*d to make sure a finite difference did not cross a kink."""
+        return self.path.activation_pattern()
+
+
+class ReferencePath:
+    """VGG19 layer by layer with ``nstlite.layers`` on (C, H, W) arrays: the oracle.
+
+    The forward keeps each layer's cache (a tape, in order); the backward walks it in reverse.
+    """
+
+    #: ``forward`` hands out the activations that the backward pass reads: not to be overwritten.
+    features_writable = False
+
+    def __init__(self, net):
+        self.net = net
+        self.tape = []  # (name, cache) of the last forward, in order
+
+    def forward(self, x, layers, depth):
+        """Responses (C, h, w) of ``layers`` to x (3, H, W), computing the first depth + 1 layers."""
+        h = x.astype(self.net.dtype, copy=False)
+        pool_forward, _ = L.POOLING[self.net.pooling]
+        tape, feats = [], {}
+        for name in self.net.layer_names[: depth + 1]:
+            if name.startswith("conv"):
+                w, b = self.net.weights[name]
+                pre, conv_cache = L.conv3x3_forward(h, w, b)
+                h, relu_cache = L.relu_forward(pre)
+                tape.append((name, (conv_cache, relu_cache)))
+            else:
+                h, pool_cache = pool_forward(h)
+                tape.append((name, pool_cache))
+            if name in layers:
+                feats[name] = h
+        self.tape = tape
+        return feats
+
+    def backward(self, grads):
+        """dL/dx (3, H, W) for grads {layer: dL/d(response)} of layers of the last forward."""
+        names = [n for n, _ in self.tape]
         depth = max(names.index(n) for n in grads)
-        _, pool_backward = L.POOLING[self.pooling]
+        _, pool_backward = L.POOLING[self.net.pooling]
         g = None
-        for name, cache in reversed(self._tape[: depth + 1]):
+        for name, cache in reversed(self.tape[: depth + 1]):
             if name in grads:
                 g = grads[name] if g is None else g + grads[name]
             if g is None:
@@ -213,284 +252,42 @@ class VGG19:
                 g = pool_backward(g, cache)
         return g
 
-
     def activation_pattern(self):
-        """The piecewise-linear state of the last forward: every ReLU's on/off mask (and every
-        max-pool's winning taps). Gradient checks compare it at x +- h*d to make sure a finite
-        difference did not cross a kink."""
-        if self._fast is not None:
-            return self._fast.activation_pattern()
+        """Every ReLU's mask ``out > 0`` and, for max pooling, every window's winner."""
         pattern = []
-        for name, cache in self._tape:
+        for name, cache in self.tape:
             if name.startswith("conv"):
                 pattern.append(cache[1] > 0)
-            elif self.pooling == "max":
+            elif self.net.pooling == "max":
                 pattern.append(cache[1])
         return pattern
 
-
-class _ChannelsLastPath:
-    """VGG19's forward and input-gradient passes on channels-last buffers.
-
-    Every map lives in a zero-padded (Hp, Wp, C) buffer (``conv_fast.padded_shape``): each
-    conv reads its input buffer in place and writes bias + ReLU straight into the interior of
-    the next buffer; pooling reads one interior and writes the next. Only two such buffers
-    exist, sized for the largest map, used in turn by every layer of the forward pass and
-    again by the backward pass (one holds a layer's input, the other its output).
-
-    What the backward pass needs from the forward is kept compactly: each conv layer's ReLU
-    mask ``out > 0`` as booleans (eqs. 2 and 6: the paper's "if F > 0" factor) and, for max
-    pooling, each window's winning tap. A gradient arriving at a conv layer's output is
-    already multiplied by that layer's mask: the kernel or pooling that produced it applied
-    the mask while the block was in cache, and a loss gradient is masked as it is added.
-
-    All buffers are allocated for one input size and reused by every evaluation of that size.
-    """
-
-    def __init__(self, net, method):
-        self.net = net
-        self.xp = net.xp
-        self.method = method
-        self._plans = {}       # conv name -> conv_fast.ConvPlan, made when the layer first runs
-        self.ws = CF.Workspace(self.xp)
-        self.size = None       # (H, W) the buffers below are for
-        self.masks = {}        # conv name -> bool (h, w, C) ReLU mask; max pool name -> int8 winner
-        self.features = {}     # layer name -> compact (h, w, C) copy handed out by forward
-        self.buffers = []      # the two flat arrays behind every padded map, see _buffer
-        self.input_buffer = None
-        self.last = None       # (layers computed, input shape) of the last forward
-
-    def plan(self, name):
-        """The ConvPlan of conv layer ``name``, made on first use: only layers that run get
-        weights in their kernel's form."""
-        p = self._plans.get(name)
-        if p is None:
-            w, b = self.net.weights[name]
-            p = self._plans[name] = CF.ConvPlan(w, b, self.method)
-        return p
-
-    # --------------------------------------------------------------- buffers
-    def _layout(self, height, width):
-        """layer name -> (h, w, C) of its response for an input of height x width."""
-        out, c = {}, 3
-        for name in self.net.layer_names:
+    def memory_bytes(self, height, width, layers, loss_layers):
+        """Bytes of one evaluation: every layer's output (kept on the tape; the ReLU output is
+        its mask, and the feature maps handed out are these same arrays), max pooling's int8
+        winners, the network kernels of the layers that run, and at the peak the temporaries of
+        one layer: the zero-padded input, the output and one product (forward), or the masked
+        gradient, the padded input gradient and its products (backward)."""
+        net, itemsize = self.net, self.net.dtype.itemsize
+        deepest = max(net.layer_names.index(n) for n in layers)
+        total, peak, h, w, c = 3 * height * width * itemsize, 0, height, width, 3
+        for name in net.layer_names[: deepest + 1]:
             if name.startswith("conv"):
-                c = self.net.weights[name][0].shape[0]
+                c_in, c = c, net.weights[name][0].shape[0]
+                total += net.weights[name][0].nbytes + net.weights[name][1].nbytes
+                forward = c_in * (h + 2) * (w + 2) + 2 * c * h * w
+                backward = 3 * c * h * w + c_in * (h + 2) * (w + 2) + 2 * c_in * h * w
+                peak = max(peak, forward * itemsize, backward * itemsize)
             else:
-                height, width = height // 2, width // 2
-            out[name] = (height, width, c)
-        return out
-
-    def _buffers_for(self, height, width):
-        if self.size == (height, width):
-            return
-        xp, dtype = self.xp, self.net.dtype
-        self.masks, self.features, self.buffers = {}, {}, []  # drop the old size's buffers first
-        self.layout = self._layout(height, width)
-        self.input_buffer = xp.zeros(CF.padded_shape(height, width, 3), dtype=dtype)
-        size = max(int(np.prod(CF.padded_shape(*hwc))) for hwc in self.layout.values())
-        self.buffers = [xp.zeros(size, dtype=dtype) for _ in range(2)]
-        self.size = (height, width)
-
-    def _buffer(self, name, avoid=None):
-        """A padded buffer shaped like layer ``name``'s map, in the flat array that does not
-        hold ``avoid``, with the border around the map zeroed (the caller writes the whole
-        interior; the kernels read the border as the convolution's zero padding)."""
-        xp = self.xp
-        h, w, c = self.layout[name]
-        shape = CF.padded_shape(h, w, c)
-        first, second = self.buffers
-        flat = second if avoid is not None and xp.may_share_memory(avoid, first) else first
-        buf = flat[: int(np.prod(shape))].reshape(shape)
-        buf[0] = 0
-        buf[h + 1:] = 0
-        buf[:, 0] = 0
-        buf[:, w + 1:] = 0
-        return buf
-
-    def _mask(self, name, shape, dtype):
-        m = self.masks.get(name)
-        if m is None:
-            m = self.masks[name] = self.xp.empty(shape, dtype=dtype)
-        return m
-
-    # --------------------------------------------------------------- forward
-    def forward(self, x, layers, depth):
-        xp = self.xp
-        height, width = x.shape[1], x.shape[2]
-        self._buffers_for(height, width)
-        names = self.net.layer_names[: depth + 1]
-        if not self.plan(names[0]).reads_image():  # else conv1_1 reads x itself (im2col)
-            CF.interior(self.input_buffer, height, width)[...] = x.transpose(1, 2, 0)
-        src, (h, w) = self.input_buffer, (height, width)
-        feats = {}
-        for name in names:
-            hn, wn, c = self.layout[name]
-            dst = self._buffer(name, avoid=src)
-            out = CF.interior(dst, hn, wn)
-            if name.startswith("conv"):
-                plan = self.plan(name)
-                if src is self.input_buffer and plan.reads_image():
-                    plan.forward_image(x.astype(self.net.dtype, copy=False), out, self.ws, relu=True)
-                else:
-                    plan.forward(src, out, h, w, self.ws, relu=True)
-                mask = self._mask(name, out.shape, bool)
-                self.ws.parallel(lambda r: xp.greater(out[r], 0, out=mask[r]), hn)
-            else:
-                inp = CF.interior(src, h, w)
-                # output row i reads input rows 2i, 2i + 1: rows split over the threads
-                self.ws.parallel(lambda r: _pool_forward(xp, self.net.pooling, inp[2 * r.start:2 * r.stop], out[r]), hn)
-                if self.net.pooling == "max":
-                    _max_pool_winner(xp, CF.interior(src, h, w), out, self._mask(name, out.shape, xp.int8))
-            src, h, w = dst, hn, wn
-            if name in layers:
-                compact = self.features.get(name)
-                if compact is None:
-                    compact = self.features[name] = xp.empty((h, w, c), dtype=self.net.dtype)
-                self.ws.parallel(lambda r: _copy(compact[r], out[r]), h)
-                feats[name] = compact.transpose(2, 0, 1)  # (C, h, w) view of channels-last memory
-        self.last = (names, x.shape)
-        # The layers' kernels now live in their kernels' own forms (Winograd's U, ...): when
-        # the network's weights are views of the mapped weights file, hand their pages back
-        # rather than hold every kernel twice (49 MB to conv5_1; read back if ever needed).
-        for name in names:
-            if name.startswith("conv"):
-                release_pages(self.net.weights[name][0])
-        return feats
-
-    # --------------------------------------------------------------- backward
-    def backward(self, grads):
-        if self.last is None:
-            raise NstliteError("backward called before forward")
-        names, xshape = self.last
-        for n in grads:
-            if n not in names:
-                raise NstliteError(f"no gradient can flow from {n}: the last forward stopped at {names[-1]}")
-        xp = self.xp
-        depth = max(names.index(n) for n in grads)
-        g = None  # padded buffer: dL/d(response) of the current layer, ReLU mask applied for convs
-        for i in range(depth, -1, -1):
-            name = names[i]
-            h, w, _ = self.layout[name]
-            below = names[i - 1] if i > 0 else None
-            if name in grads:
-                g = self._add_loss_gradient(name, g, grads[name])
-            if g is None:
-                continue
-            hb, wb = (self.layout[below][:2] if below else xshape[1:])
-            if name.startswith("conv"):
-                if below is None:
-                    if self.plan(name).reads_image():
-                        return self.plan(name).backward_image(g, hb, wb, self.ws)
-                    dx = xp.empty((hb, wb, 3), dtype=self.net.dtype)
-                    self.plan(name).backward(g, dx, hb, wb, self.ws)
-                    return xp.ascontiguousarray(dx.transpose(2, 0, 1))
-                dst = self._buffer(below, avoid=g)
-                # a conv's input is a pool (no ReLU) or a conv, whose mask is applied here
-                mask = self.masks[below] if below.startswith("conv") else None
-                self.plan(name).backward(g, CF.interior(dst, hb, wb), hb, wb, self.ws, mask=mask)
-            else:
-                dst = self._buffer(below, avoid=g)
-                dout, din = CF.interior(g, h, w), CF.interior(dst, hb, wb)
-                relu_mask, winner = self.masks[below], self.masks.get(name)
-                # output row i feeds input rows 2i, 2i + 1: rows split over the threads
-                self.ws.parallel(lambda r: _pool_backward(
-                    xp, self.net.pooling, dout[r], din[2 * r.start:2 * r.stop], relu_mask[2 * r.start:2 * r.stop],
-                    None if winner is None else winner[r]), h)
-                if hb > 2 * h:
-                    din[2 * h:] = 0  # the row the floor-mode pooling dropped
-            g = dst
-        raise AssertionError("the walk ends at conv1_1")  # pragma: no cover
-
-    def _add_loss_gradient(self, name, g, grad):
-        """g + grad on the layer's map (masked by the ReLU for a conv layer's response)."""
-        xp = self.xp
-        h, w, _ = self.layout[name]
-        grad_cl = grad.transpose(1, 2, 0)  # (h, w, C) view; contiguous when the loss kept the
-        # channels-last layout of the map it was given (``nstlite.losses``)
-        mask = self.masks[name] if name.startswith("conv") else None
-        first = g is None
-        if first:
-            g = self._buffer(name)
-        dst = CF.interior(g, h, w)
-
-        def rows(r):
-            if first:
-                if mask is None:
-                    dst[r] = grad_cl[r]
-                else:
-                    xp.multiply(grad_cl[r], mask[r], out=dst[r])
-            else:
-                # the gradient from above is already masked, so masking the sum masks the new term
-                xp.add(dst[r], grad_cl[r], out=dst[r])
-                if mask is not None:
-                    xp.multiply(dst[r], mask[r], out=dst[r])
-        self.ws.parallel(rows, h)  # rows split over the threads
-        return g
-
-    def activation_pattern(self):
-        """As ``VGG19.activation_pattern``, in the same (C, h, w) layout (copies)."""
-        if self.last is None:
-            return []
-        names, _ = self.last
-        return [self.masks[n].transpose(2, 0, 1).copy() for n in names
-                if n.startswith("conv") or self.net.pooling == "max"]
+                h, w = h // 2, w // 2
+                if net.pooling == "max":
+                    total += c * h * w  # int8 winner
+            total += c * h * w * itemsize
+        return int(total + peak)
 
 
-def _copy(dst, src):
-    dst[...] = src
-
-
-def _pool_taps(x, ho, wo):
-    """The four (ho, wo, C) views of a 2x2/stride-2 window grid over x (h, w, C), row-major."""
-    return [x[i:2 * ho:2, j:2 * wo:2] for i in range(2) for j in range(2)]
-
-
-def _pool_forward(xp, pooling, x, out):
-    """2x2 pooling of the interior x (h, w, C) into out (h//2, w//2, C), in place."""
-    a, b, c, d = _pool_taps(x, out.shape[0], out.shape[1])
-    if pooling == "avg":
-        xp.add(a, b, out=out)
-        xp.add(out, c, out=out)
-        xp.add(out, d, out=out)
-        xp.multiply(out, 0.25, out=out)
-    else:
-        xp.maximum(a, b, out=out)
-        xp.maximum(out, c, out=out)
-        xp.maximum(out, d, out=out)
-
-
-def _max_pool_winner(xp, x, out, winner):
-    """winner <- index 0..3 of each window's first maximal tap (ties to the first, as
-    ``layers.max_pool_forward``)."""
-    winner[...] = 3
-    for k, tap in reversed(list(enumerate(_pool_taps(x, out.shape[0], out.shape[1])[:3]))):
-        winner[tap == out] = k
-    return winner
-
-
-def _pool_backward(xp, pooling, dout, dx, relu_mask, winner):
-    """Gradient of 2x2 pooling: dout (ho, wo, C) -> dx (h, w, C), times the ReLU mask of the
-    conv layer below (bool (h, w, C)); ``winner`` is max pooling's winning tap per window. A
-    row or column that the floor-mode pooling dropped gets zero. Average pooling scales
-    ``dout`` in place (it is the backward pass's own buffer)."""
-    ho, wo = dout.shape[:2]
-    taps = _pool_taps(dx, ho, wo)
-    mtaps = _pool_taps(relu_mask, ho, wo)
-    if pooling == "avg":
-        xp.multiply(dout, 0.25, out=dout)  # dout is the caller's scratch: scaled once, not per tap
-    for k, (t, m) in enumerate(zip(taps, mtaps)):
-        if pooling == "avg":
-            xp.multiply(dout, m, out=t)
-        else:
-            xp.multiply(dout, (winner == k) & m, out=t)
-    if dx.shape[0] > 2 * ho:
-        dx[2 * ho:] = 0
-    if dx.shape[1] > 2 * wo:
-        dx[:, 2 * wo:] = 0
-
-
-def load_vgg19(path=None, pooling="avg", device="cpu", dtype="float32", conv_kernel=None, layers=None):
+def load_vgg19(path=None, pooling: str = "avg", device: str = "cpu", dtype: str = "float32",
+               kernel: str | None = None, layers=None) -> VGG19:
     """VGG19 from an nstlite weights file (``path=None``: ``$NSTLITE_WEIGHTS``, else
     ``~/.cache/nstlite/vgg19.h5``). A missing file raises a one-line error saying how to get it.
 
@@ -501,7 +298,7 @@ def load_vgg19(path=None, pooling="avg", device="cpu", dtype="float32", conv_ker
     params, attrs = read_weights(path, last=last, mapped=True)
     needed = VGG19_CONV_LAYERS if last is None else VGG19_CONV_LAYERS[: VGG19_CONV_LAYERS.index(last) + 1]
     missing = [n for n in needed if n not in params]
-    net = VGG19(params, attrs, pooling=pooling, device=device, dtype=dtype, conv_kernel=conv_kernel)
+    net = VGG19(params, attrs, pooling=pooling, device=device, dtype=dtype, kernel=kernel)
     net.missing_layers = missing
     return net
 

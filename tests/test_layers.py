@@ -5,6 +5,8 @@ from scipy.signal import correlate2d
 
 from nstlite import layers as L
 from nstlite.backend import to_host
+from nstlite.errors import NstliteError
+from nstlite.fast.plan import CONV_KERNELS, check_kernel
 from nstlite.gradient_check import (PER_OP_TOL, _away_from_zero, _without_pool_ties, check_op,
                                     numerical_gradient, rel_error)
 
@@ -23,13 +25,13 @@ def conv_oracle(x, w, b):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("kernel", sorted(L.CONV_KERNELS))
+@pytest.mark.parametrize("kernel", sorted(CONV_KERNELS))
 def test_conv_forward_matches_correlate2d(xp, rng, shape, kernel):
     c_in = shape[0]
     x = rng.standard_normal(shape)
     w = rng.standard_normal((5, c_in, 3, 3))
     b = rng.standard_normal(5)
-    out, _ = L.conv3x3_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), kernel=kernel)
+    out, _ = CONV_KERNELS[kernel][0](xp.asarray(x), xp.asarray(w), xp.asarray(b))
     np.testing.assert_allclose(to_host(out), conv_oracle(x, w, b), rtol=1e-10, atol=1e-10)
 
 
@@ -44,15 +46,15 @@ def test_conv_forward_nested_loops_float32(rng):
         for yy in range(4):
             for xx in range(5):
                 expect[o, yy, xx] = b[o] + np.sum(w[o] * xpad[:, yy:yy + 3, xx:xx + 3])
-    out, _ = L.conv3x3_forward_reference(x, w, b)
+    out, _ = L.conv3x3_forward(x, w, b)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("kernel", sorted(L.CONV_KERNELS))
+@pytest.mark.parametrize("kernel", sorted(CONV_KERNELS))
 def test_conv_backward_finite_differences(xp, rng, shape, kernel):
-    fwd, bwd = L.CONV_KERNELS[kernel]
+    fwd, bwd = CONV_KERNELS[kernel]
     w = xp.asarray(rng.standard_normal((4, shape[0], 3, 3)))
     b = xp.asarray(rng.standard_normal(4))
     c = check_op("conv", lambda z: fwd(z, w, b), bwd, xp.asarray(rng.standard_normal(shape)), rng)
@@ -99,6 +101,66 @@ def test_max_pool_forward_loops_and_backward(xp, rng, shape):
     assert chk.error < PER_OP_TOL, chk
 
 
+# ----------------------------------------------------------------------------- pooling, both layouts
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("shape", [(2, 4, 6), (3, 5, 7), (1, 3, 2), (2, 2, 5), (1, 1, 4)])
+def test_pooling_is_one_implementation_for_both_layouts(rng, pooling, shape):
+    """``pool_forward_into``/``pool_backward_into`` on a (C, H, W) map and on the same map
+    channels-last (H, W, C) give the window-loop oracle's outputs, and the backward sends each
+    window's gradient to its taps (a quarter each, or all to the winner), times the ReLU mask,
+    with zero on the dropped odd row/column (which must overwrite what dx held)."""
+    x = rng.standard_normal(shape)
+    c, h, w = shape
+    expect = _pool_by_loops(x, np.mean if pooling == "avg" else np.max)
+    dout = rng.standard_normal((c, h // 2, w // 2))
+    mask = rng.standard_normal(shape) > 0
+    # the backward by window loops
+    dx_loops = np.zeros(shape)
+    for i in range(h // 2):
+        for j in range(w // 2):
+            win = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(c, 4)
+            share = np.full((c, 4), 0.25) if pooling == "avg" else np.eye(4)[np.argmax(win, axis=1)]
+            dx_loops[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2] = (share * dout[:, i, j, None]).reshape(c, 2, 2)
+    for spatial, to_layout in ((L.CHW, lambda a: a), (L.HWC, lambda a: np.ascontiguousarray(a.transpose(1, 2, 0)))):
+        back = (lambda a: a) if spatial == L.CHW else (lambda a: a.transpose(2, 0, 1))
+        xl = to_layout(x)
+        out = np.full(to_layout(expect).shape, np.nan)
+        L.pool_forward_into(pooling, xl, out, spatial)
+        np.testing.assert_allclose(back(out), expect, rtol=1e-14, atol=0)
+        winner = L.max_pool_winner(xl, out, np.empty(out.shape, np.int8), spatial) if pooling == "max" else None
+        dx = np.full(xl.shape, np.nan)
+        L.pool_backward_into(pooling, to_layout(dout), dx, winner, to_layout(mask), spatial)
+        np.testing.assert_allclose(back(dx), dx_loops * mask, rtol=1e-14, atol=0)
+        scratch = to_layout(dout).copy()
+        L.pool_backward_into(pooling, scratch, dx, winner, None, spatial, overwrite_dout=True)
+        np.testing.assert_allclose(back(dx), dx_loops, rtol=1e-14, atol=0)
+        if pooling == "avg":
+            np.testing.assert_allclose(back(scratch), dout * 0.25)  # scaled in place, as documented
+
+
+def test_pooling_on_a_band_of_rows():
+    """The channels-last path pools bands of output rows in parallel: pooling output rows
+    r0..r1 from input rows 2 r0..2 r1 equals those rows of the whole map's pooling."""
+    x = np.random.default_rng(3).standard_normal((9, 7, 3))  # (H, W, C), odd H and W
+    whole = L.pool_forward_into("max", x, np.empty((4, 3, 3)), L.HWC)
+    band = L.pool_forward_into("max", x[2:6], np.empty((2, 3, 3)), L.HWC)
+    np.testing.assert_array_equal(band, whole[1:3])
+
+
+def test_max_pool_ties_go_to_the_first_tap_in_both_layouts():
+    """A window of equal values (a tie) and one whose last two taps tie: the winner is the
+    first maximal tap in row-major order, and only it receives the gradient."""
+    x = np.array([[[1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 2.0, -1.0]]])  # (1, 2, 4): two windows
+    out, (shape, winner) = L.max_pool_forward(x)
+    np.testing.assert_array_equal(winner, [[[0, 1]]])
+    dx = L.max_pool_backward(np.ones((1, 1, 2)), (shape, winner))
+    np.testing.assert_array_equal(dx, [[[1, 0, 0, 1], [0, 0, 0, 0]]])
+    xl = np.ascontiguousarray(x.transpose(1, 2, 0))
+    w_hwc = L.max_pool_winner(xl, L.pool_forward_into("max", xl, np.empty((1, 2, 1)), L.HWC),
+                              np.empty((1, 2, 1), np.int8), L.HWC)
+    np.testing.assert_array_equal(w_hwc[..., 0], winner[0])
+
+
 def test_max_pool_tie_goes_to_one_input():
     x = np.ones((1, 2, 2))
     out, cache = L.max_pool_forward(x)
@@ -127,5 +189,6 @@ def test_numerical_gradient_and_rel_error_can_fail(rng):
 
 
 def test_unknown_kernel_is_an_error():
-    with pytest.raises(ValueError, match="unknown conv kernel"):
-        L.get_conv_kernel("nope")
+    assert check_kernel(None) == "auto" and check_kernel("reference") == "reference"
+    with pytest.raises(NstliteError, match="unknown conv kernel 'fast'"):
+        check_kernel("fast")

@@ -4,7 +4,7 @@ import pytest
 
 from nstlite import losses
 from nstlite.backend import to_host
-from nstlite.gradient_check import PER_OP_TOL, check_loss
+from nstlite.errors import NstliteError
 
 
 def test_content_loss_by_hand(xp):
@@ -78,22 +78,13 @@ def test_tv_loss_by_hand(xp):
     assert float(to_host(dx)[0, 0, 0]) == pytest.approx(-8.0)
 
 
-@pytest.mark.parametrize("name", ["content", "style", "tv", "gram"])
-def test_loss_gradients_finite_differences(xp, rng, name):
-    F = xp.asarray(rng.standard_normal((4, 3, 5)))
-    if name == "content":
-        P = xp.asarray(rng.standard_normal((4, 3, 5)))
-        fn = lambda z: losses.content_loss(z, P)  # noqa: E731
-    elif name == "style":
-        A = xp.asarray(losses.gram(rng.standard_normal((4, 3, 5))))
-        fn = lambda z: losses.style_layer_loss(z, A)  # noqa: E731
-    elif name == "tv":
-        fn = losses.tv_loss
-    else:
-        dG = xp.asarray(rng.standard_normal((4, 4)))
-        fn = lambda z: (xp.sum(losses.gram(z) * dG), ((dG + dG.T) @ z.reshape(4, -1)).reshape(z.shape))  # noqa: E731
-    c = check_loss(name, fn, F)
-    assert c.error < PER_OP_TOL, c
+def test_gram_backward_is_the_chain_rule_of_eq6(xp, rng):
+    """Eq. (6) is gram_backward applied to dE/dG = (G - A) / (2 N^2 M^2), the derivative of eq. (4)."""
+    F = xp.asarray(rng.standard_normal((3, 2, 4)))
+    A = losses.gram(xp.asarray(rng.standard_normal((3, 2, 4))))
+    _, dF = losses.style_layer_loss(F, A)
+    dE_dG = (losses.gram(F) - A) / (2.0 * 3 ** 2 * 8 ** 2)
+    np.testing.assert_allclose(to_host(losses.gram_backward(dE_dG, F)), to_host(dF), rtol=1e-12)
 
 
 def test_losses_keep_float32(rng):
@@ -103,63 +94,56 @@ def test_losses_keep_float32(rng):
         assert d.dtype == np.float32 and np.asarray(loss).dtype == np.float32
 
 
-def test_total_loss_in_place_equals_copying(rng):
+def test_total_loss_leaves_its_inputs_alone(rng):
     c = {"a": rng.standard_normal((2, 3, 3))}
     s = {"a": rng.standard_normal((2, 3, 3)), "b": rng.standard_normal((4, 1, 2))}
     keep_c, keep_s = {k: v.copy() for k, v in c.items()}, {k: v.copy() for k, v in s.items()}
     loss, grads = losses.total_loss((1.5, c), (2.5, s), 0.3, 7.0)
-    for k in c:
-        np.testing.assert_array_equal(c[k], keep_c[k])  # the copying form leaves its inputs alone
-    loss_ip, grads_ip = losses.total_loss((1.5, c), (2.5, s), 0.3, 7.0, in_place=True)
-    assert loss_ip == pytest.approx(loss) and set(grads_ip) == {"a", "b"}
-    for k in grads:
-        np.testing.assert_allclose(grads_ip[k], grads[k], rtol=1e-15)
+    assert loss == pytest.approx(0.3 * 1.5 + 7.0 * 2.5) and set(grads) == {"a", "b"}
     np.testing.assert_allclose(grads["a"], 0.3 * keep_c["a"] + 7.0 * keep_s["a"])
+    for mine, kept in ((c, keep_c), (s, keep_s)):
+        for k in mine:
+            np.testing.assert_array_equal(mine[k], kept[k])
 
 
-@pytest.mark.parametrize("layout", ["channel_major", "channels_last"])
-@pytest.mark.parametrize("block_bytes", [None, 64])  # 64 bytes: blocks of one or two positions
-def test_style_gradient_scaled_and_in_place_equals_plain(xp, rng, monkeypatch, layout, block_bytes):
-    """grad_scale multiplies the gradient only, and out=F (the fast path's in-place gradient,
-    computed block by block) gives what the allocating form gives, in F's memory layout."""
-    if block_bytes is not None:
-        monkeypatch.setattr(losses, "_GRADIENT_BLOCK_BYTES", block_bytes)
-    Fh = rng.standard_normal((5, 3, 7))
-    A = xp.asarray(losses.gram(rng.standard_normal((5, 3, 7))))
-
-    def feat():
-        if layout == "channels_last":
-            return xp.ascontiguousarray(xp.asarray(Fh).transpose(1, 2, 0)).transpose(2, 0, 1)
-        return xp.asarray(Fh.copy())
-    E, dF = losses.style_layer_loss(feat(), A)
-    E2, dF2 = losses.style_layer_loss(feat(), A, grad_scale=-2.5)
-    F = feat()
-    E3, dF3 = losses.style_layer_loss(F, A, grad_scale=-2.5, out=F)
-    assert dF3 is F and F.strides == feat().strides
-    assert float(to_host(E2)) == float(to_host(E3)) == pytest.approx(float(to_host(E)), rel=1e-14)
-    np.testing.assert_allclose(to_host(dF2), -2.5 * to_host(dF), rtol=1e-12)
-    np.testing.assert_allclose(to_host(dF3), to_host(dF2), rtol=1e-12, atol=1e-18)
-    assert _same_layout(dF, feat()) and _same_layout(dF2, feat())
+# ----------------------------------------------------------------------------- loss terms
+def test_gram_term_equals_style_layer_loss(xp, rng):
+    F, Fa = xp.asarray(rng.standard_normal((4, 3, 5))), xp.asarray(rng.standard_normal((4, 3, 5)))
+    term = losses.STYLE_LOSSES["gram"]("conv1_1")
+    target = term.target(Fa)
+    assert set(term.position_sums) <= set(target) and target["positions"] == 15
+    E, dF = term.loss(F, target)
+    E_ref, dF_ref = losses.style_layer_loss(F, losses.gram(Fa))
+    assert float(to_host(E)) == pytest.approx(float(to_host(E_ref)), rel=1e-13)
+    np.testing.assert_allclose(to_host(dF), to_host(dF_ref), rtol=1e-12)
 
 
-def _same_layout(a, b):
-    return sorted(range(3), key=lambda i: a.strides[i]) == sorted(range(3), key=lambda i: b.strides[i])
+def test_position_sums_add_up_over_tiles(xp, rng):
+    """What the protocol promises a tiled evaluator: statistics named in position_sums, computed
+    on disjoint pieces of a map, add up to the whole map's; the whole-map gradient is the pieces'
+    gradients given the global statistics."""
+    F = xp.asarray(rng.standard_normal((4, 6, 5)))
+    term = losses.GramLoss("conv1_1")
+    target = term.target(xp.asarray(rng.standard_normal((4, 6, 5))))
+    whole = term.statistics(F)
+    top, bottom = term.statistics(F[:, :2]), term.statistics(F[:, 2:])
+    for key in term.position_sums:
+        np.testing.assert_allclose(to_host(whole[key]), to_host(top[key] + bottom[key]), rtol=1e-12)
+    dF = term.gradient(F, whole, target)
+    pieces = xp.concatenate([term.gradient(F[:, :2], whole, target), term.gradient(F[:, 2:], whole, target)], axis=1)
+    np.testing.assert_allclose(to_host(pieces), to_host(dF), rtol=1e-12)
 
 
-def test_content_gradient_scaled_and_in_place(xp, rng):
-    F, P = xp.asarray(rng.standard_normal((2, 3, 4))), xp.asarray(rng.standard_normal((2, 3, 4)))
-    expect = 3.0 * (to_host(F) - to_host(P))
-    loss, _ = losses.content_loss(F, P)
-    loss2, dF = losses.content_loss(F, P, grad_scale=3.0, out=F)
-    assert dF is F and float(to_host(loss2)) == pytest.approx(float(to_host(loss)))
-    np.testing.assert_allclose(to_host(F), expect, rtol=1e-14)
+def test_content_term_copies_its_target(xp, rng):
+    F = xp.asarray(rng.standard_normal((2, 3, 3)))
+    term = losses.ContentLoss("conv4_2")
+    target = term.target(F)
+    F[...] = 0  # the network reuses its buffers: the target must not follow
+    value, dF = term.loss(F, target)
+    assert float(to_host(value)) > 0
+    np.testing.assert_array_equal(to_host(dF), -to_host(target["P"]))
 
 
-def test_total_loss_weighted_only_sums(rng):
-    c = {"a": rng.standard_normal((2, 3, 3))}
-    s = {"a": rng.standard_normal((2, 3, 3)), "b": rng.standard_normal((4, 1, 2))}
-    expect_a = c["a"] + s["a"]
-    loss, grads = losses.total_loss((1.5, c), (2.5, s), 0.3, 7.0, in_place=True, weighted=True)
-    assert loss == pytest.approx(0.3 * 1.5 + 7.0 * 2.5)
-    np.testing.assert_allclose(grads["a"], expect_a)
-    np.testing.assert_array_equal(grads["b"], s["b"])
+def test_unknown_style_loss_is_one_line():
+    with pytest.raises(NstliteError, match="unknown style loss .nope.; choose one of gaussian_w2, gram"):
+        losses.style_loss_class("nope")

@@ -36,7 +36,7 @@ def test_forward_matches_layer_by_layer_composition(device, xp, rng, pooling):
     for name in VGG19_LAYERS:
         if name.startswith("conv"):
             w, b = params[name]
-            h = np.maximum(L.conv3x3_forward_reference(h, w, b)[0], 0)
+            h = np.maximum(L.conv3x3_forward(h, w, b)[0], 0)
         else:
             h = L.POOLING[pooling][0](h)[0]
         expect[name] = h
@@ -47,10 +47,13 @@ def test_forward_matches_layer_by_layer_composition(device, xp, rng, pooling):
     assert feats["conv5_1"].shape == (8, 2, 1) and feats["pool1"].shape == (4, 17, 15)
 
 
-def test_forward_stops_at_deepest_requested_layer(rng):
-    net = tiny_net()
+@pytest.mark.parametrize("kernel", ["reference", "auto"])
+def test_forward_stops_at_deepest_requested_layer(rng, kernel):
+    net = VGG19(random_params(0, widths=WIDTHS, dtype=np.float64), None, dtype="float64", kernel=kernel)
     net.forward(rng.standard_normal((3, 16, 16)), ["conv2_1"])
-    assert [n for n, _ in net._tape] == ["conv1_1", "conv1_2", "pool1", "conv2_1"]
+    assert len(net.activation_pattern()) == 3  # conv1_1, conv1_2, conv2_1
+    with pytest.raises(NstliteError, match="stopped at conv2_1"):
+        net.backward({"conv2_2": np.zeros((5, 8, 8))})
 
 
 @pytest.mark.parametrize("pooling", ["avg", "max"])
@@ -91,8 +94,8 @@ def test_backward_below_deepest_layer_only(rng):
     f = net.forward(x, ["conv1_1", "conv3_1"])
     g = rng.standard_normal(f["conv1_1"].shape)
     dx = net.backward({"conv1_1": g})
-    pre, cache = L.conv3x3_forward_reference(x, *params["conv1_1"])
-    expect = L.conv3x3_backward_reference(g * (pre > 0), cache)
+    pre, cache = L.conv3x3_forward(x, *params["conv1_1"])
+    expect = L.conv3x3_backward(g * (pre > 0), cache)
     np.testing.assert_allclose(dx, expect, rtol=1e-12)
 
 
@@ -238,3 +241,35 @@ def test_mapped_read_falls_back_to_copies_for_chunked_or_compressed_data(tmp_pat
     assert not mapped["conv1_1"][0].flags.owndata  # still a view of the file
     for name in ("conv1_1", "conv1_2"):
         np.testing.assert_array_equal(mapped[name][0], params[name][0].astype(np.float32))
+
+
+@pytest.mark.parametrize("kernel,pooling", [("auto", "avg"), ("winograd", "max"), ("shifted_gemm", "avg"),
+                                            ("reference", "max")])
+def test_memory_bytes_is_what_an_evaluation_allocates(kernel, pooling):
+    """``memory_bytes`` against NumPy's own allocations (tracemalloc): the channels-last path
+    keeps exactly what it says after an evaluation; the reference path's estimate (its maps
+    plus one layer's temporaries) bounds what it allocates at its peak."""
+    import tracemalloc
+    params = random_params(0, widths=(8, 12, 16, 16, 24))
+    layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_2", "conv5_1"]
+    running = VGG19_LAYERS[:VGG19_LAYERS.index("conv5_1") + 1]
+    kernels = sum(w.nbytes + b.nbytes for n, (w, b) in params.items() if n in running)  # allocated before tracing
+    x = np.random.default_rng(0).standard_normal((3, 67, 45)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        net = VGG19(params, None, pooling=pooling, kernel=kernel)
+        feats = net.forward(x, layers)
+        grads = {n: f.copy() for n, f in feats.items()}
+        dx = net.backward(grads)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    estimate = net.memory_bytes(67, 45, layers, layers) - kernels
+    kept -= sum(g.nbytes for g in grads.values())
+    peak -= sum(g.nbytes for g in grads.values())
+    assert dx.shape == x.shape
+    if kernel == "reference":
+        assert not net.features_writable and 0.7 * estimate < peak <= estimate
+    else:
+        assert net.features_writable and abs(kept - estimate) < 0.01 * estimate + 32768
+    assert net.memory_bytes(134, 90, layers, layers) > 3 * net.memory_bytes(67, 45, layers, layers)

@@ -1,0 +1,112 @@
+"""Fused loss kernels: a term's value and its *weighted* gradient, written over the feature map.
+
+The paper's losses are stated plainly in ``nstlite.losses``; these kernels compute the same
+numbers with what the evaluation loop needs folded in, and are tested against them:
+
+* the term's weight (alpha, beta w_l of eq. 7) scales the gradient inside the kernel - for the
+  style loss it multiplies the small N_l x N_l matrix G - A, not the map;
+* the gradient may overwrite the map it was computed from (``out=F``): the channels-last VGG19
+  path hands out copies that nothing else reads, so no map-sized array is allocated per
+  evaluation (64 MB at conv1_1 of a 512 px image);
+* the map may be channel-major (C, H, W) memory or a (C, H, W) view of channels-last (H, W, C)
+  memory; F is used as a view in either case and the gradient is written in F's own layout.
+
+``evaluate`` picks the fused kernel of a term's class, or falls back to the term's own
+``loss`` (so a user-written term works unchanged).
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+from ..losses import ContentLoss, GramLoss
+
+# Positions per product of eq. (6) when the gradient overwrites F itself: each block's product
+# goes to a small scratch array first, so that the block can then replace its rows of F.
+GRADIENT_BLOCK_BYTES = 4 << 20
+
+
+def is_channels_last(F) -> bool:
+    """True when the (C, H, W) array is a view of contiguous (H, W, C) memory (and not also
+    channel-major, as a map with one channel or one position is)."""
+    return F.transpose(1, 2, 0).flags.c_contiguous and not F.flags.c_contiguous
+
+
+def as_matrix(F):
+    """(C, H, W) map -> the paper's N_l x M_l matrix F^l as a view of F's memory: a reshape for
+    channel-major memory, the transpose of the (M_l x N_l) rows of channels-last memory."""
+    c = F.shape[0]
+    if is_channels_last(F):
+        return F.transpose(1, 2, 0).reshape(-1, c).T
+    return F.reshape(c, -1)
+
+
+def content_loss_into(F, P, scale=1.0, out=None):
+    """``losses.content_loss(F, P)`` as (value, scale * dF), dF written into ``out`` (may be F)."""
+    xp = get_array_module(F)
+    diff = xp.subtract(F, P, out=out)  # eq. (2)
+    loss = 0.5 * xp.sum(diff * diff)  # eq. (1)
+    if scale != 1.0:
+        diff *= scale
+    return loss, diff
+
+
+def style_layer_loss_into(F, A, scale=1.0, out=None):
+    """``losses.style_layer_loss(F, A)`` as (E_l, scale * dE_l/dF), written into ``out``.
+
+    ``out`` has F's shape and memory layout and may be F itself: eq. (6) then runs over blocks
+    of positions, each block's product going to scratch before it replaces the block of F it
+    was computed from. None allocates a new array in F's layout.
+    """
+    xp = get_array_module(F)
+    Fm = as_matrix(F)
+    n, m = Fm.shape
+    norm = float(n) ** 2 * float(m) ** 2
+    diff = Fm @ Fm.T - A  # eq. (3): G - A
+    loss = xp.sum(diff * diff) / (4.0 * norm)  # eq. (4)
+    diff *= scale / norm  # the weight and 1 / (N^2 M^2) on the N x N matrix, not on the map
+    if out is None:
+        out = xp.empty_like(F)  # empty_like keeps the order of F's strides
+    in_place = xp.may_share_memory(out, F)
+    step = max(1, GRADIENT_BLOCK_BYTES // (n * F.itemsize)) if in_place else m
+    scratch = xp.empty(min(step, m) * n, dtype=F.dtype) if in_place else None
+    dF = as_matrix(out)
+    # The product is formed in the orientation of F's memory so that it writes whole rows:
+    # channels-last, eq. (6) as written, F^T (G - A) with positions as rows; channel-major its
+    # transpose (G - A)^T F with positions as columns.
+    last = is_channels_last(F)
+    for k0 in range(0, m, step):
+        k1 = min(k0 + step, m)
+        block = dF.T[k0:k1] if last else dF[:, k0:k1]
+        into = scratch[:block.size].reshape(block.shape) if in_place else block
+        if last:
+            xp.matmul(Fm.T[k0:k1], diff, out=into)  # eq. (6)
+        else:
+            xp.matmul(diff.T, Fm[:, k0:k1], out=into)
+        if in_place:
+            block[...] = into
+    return loss, out
+
+
+def _content_term(term, F, target, scale, out):
+    return content_loss_into(F, target["P"], scale, out)
+
+
+def _gram_term(term, F, target, scale, out):
+    return style_layer_loss_into(F, target["gram"], scale, out)
+
+
+# term class -> fused kernel (exact classes only: a subclass may redefine its loss)
+FUSED = {ContentLoss: _content_term, GramLoss: _gram_term}
+
+
+def evaluate(term, F, target, scale=1.0, out=None):
+    """(value, scale * dvalue/dF) of a loss term, the gradient written into ``out`` when given
+    (``out`` may be F). Uses the fused kernel of the term's class, else the term's own ``loss``."""
+    kernel = FUSED.get(type(term))
+    if kernel is not None:
+        return kernel(term, F, target, scale, out)
+    xp = get_array_module(F)
+    value, dF = term.loss(F, target)
+    if out is None:
+        return value, dF * scale
+    xp.multiply(dF, scale, out=out)
+    return value, out
