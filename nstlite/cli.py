@@ -24,7 +24,8 @@ from .errors import NstliteError, run_parser
 STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "content_layers", "style_layers",
                     "style_blend_weights", "style_scale", "init", "seed", "pooling", "tv_weight", "lbfgs_history",
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
-                    "resume", "style_loss", "sw_directions", "tile")
+                    "resume", "style_loss", "sw_directions", "tile", "region_map", "region_styles",
+                    "erode_regions")
 
 
 # --------------------------------------------------------------------------- shared options
@@ -76,6 +77,13 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
                         "package.module:Class, or a weighted mix such as gram:1,histogram:0.5 (default %(default)s)")
     p.add_argument("--sw-directions", type=int, default=None, metavar="K",
                    help="directions of the sliced Wasserstein loss (default: one per channel)")
+    p.add_argument("--region-map", default=None, metavar="IMG",
+                   help="spatial control: an image of flat colours, the photo's size, labelling its regions")
+    p.add_argument("--style-region", dest="region_styles", action="append", default=None,
+                   metavar="COLOUR=IMG[,IMG]", help="the style of one region of --region-map, e.g. '#87ceeb=sky.jpg' "
+                                                    "(repeat per region; replaces --style)")
+    p.add_argument("--erode-regions", action="store_true",
+                   help="a position counts for a region only when its receptive field lies in it")
     p.add_argument("--tile", default=None, metavar="N|auto",
                    help="evaluate the exact objective by tiles of N pixels (a multiple of 16), or auto: "
                         "tiles only when the whole image does not fit in memory")
@@ -113,7 +121,9 @@ def _sigterm_to_interrupt(signum, frame):
 
 
 def _cmd_stylize(args):
-    return run_stylize(args, args.content, args.style, args.output)
+    if not args.style and args.region_styles is None:
+        raise NstliteError("give --style ARTWORK (or --region-map with a --style-region per region)")
+    return run_stylize(args, args.content, args.style or [], args.output)
 
 
 def _cmd_demo(args):
@@ -136,7 +146,8 @@ def _add_stylize_commands(sub):
         description="Gatys, Ecker & Bethge (2015): optimise an image with L-BFGS-B so that its VGG19 "
                     "responses match the photograph's content and the artworks' style.")
     p.add_argument("--content", required=True, help="photograph (any image Pillow reads)")
-    p.add_argument("--style", required=True, action="append", help="artwork; repeat for several")
+    p.add_argument("--style", default=None, action="append",
+                   help="artwork; repeat for several (or --region-map with a --style-region per region)")
     p.add_argument("--output", required=True, help="result image; the format follows the extension")
     add_stylize_options(p)
     p.set_defaults(func=_cmd_stylize)

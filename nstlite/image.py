@@ -212,6 +212,16 @@ def resize(a, height, width):
     return out[..., 0] if a.ndim == 2 else out
 
 
+def resize_labels(rgb, height, width):
+    """Resize an image of flat colours (a region map) with nearest-neighbour sampling, so that
+    no new colour appears; uint8 H x W x 3 in and out."""
+    PILImage, _ = _pil()
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    return np.asarray(PILImage.fromarray(rgb[..., :3]).resize((width, height), PILImage.NEAREST))
+
+
 def resize_image(img, height, width):
     """Resize both parts of an ``Image``."""
     return Image(resize(img.rgb, height, width), None if img.alpha is None else resize(img.alpha, height, width))

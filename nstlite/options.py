@@ -137,6 +137,12 @@ class StylizeOptions:
         "gaussian_w2", "histogram", "sliced_wasserstein"), ``package.module:Class``, or a weighted
         combination such as ``"gram:1,histogram:0.5"``
     sw_directions : directions of the sliced Wasserstein loss (default: one per channel)
+    region_map : spatial control (Gatys et al. 2017): an image of flat colours, the size of the
+        content, labelling its regions (path, PIL image or array)
+    region_styles : with ``region_map``, dict colour -> style image(s) for that region, e.g.
+        ``{"#87ceeb": "starry_night.jpg", "#808080": ["a.jpg", "b.jpg"]}`` (the styles of the
+        run are then these; ``styles`` must be empty)
+    erode_regions : a position counts for a region only when its receptive field lies in it
     tile : None (the whole image at once), an inner tile size in pixels (a multiple of 16 to
         conv5_1) for the exact tiled evaluation of ``nstlite.tiled``, or "auto" (tiles only when
         the whole image does not fit in the memory available)
@@ -182,6 +188,9 @@ class StylizeOptions:
     style_loss: str = "gram"
     sw_directions: int | None = None
     tile: Any = None
+    region_map: Any = None
+    region_styles: Any = None
+    erode_regions: bool = False
 
     @classmethod
     def from_keywords(cls, keywords: dict) -> StylizeOptions:
@@ -220,6 +229,8 @@ class StylizeOptions:
                                "or a content weight > 0")
         _check_init(self.init)
         parse_style_losses(self.style_loss)  # unknown names fail here, before any work
+        if (self.region_map is None) != (self.region_styles is None):
+            raise NstliteError("spatial control needs both a region map and the styles of its regions")
         if self.sw_directions is not None and int(self.sw_directions) < 1:
             raise NstliteError(f"sw directions must be >= 1, not {self.sw_directions}")
         return replace(self, iterations=iterations, content_weight=alpha, style_weight=beta, tv_weight=tv,
@@ -250,6 +261,39 @@ class StylizeOptions:
     def loss_layers(self) -> list:
         """The content and style layers, in that order, each once."""
         return list(dict.fromkeys(list(self.content_layers) + list(self.style_layers)))
+
+
+def parse_region_styles(spec) -> dict:
+    """``{"#87ceeb": "a.jpg"}`` or ``["#87ceeb=a.jpg,b.jpg", ...]`` -> dict '#rrggbb' -> [images]."""
+    items = spec.items() if isinstance(spec, dict) else [_region_item(entry) for entry in spec]
+    out = {}
+    for label, images in items:
+        colour = normal_colour(label)
+        images = [images] if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)) \
+            else list(images)
+        if colour in out:
+            raise NstliteError(f"region {colour} is given twice")
+        if not images:
+            raise NstliteError(f"region {colour} has no style image")
+        out[colour] = images
+    if not out:
+        raise NstliteError("no region styles given")
+    return out
+
+
+def _region_item(entry):
+    label, sep, images = str(entry).partition("=")
+    if not sep or not images:
+        raise NstliteError(f"write a region style as COLOUR=IMAGE[,IMAGE...], e.g. '#87ceeb=sky.jpg'; not {entry!r}")
+    return label, [p for p in images.split(",") if p]
+
+
+def normal_colour(label) -> str:
+    """'#87CEEB', '87ceeb' -> '#87ceeb'; a one-line error for anything else."""
+    text = str(label).strip().lower().lstrip("#")
+    if len(text) != 6 or any(c not in "0123456789abcdef" for c in text):
+        raise NstliteError(f"a region is named by its colour in the region map, as #rrggbb; not {label!r}")
+    return "#" + text
 
 
 def _tile(tile):

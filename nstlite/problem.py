@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import colors
+from . import colors, guides
 from . import image as im
 from .backend import to_device, to_host
 from .errors import NstliteError
 from .memory import scale_tile
-from .objective import Objective, build_objective
+from .objective import Objective, Region, build_objective
 from .options import INIT_KINDS, StylizeOptions
 
 
@@ -99,10 +99,27 @@ def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions):
     ``opts.tile`` asks for them (``memory.scale_tile``)."""
     style_xs = [net.preprocess(s) for s in style_rgbs] if opts.style_layers else []
     tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile)
+    regions = scale_regions(opts, content_x.shape[1:], style_xs) if opts.region_styles and style_xs else None
     return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,
                            opts.style_weight, opts.tv_weight, style_loss=opts.style_loss,
-                           blend_weights=opts.style_blend_weights, tile=tile,
+                           blend_weights=opts.style_blend_weights, tile=tile, regions=regions,
+                           erode=opts.erode_regions,
                            style_loss_options={"seed": opts.seed, "directions": opts.sw_directions})
+
+
+def scale_regions(opts: StylizeOptions, shape, style_xs) -> list:
+    """The regions of one scale: the region map resized to ``shape`` (nearest, so its colours
+    stay flat), one ``Region`` per colour with that colour's artworks."""
+    h, w = shape
+    masks = guides.masks_from_labels(im.resize_labels(opts.region_map, h, w))
+    unstyled = sorted(set(masks) - set(opts.region_styles))
+    if unstyled:
+        raise NstliteError(f"the region map has colour(s) {', '.join(unstyled)} without a style: give each "
+                           "--style-region COLOUR=IMAGE")
+    missing = sorted(set(opts.region_styles) - set(masks))
+    if missing:
+        raise NstliteError(f"no pixel of the region map at {w}x{h} has colour(s) {', '.join(missing)}")
+    return [Region(masks[c], [style_xs[i] for i in idx], name=c) for c, idx in opts.region_styles.items()]
 
 
 def colour_control(method: str | None, content_rgb, style_rgbs):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint
 from .errors import NstliteError
 from .memory import check_memory, scale_tile, tiled_peak_bytes
 from .optimize import StopReason, minimize_lbfgsb
-from .options import StylizeOptions
+from .options import StylizeOptions, parse_region_styles
 from .problem import build_problem, min_side, scale_shapes, scaled_inputs
 from .reporter import Reporter
 
@@ -104,11 +104,13 @@ def stylize(content, styles, **keywords) -> StylizeResult:
     """
     started = time.perf_counter()
     styles = _as_list(styles)
+    keywords, styles = _region_styles_as_styles(keywords, styles)
     opts = StylizeOptions.from_keywords(keywords).validated(len(styles))
     resume = load_checkpoint(opts.resume) if opts.resume is not None else None
     content_img = im.load_image(content, "content image")
     style_imgs = [im.load_image(s, f"style image {i + 1}" if len(styles) > 1 else "style image")
                   for i, s in enumerate(styles)]
+    opts = _with_region_map(opts, content_img)
     net = _network(opts)
     with Reporter(opts, started, append_log=resume is not None) as reporter:
         shapes = _checked_shapes(net, opts, content_img.rgb.shape)
@@ -129,6 +131,33 @@ def stylize(content, styles, **keywords) -> StylizeResult:
     if result.stop_reason == StopReason.INTERRUPTED:
         raise StylizeInterrupted(result)
     return result
+
+
+def _region_styles_as_styles(keywords, styles):
+    """With spatial control the run's styles are the regions' (in order): ``region_styles``
+    becomes dict colour -> indices into that list."""
+    spec = keywords.get("region_styles")
+    if spec is None:
+        return keywords, styles
+    if styles:
+        raise NstliteError("with a region map, give each region's style images as region styles, not also styles")
+    per_region = parse_region_styles(spec)
+    styles, indices = [], {}
+    for colour, images in per_region.items():
+        indices[colour] = list(range(len(styles), len(styles) + len(images)))
+        styles += images
+    return {**keywords, "region_styles": indices}, styles
+
+
+def _with_region_map(opts, content_img):
+    """The region map loaded, as uint8 colours the size of the content."""
+    if opts.region_map is None:
+        return opts
+    labels = im.load_image(opts.region_map, "region map").rgb
+    if labels.shape[:2] != content_img.rgb.shape[:2]:
+        raise NstliteError(f"the region map is {labels.shape[1]}x{labels.shape[0]} but the content image is "
+                           f"{content_img.rgb.shape[1]}x{content_img.rgb.shape[0]}: draw it at the photo's size")
+    return replace(opts, region_map=np.rint(labels).astype(np.uint8))
 
 
 def _as_list(styles):

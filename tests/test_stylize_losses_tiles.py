@@ -74,3 +74,48 @@ def test_cli_style_loss_and_tile(files, tmp_path, capsys):
                "--weights", str(files / "tiny.h5"), "--output", str(tmp_path / "x.png"), "--style-loss", "grm"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("nstlite: error: unknown style loss 'grm'")
+
+
+# ----------------------------------------------------------------------------- spatial control
+@pytest.fixture(scope="module")
+def region_map(files):
+    labels = np.zeros((96, 112, 3), np.uint8)
+    labels[:40] = (0x87, 0xCE, 0xEB)  # sky
+    labels[40:] = (0x80, 0x80, 0x80)  # town
+    Image.fromarray(labels).save(files / "regions.png")
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(files / "style2.png")
+    return files / "regions.png"
+
+
+def test_two_regions_two_styles_end_to_end(files, region_map, tmp_path):
+    out = tmp_path / "regions.png"
+    rc = main(["stylize", "--content", str(files / "content.png"), "--weights", str(files / "tiny.h5"),
+               "--size", "112", "--iterations", "3", "--output", str(out), "--region-map", str(region_map),
+               "--style-region", f"#87CEEB={files / 'style.png'}", "--style-region", f"808080={files / 'style2.png'}",
+               "--erode-regions", "--style-layers", "conv1_1,conv2_1,conv3_1", "--quiet"])
+    assert rc == 0 and Image.open(out).size == (112, 96)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"region_styles": {"#87ceeb": "style.png"}}, "without a style: give each --style-region"),
+    ({"region_styles": {"#87ceeb": "style.png", "#808080": "style.png", "#ff0000": "style.png"}},
+     "no pixel of the region map at 112x96 has colour"),
+    ({"region_styles": {"sky": "style.png"}}, "a region is named by its colour"),
+    ({"region_styles": ["#87ceeb"]}, "write a region style as COLOUR=IMAGE"),
+    ({"region_styles": None}, "needs both a region map and the styles"),
+])
+def test_bad_regions_are_one_line_errors(files, region_map, kw, message):
+    styles = {k: [files / v] for k, v in kw["region_styles"].items()} if isinstance(kw["region_styles"], dict) \
+        else kw["region_styles"]
+    with pytest.raises(NstliteError, match=message):
+        stylize(files / "content.png", [], region_map=region_map, region_styles=styles, size=112, iterations=1,
+                net=VGG19(random_params(0, widths=WIDTHS)), quiet=True)
+
+
+def test_a_region_map_of_another_size_is_refused(files, region_map, tmp_path):
+    small = tmp_path / "small.png"
+    Image.open(region_map).resize((50, 40)).save(small)
+    with pytest.raises(NstliteError, match="the region map is 50x40 but the content image is 112x96"):
+        stylize(files / "content.png", [], region_map=small, region_styles={"#87ceeb": files / "style.png"},
+                net=VGG19(random_params(0, widths=WIDTHS)), quiet=True)
