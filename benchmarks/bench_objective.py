@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from nstlite.fast import workspace as fast_workspace  # noqa: E402
 from nstlite.fast.channels_last import ChannelsLastPath  # noqa: E402
 from nstlite.fast.layout import interior  # noqa: E402
-from nstlite.objective import Objective, content_targets, positions_of, style_targets  # noqa: E402
+from nstlite.objective import build_objective  # noqa: E402
 from nstlite.vgg import VGG19, load_vgg19  # noqa: E402
 from nstlite.backend import to_host  # noqa: E402
 from nstlite.weights import default_weights_path, random_params  # noqa: E402
@@ -97,9 +97,7 @@ def nstlite_objective(params, size, kernel, dtype="float32", net=None, device="c
         net = VGG19(params, None, pooling="avg", dtype=dtype, kernel=kernel, device=device)
     photo, art, start = make_images(size)
     xp_photo, xp_art, x = net.preprocess(photo), net.preprocess(art), net.preprocess(start)
-    P = content_targets(net, xp_photo, CONTENT)
-    A = style_targets(net, [xp_art], STYLE, positions=positions_of(net, xp_photo, STYLE))
-    obj = Objective(net, P, A, {n: 0.2 for n in STYLE}, alpha=1.0, beta=1e3)
+    obj = build_objective(net, xp_photo, [xp_art], CONTENT, {n: 0.2 for n in STYLE}, alpha=1.0, beta=1e3)
     return net, obj, x
 
 
@@ -423,7 +421,8 @@ def main():
                 row.update(mem)
                 print(f"\nmemory (nstlite only, fresh process, 3 evaluations): peak RSS {mem['peak_rss'] / 2**20:.0f} MiB, "
                       f"tracemalloc peak {mem['tracemalloc_peak'] / 2**20:.0f} MiB, shared conv workspace "
-                      f"{mem['workspace'] / 2**20:.1f} MiB")
+                      f"{mem['workspace'] / 2**20:.1f} MiB, the network's memory_bytes "
+                      f"{mem['memory_bytes'] / 2**20:.0f} MiB")
             smem = measure_stylize_memory(size)
             if smem:
                 row.update(smem)
