@@ -15,7 +15,7 @@ from .backend import get_array_module
 
 
 # --------------------------------------------------------------------------- convolution
-def conv3x3_forward(x, w, b):
+def conv3x3_forward_reference(x, w, b):
     """3x3 cross-correlation, stride 1, zero padding 1, plus bias.
 
     Parameters
@@ -49,8 +49,8 @@ def conv3x3_forward(x, w, b):
     return out, (x, w)
 
 
-def conv3x3_backward(dout, cache):
-    """Gradient of ``conv3x3_forward`` w.r.t. its input.
+def conv3x3_backward_reference(dout, cache):
+    """Gradient of ``conv3x3_forward_reference`` w.r.t. its input.
 
     ``dx = sum_{i,j} shift_{-(i,j)}( w[:, :, i, j]^T @ dout )``, cropped to the unpadded input:
     each input pixel receives the output gradients of every window it took part in.

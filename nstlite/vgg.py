@@ -223,7 +223,7 @@ class ReferencePath:
         for name in self.net.layer_names[: depth + 1]:
             if name.startswith("conv"):
                 w, b = self.net.weights[name]
-                pre, conv_cache = L.conv3x3_forward(h, w, b)
+                pre, conv_cache = L.conv3x3_forward_reference(h, w, b)
                 h, relu_cache = L.relu_forward(pre)
                 tape.append((name, (conv_cache, relu_cache)))
             else:
@@ -247,7 +247,7 @@ class ReferencePath:
                 continue
             if name.startswith("conv"):
                 conv_cache, relu_cache = cache
-                g = L.conv3x3_backward(L.relu_backward(g, relu_cache), conv_cache)
+                g = L.conv3x3_backward_reference(L.relu_backward(g, relu_cache), conv_cache)
             else:
                 g = pool_backward(g, cache)
         return g

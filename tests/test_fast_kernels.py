@@ -46,8 +46,8 @@ def test_kernel_matches_reference(kernel, dtype, c_in, h, w, c_out):
     wt = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
     dout = rng.standard_normal((c_out, h, w)).astype(dtype)
-    ref_out, ref_cache = L.conv3x3_forward(x, wt, b)
-    ref_dx = L.conv3x3_backward(dout, ref_cache)
+    ref_out, ref_cache = L.conv3x3_forward_reference(x, wt, b)
+    ref_dx = L.conv3x3_backward_reference(dout, ref_cache)
     fwd, bwd = CONV_KERNELS[kernel]
     out, cache = fwd(x, wt, b)
     dx = bwd(dout, cache)
@@ -77,7 +77,7 @@ def test_block_sizes_do_not_change_result(kernel):
     adjoint(to_padded(d), wk, da, 19, 23)
     adjoint(to_padded(d), wk, db, 19, 23, **extra)
     assert rel(da, db) < 1e-13
-    assert rel(da, L.conv3x3_backward(d, (x, wt)).transpose(1, 2, 0)) < 1e-12
+    assert rel(da, L.conv3x3_backward_reference(d, (x, wt)).transpose(1, 2, 0)) < 1e-12
 
 
 def test_epilogue_relu_and_mask():
@@ -86,7 +86,7 @@ def test_epilogue_relu_and_mask():
     wt = rng.standard_normal((16, 16, 3, 3))
     bias = rng.standard_normal(16)
     mask = rng.standard_normal((9, 10, 16))
-    ref, _ = L.conv3x3_forward(x, wt, bias)
+    ref, _ = L.conv3x3_forward_reference(x, wt, bias)
     ref = ref.transpose(1, 2, 0)
     for method in ("winograd", "shifted_gemm"):
         plan = ConvPlan(wt, bias, method)
@@ -96,7 +96,7 @@ def test_epilogue_relu_and_mask():
         # the backward epilogue: result * (mask > 0)
         dx = np.empty((9, 10, 16))
         plan.backward(to_padded(x), dx, 9, 10, Workspace(np), mask=mask)
-        ref_dx = L.conv3x3_backward(x, (x, wt)).transpose(1, 2, 0) * (mask > 0)
+        ref_dx = L.conv3x3_backward_reference(x, (x, wt)).transpose(1, 2, 0) * (mask > 0)
         assert rel(dx, ref_dx) < 1e-12
 
 
@@ -148,8 +148,8 @@ def test_winograd_float32_input_gradient_error():
     x = np.kron(rng.uniform(0, 1, (c, 8, 8)), np.ones((1, 4, 4))) + 0.1 * rng.uniform(0, 1, (c, 32, 32))
     wt = rng.standard_normal((c, c, 3, 3)) / 24
     dout = rng.standard_normal((c, 32, 32)) * (rng.uniform(size=(c, 32, 32)) > 0.5)
-    ref, cache = L.conv3x3_forward(x, wt, np.zeros(c))
-    ref_dx = L.conv3x3_backward(dout, cache)
+    ref, cache = L.conv3x3_forward_reference(x, wt, np.zeros(c))
+    ref_dx = L.conv3x3_backward_reference(dout, cache)
     fwd, bwd = CONV_KERNELS["winograd"]
     out, c32 = fwd(x.astype(np.float32), wt.astype(np.float32), np.zeros(c, np.float32))
     dx = bwd(dout.astype(np.float32), c32)
@@ -167,7 +167,7 @@ def test_winograd_adjoint_blocks_and_edges(h, w):
     rng = np.random.default_rng(h * 31 + w)
     wt = rng.standard_normal((7, 5, 3, 3))
     dout = rng.standard_normal((7, h, w))
-    ref = L.conv3x3_backward(dout, (np.zeros((5, h, w)), wt)).transpose(1, 2, 0)
+    ref = L.conv3x3_backward_reference(dout, (np.zeros((5, h, w)), wt)).transpose(1, 2, 0)
     U = winograd_weights(wt)
     mask = rng.standard_normal((h, w, 5))
     for tile_rows in (1, 2, None):
@@ -205,7 +205,7 @@ def test_im2col_image_conv_and_adjoint(c_in, h, w, rows):
     rng = np.random.default_rng(c_in * 7 + h + w)
     x, wt, b = rng.standard_normal((c_in, h, w)), rng.standard_normal((5, c_in, 3, 3)), rng.standard_normal(5)
     dout = rng.standard_normal((5, h, w))
-    ref, cache = L.conv3x3_forward(x, wt, b)
+    ref, cache = L.conv3x3_forward_reference(x, wt, b)
     wk = im2col_weights(wt, b)
     out = np.full((h, w, 5), np.nan)
     im2col_conv(x, wk, out, relu=False, rows_per_block=rows)
@@ -213,7 +213,7 @@ def test_im2col_image_conv_and_adjoint(c_in, h, w, rows):
     im2col_conv(x, wk, out, relu=True, rows_per_block=rows)
     assert rel(out, np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
     dx = im2col_conv_adjoint(to_padded(dout), wk, h, w, rows_per_block=rows)
-    assert dx.shape == (c_in, h, w) and rel(dx, L.conv3x3_backward(dout, cache)) < 1e-12
+    assert dx.shape == (c_in, h, w) and rel(dx, L.conv3x3_backward_reference(dout, cache)) < 1e-12
     assert ConvPlan(wt, b, "auto").reads_image() and not ConvPlan(wt, b, "shifted_gemm").reads_image()
 
 
@@ -234,7 +234,7 @@ def test_winograd_threads_give_the_same_result(threads):
         winograd_conv_adjoint(d, U, dx, 37, 21, mask=mask, ws=ws)
         res[k] = out, dx
     assert np.array_equal(res[1][0], res[threads][0]) and np.array_equal(res[1][1], res[threads][1])
-    ref, _ = L.conv3x3_forward(interior(x, 37, 21).transpose(2, 0, 1), wt, b)
+    ref, _ = L.conv3x3_forward_reference(interior(x, 37, 21).transpose(2, 0, 1), wt, b)
     assert rel(res[threads][0], np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
 
 
@@ -259,9 +259,9 @@ def test_im2col_threads_give_the_same_result(threads, rows_per_block):
     # allowed). Elementwise it can be larger where terms cancel (1.9e-6 on a value of 0.149).
     assert rel_l2(res[threads][0], res[1][0]) < 1e-6
     assert rel_l2(res[threads][1], res[1][1]) < 1e-6
-    ref, cache = L.conv3x3_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64))
+    ref, cache = L.conv3x3_forward_reference(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64))
     assert rel(res[threads][0], ref.transpose(1, 2, 0)) < 1e-5
-    dref = L.conv3x3_backward(interior(g, 23, 18).transpose(2, 0, 1).astype(np.float64), cache)
+    dref = L.conv3x3_backward_reference(interior(g, 23, 18).transpose(2, 0, 1).astype(np.float64), cache)
     assert rel(res[threads][1], dref) < 1e-5
 
 
