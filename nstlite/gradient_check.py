@@ -236,14 +236,37 @@ def _total_row(xp, rng):
     return check_loss("", weighted_total, xp.asarray(rng.standard_normal((4, 3, 5))))
 
 
+def _without_rank_ties(rng, shape, margin=1e-3, project=None):
+    """|N(0, 1)| samples (rectified-like) whose values in each row of ``project(F)`` (default:
+    each channel) are at least ``margin`` apart, so that no finite difference reorders them (the
+    sorting losses' kinks); resampled otherwise."""
+    while True:
+        F = np.abs(rng.standard_normal(shape))
+        rows = F.reshape(shape[0], -1) if project is None else project(F.reshape(shape[0], -1))
+        if rows.shape[1] < 2 or np.diff(np.sort(rows, axis=1), axis=1).min() > margin:
+            return F
+
+
 def _term_row(cls):
-    """A registered style loss as a term: loss(F, target) against finite differences, the
-    target made from another map by the term itself (its statistics, eq. 3 for "gram")."""
+    """A style loss as a term: ``loss(F, target)`` against finite differences, its target
+    made by the term itself from an artwork map of another size (blended and prepared as in a
+    run), inputs resampled away from rank ties (the sorting losses' kinks)."""
     def run(xp, rng):
         term = cls("a")
-        target = term.target(xp.abs(xp.asarray(rng.standard_normal((4, 3, 5)))))
-        return check_loss("", lambda F: term.loss(F, target), xp.abs(xp.asarray(rng.standard_normal((4, 3, 5)))))
+        project = getattr(term, "project", None)
+        art = xp.asarray(_without_rank_ties(rng, (4, 4, 6), project=project))
+        target = term.prepare(term.blend([term.target(art)], [1.0], 15))
+        F = xp.asarray(_without_rank_ties(rng, (4, 3, 5), project=project))
+        return check_loss("", lambda z: term.loss(z, target), F)
     return run
+
+
+def _guided_gram_row(xp, rng):
+    """The guided Gram loss of one region (Gatys et al. 2017) with a random guide in [0, 1]."""
+    guide = xp.asarray(rng.uniform(0.0, 1.0, (3, 5)))
+    term = losses.GuidedGramLoss("a", guide)
+    target = term.prepare(term.blend([term.target(xp.asarray(np.abs(rng.standard_normal((4, 4, 6)))))], [1.0], 15))
+    return check_loss("", lambda F: term.loss(F, target), xp.asarray(np.abs(rng.standard_normal((4, 3, 5)))))
 
 
 def _content_row(xp, rng):
@@ -256,17 +279,18 @@ def _style_layer_row(xp, rng):
     return check_loss("", lambda F: losses.style_layer_loss(F, A), xp.asarray(rng.standard_normal((4, 3, 5))))
 
 
-def _loss_rows():
+def _loss_rows(style_losses=None):
     rows = [
         ("content_loss (eqs. 1-2)", _content_row),
         ("gram (eq. 3)", _gram_row),
         ("style_layer_loss (eqs. 4, 6)", _style_layer_row),
         ("style_loss sum_l w_l E_l (eq. 5)", _style_sum_row),
         ("total_loss alpha, beta (eq. 7)", _total_row),
+        ("guided gram, one region (Gatys 2017)", _guided_gram_row),
         ("tv_loss", lambda xp, rng: check_loss("", losses.tv_loss, xp.asarray(rng.standard_normal((3, 5, 6))))),
     ]
-    rows += [(f"style loss term {name!r} ({cls.__name__})", _term_row(cls))
-             for name, cls in sorted(losses.STYLE_LOSSES.items())]
+    registered = sorted(losses.STYLE_LOSSES.items()) + [(n, losses.style_loss_class(n)) for n in style_losses or ()]
+    rows += [(f"style loss term {name!r} ({cls.__name__})", _term_row(cls)) for name, cls in registered]
     return rows
 
 
@@ -323,22 +347,26 @@ def _network_rows(seed):
     return rows
 
 
-def catalogue(seed=0):
-    """Every gradient check as (name, run), run(xp, rng) -> Check: layers, losses, the network."""
-    return _layer_rows() + _loss_rows() + _network_rows(seed)
+def catalogue(seed=0, style_losses=None):
+    """Every gradient check as (name, run), run(xp, rng) -> Check: layers, losses (every
+    registered style loss, plus ``style_losses``: names such as ``package.module:Class``), the
+    network."""
+    return _layer_rows() + _loss_rows(style_losses) + _network_rows(seed)
 
 
-def gradcheck(device="cpu", seed=0, select=None):
+def gradcheck(device="cpu", seed=0, select=None, style_losses=None):
     """Run the catalogue's checks; returns a list of ``Check`` (name, error, tol, passed, note).
 
     select : None (every row) or a string / list of strings; a row runs when its name contains
         one of them.
+    style_losses : extra style losses to check, by name (``package.module:Class`` for your own
+        loss, see ``nstlite.losses``): each gets a row.
     """
     xp = xp_for(device)
     if isinstance(select, str):
         select = [select]
     results = []
-    for name, run in catalogue(seed):
+    for name, run in catalogue(seed, style_losses):
         if select is not None and not any(s in name for s in select):
             continue
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])

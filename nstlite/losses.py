@@ -90,6 +90,11 @@ test that the row fails on a wrong gradient (see CONTRIBUTING.md).
 """
 from __future__ import annotations
 
+import importlib
+import zlib
+
+import numpy as np
+
 from .backend import get_array_module
 from .errors import NstliteError
 
@@ -339,6 +344,46 @@ class GramLoss(StyleLoss):
         return ((Fm.T @ diff).T / (float(n) ** 2 * float(m) ** 2)).reshape(F.shape)  # eq. (6)
 
 
+class GuidedGramLoss(GramLoss):
+    """The Gram loss of one region (Gatys et al. 2017, spatial control by guided Gram matrices).
+
+    The positions of F are weighted by the region's guide g at this layer (``nstlite.guides``):
+    F_r = F diag(g), G_r = F_r F_r^T, and the region's size M_r = sum_k g_k^2 replaces M_l:
+
+    E_r = 1 / (4 N^2 M_r^2) sum_ij (G_r - A_r)_ij^2
+    dE_r/dF = ((G_r - A_r) F_r) diag(g) / (N^2 M_r^2)     (eq. 6 through F_r = F diag(g))
+
+    With g = 1 everywhere this is ``GramLoss``. The target A_r is the Gram matrix of the
+    artwork's map weighted by ``target_guide`` (its own region), or of the whole artwork (None),
+    rescaled to M_r positions.
+    """
+
+    def __init__(self, layer: str, guide, target_guide=None, region: str = ""):
+        super().__init__(layer)
+        self.guide, self.target_guide, self.region = guide, target_guide, region
+        self.region_positions = float((guide * guide).sum())
+        if not self.region_positions > 0:
+            raise NstliteError(f"region {region!r} covers no position at {layer}: make it larger or leave "
+                               f"{layer} out of the style layers")
+
+    @staticmethod
+    def _guided(F, g):
+        return F if g is None else F * g  # (C, H, W) times (H, W)
+
+    def statistics(self, F):
+        return {"gram": gram(self._guided(F, self.guide)), "positions": self.region_positions}
+
+    def target(self, F):
+        g = self.target_guide
+        return {"gram": gram(self._guided(F, g)), "positions": float((g * g).sum()) if g is not None else F[0].size}
+
+    def blend(self, targets, weights, positions):
+        return super().blend(targets, weights, self.region_positions)  # the region's size, not M_l
+
+    def gradient(self, F, stats, target):
+        return super().gradient(self._guided(F, self.guide), stats, target) * self.guide
+
+
 class TVLoss(LossTerm):
     """The total-variation regulariser on the image: a local term without a target."""
 
@@ -352,13 +397,249 @@ class TVLoss(LossTerm):
         return tv_loss(x)
 
 
+# --------------------------------------------------------------------------- beyond the paper
+class MeanStdLoss(StyleLoss):
+    """Matching each channel's mean and standard deviation (Li et al. 2017, *Demystifying
+    Neural Style Transfer*, IJCAI).
+
+    E = (1/N) sum_i [(mu_i - mu^_i)^2 + (sigma_i - sigma^_i)^2], over positions k:
+    mu_i = (1/M) sum_k F_ik, sigma_i = sqrt((1/M) sum_k F_ik^2 - mu_i^2 + eps)  (population std)
+
+    dE/dF_ik = 2 / (N M) [(mu_i - mu^_i) + (sigma_i - sigma^_i) (F_ik - mu_i) / sigma_i]
+    (dmu_i/dF_ik = 1/M, dsigma_i/dF_ik = (F_ik - mu_i) / (M sigma_i)).
+
+    eps = STD_EPS keeps dsigma/dF finite on a constant channel (a dead ReLU). The statistics
+    are the sums of F and F^2 over positions, so the loss is exact under tiling; the variance
+    is formed from them, which costs float32 digits when a channel's mean is much larger than
+    its spread.
+    """
+
+    position_sums = ("sum", "sum_sq", "positions")
+    STD_EPS = 1e-5
+
+    def statistics(self, F):
+        Fm = F.reshape(F.shape[0], -1)
+        return {"sum": Fm.sum(axis=1), "sum_sq": (Fm * Fm).sum(axis=1), "positions": Fm.shape[1]}
+
+    def moments(self, stats):
+        """(mu, sigma) per channel from the position sums."""
+        xp = get_array_module(stats["sum"])
+        m = stats["positions"]
+        mu = stats["sum"] / m
+        return mu, xp.sqrt(xp.maximum(stats["sum_sq"] / m - mu * mu, 0.0) + self.STD_EPS)
+
+    def value(self, stats, target):
+        (mu, sd), (mu_t, sd_t) = self.moments(stats), self.moments(target)
+        return (((mu - mu_t) ** 2).sum() + ((sd - sd_t) ** 2).sum()) / mu.shape[0]
+
+    def gradient(self, F, stats, target):
+        (mu, sd), (mu_t, sd_t) = self.moments(stats), self.moments(target)
+        n, m = mu.shape[0], stats["positions"]
+        Fm = F.reshape(n, -1)
+        dF = (mu - mu_t)[:, None] + ((sd - sd_t) / sd)[:, None] * (Fm - mu[:, None])
+        return (dF * (2.0 / (n * m))).reshape(F.shape)
+
+
+class GaussianW2Loss(StyleLoss):
+    """Squared Wasserstein-2 distance between Gaussians fitted to the features, per channel.
+
+    With mu, Sigma the mean and covariance of F's columns (positions) and mu^, Sigma^ the
+    artwork's, S = Sigma^^(1/2) and C = S Sigma S:
+
+    E = (1/N) [ |mu - mu^|^2 + tr Sigma + tr Sigma^ - 2 tr C^(1/2) ]
+    dE/dSigma = (1/N) (I - S C^(-1/2) S)      (d tr C^(1/2) = 1/2 tr(C^(-1/2) S dSigma S))
+    dE/dF = 2 / (N M) [ (I - S C^(-1/2) S)(F - mu 1^T) + (mu - mu^) 1^T ]
+    (Sigma = F F^T / M - mu mu^T, so d tr(B Sigma)/dF = 2/M B (F - mu 1^T) for symmetric B).
+
+    C^(1/2) and C^(-1/2) come from one C x C symmetric eigendecomposition per evaluation; S once
+    per run (``prepare``). Regularisation: eps I is added to both covariances, with
+    eps = W2_EPS times the artwork's mean channel variance (fixed for the run), so C is positive
+    definite and the regularised distance is one smooth function whose gradient is exact.
+    The statistics (sums of F and of F F^T over positions) are exact under tiling.
+    """
+
+    position_sums = ("sum", "outer", "positions")
+    W2_EPS = 1e-5
+
+    def statistics(self, F):
+        Fm = F.reshape(F.shape[0], -1)
+        return {"sum": Fm.sum(axis=1), "outer": Fm @ Fm.T, "positions": Fm.shape[1]}
+
+    @staticmethod
+    def moments(stats):
+        mu = stats["sum"] / stats["positions"]
+        return mu, stats["outer"] / stats["positions"] - mu[:, None] * mu[None, :]
+
+    def prepare(self, target):
+        xp = get_array_module(target["sum"])
+        mu_t, cov_t = self.moments(target)
+        n = mu_t.shape[0]
+        eps = self.W2_EPS * float(xp.trace(cov_t)) / n + 1e-12
+        lam, V = xp.linalg.eigh(cov_t + eps * xp.eye(n, dtype=cov_t.dtype))
+        sqrt_t = (V * xp.sqrt(xp.maximum(lam, 0.0))) @ V.T
+        return {**target, "mean": mu_t, "eps": eps, "sqrt": sqrt_t, "trace": float(xp.trace(cov_t)) + n * eps}
+
+    def _transport(self, stats, target):
+        """(mu - mu^, the value, I - S C^(-1/2) S) from one eigendecomposition of C."""
+        xp = get_array_module(stats["sum"])
+        mu, cov = self.moments(stats)
+        n, S = mu.shape[0], target["sqrt"]
+        cov = cov + target["eps"] * xp.eye(n, dtype=cov.dtype)
+        lam, V = xp.linalg.eigh(S @ cov @ S)
+        root = xp.sqrt(xp.maximum(lam, 1e-300))
+        dmu = mu - target["mean"]
+        value = ((dmu * dmu).sum() + xp.trace(cov) + target["trace"] - 2.0 * root.sum()) / n
+        return dmu, value, xp.eye(n, dtype=cov.dtype) - S @ ((V / root) @ V.T) @ S
+
+    def value(self, stats, target):
+        return self._transport(stats, target)[1]
+
+    def gradient(self, F, stats, target):
+        return self._gradient(F, stats, *self._transport(stats, target)[::2])
+
+    def _gradient(self, F, stats, dmu, B):
+        n, m = dmu.shape[0], stats["positions"]
+        Fm = F.reshape(n, -1)
+        mu = stats["sum"] / m
+        return ((B @ (Fm - mu[:, None]) + dmu[:, None]) * (2.0 / (n * m))).reshape(F.shape)
+
+    def loss(self, F, target):
+        stats = self.statistics(F)
+        dmu, value, B = self._transport(stats, target)
+        return value, self._gradient(F, stats, dmu, B)
+
+
+class HistogramLoss(StyleLoss):
+    """Exact per-channel histogram matching (Risser, Wilmot & Barnes 2017).
+
+    R(F) gives each F_ik the artwork's channel-i value of the same rank (its quantile
+    (r + 1/2)/M, interpolated linearly between the artwork's sorted values when M differs
+    from the artwork's M_s). E = (1/(N M)) sum_ik (F_ik - R(F)_ik)^2 and
+    dE/dF = 2 (F - R(F)) / (N M): R is constant between rank changes, and the value is the 1-D
+    squared Wasserstein-2 distance of each channel's distributions, whose gradient this is
+    (exact almost everywhere: not where two values of a channel tie).
+
+    Not exact under tiling: R needs each channel's ranks over the whole image (a global sort).
+    Several artworks blend as the average of their quantile functions (the 1-D W2 barycentre).
+    """
+
+    def project(self, Fm):
+        """The rows whose distributions are matched: the channels themselves."""
+        return Fm
+
+    def back_project(self, dP, n):
+        return dP
+
+    def statistics(self, F):
+        P = self.project(F.reshape(F.shape[0], -1))
+        xp = get_array_module(P)
+        return {"sorted": xp.sort(P, axis=1), "positions": P.shape[1]}
+
+    def blend(self, targets, weights, positions):
+        length = max(t["sorted"].shape[1] for t in targets)
+        mixed = sum(b * self.quantiles(t["sorted"], length) for t, b in zip(targets, weights))
+        return {"sorted": mixed, "positions": positions}
+
+    @staticmethod
+    def quantiles(sorted_values, m):
+        """The sorted rows resampled at the m levels (r + 1/2)/m, r = 0 .. m-1 (linear interpolation)."""
+        xp = get_array_module(sorted_values)
+        m_t = sorted_values.shape[1]
+        if m == m_t:
+            return sorted_values
+        pos = xp.clip((xp.arange(m) + 0.5) * (m_t / m) - 0.5, 0.0, m_t - 1.0)
+        lo = xp.minimum(xp.floor(pos).astype(xp.int64), m_t - 2) if m_t > 1 else xp.zeros(m, dtype=xp.int64)
+        frac = (pos - lo).astype(sorted_values.dtype)
+        hi = xp.minimum(lo + 1, m_t - 1)
+        return sorted_values[:, lo] * (1 - frac) + sorted_values[:, hi] * frac
+
+    def value(self, stats, target):
+        d = stats["sorted"] - self.quantiles(target["sorted"], stats["positions"])
+        return (d * d).sum() / d.size
+
+    def gradient(self, F, stats, target):
+        xp = get_array_module(F)
+        n = F.shape[0]
+        P = self.project(F.reshape(n, -1))
+        order = xp.argsort(P, axis=1)
+        R = xp.empty_like(P)  # the matched values, R[i, order[i, r]] = quantile r of row i
+        R[xp.arange(P.shape[0])[:, None], order] = self.quantiles(target["sorted"], P.shape[1])
+        return self.back_project((P - R) * (2.0 / P.size), n).reshape(F.shape)
+
+
+class SlicedWassersteinLoss(HistogramLoss):
+    """Sliced Wasserstein distance of the features (Heitz et al. 2021, CVPR).
+
+    Histogram matching (as ``HistogramLoss``) of the projections P = D^T F along K unit
+    directions in channel space, the columns of D (N x K; K = N by default):
+    E = (1/(K M)) sum (P - R(P))^2, dE/dF = D dE/dP = 2 D (P - R(P)) / (K M).
+
+    The directions are drawn once per layer from ``seed`` and frozen, so that the line search
+    sees one deterministic function. Not exact under tiling (a global sort per direction).
+    """
+
+    def __init__(self, layer: str, directions: int | None = None, seed: int = 0):
+        super().__init__(layer)
+        if directions is not None and int(directions) < 1:
+            raise NstliteError(f"sliced Wasserstein needs at least one direction, not {directions}")
+        self.count, self.seed, self._D = directions, seed, {}
+
+    def directions(self, n, xp, dtype):
+        """The frozen N x K matrix of unit directions (columns) for maps of n channels, drawn on
+        the host from (seed, layer name) and kept on the device."""
+        key = (n, xp.__name__, np.dtype(dtype).str)
+        if key not in self._D:
+            rng = np.random.default_rng([self.seed, zlib.crc32(self.layer.encode())])
+            D = rng.standard_normal((n, int(self.count or n)))
+            self._D[key] = xp.asarray(D / np.linalg.norm(D, axis=0), dtype=dtype)
+        return self._D[key]
+
+    def project(self, Fm):
+        xp = get_array_module(Fm)
+        return self.directions(Fm.shape[0], xp, Fm.dtype).T @ Fm
+
+    def back_project(self, dP, n):
+        xp = get_array_module(dP)
+        return self.directions(n, xp, dP.dtype) @ dP
+
+
 # Style losses by name (``stylize(..., style_loss=name)``, ``--style-loss``).
-STYLE_LOSSES = {"gram": GramLoss}
+STYLE_LOSSES = {"gram": GramLoss, "mean_std": MeanStdLoss, "gaussian_w2": GaussianW2Loss,
+                "histogram": HistogramLoss, "sliced_wasserstein": SlicedWassersteinLoss}
 
 
 def style_loss_class(name: str):
-    """The StyleLoss subclass registered as ``name``; a one-line error for an unknown name."""
-    try:
+    """The StyleLoss subclass registered as ``name``, or named ``package.module:Class`` (a
+    user-written loss); a one-line error otherwise."""
+    if name in STYLE_LOSSES:
         return STYLE_LOSSES[name]
-    except KeyError:
-        raise NstliteError(f"unknown style loss {name!r}; choose one of {', '.join(sorted(STYLE_LOSSES))}") from None
+    if ":" not in name:
+        raise NstliteError(f"unknown style loss {name!r}; choose one of {', '.join(sorted(STYLE_LOSSES))}, "
+                           "or give package.module:Class")
+    module_name, _, class_name = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as e:
+        raise NstliteError(f"cannot load style loss {name!r}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, StyleLoss)):
+        raise NstliteError(f"{name} is not a subclass of nstlite.losses.StyleLoss")
+    return cls
+
+
+def parse_style_losses(spec: str) -> list:
+    """``"gram"``, ``"gram:1,histogram:0.5"`` or ``"mypkg.mod:MyLoss:2"`` -> [(class, weight)]."""
+    out = []
+    for item in (part.strip() for part in str(spec).split(",")):
+        name, weight = item, 1.0
+        head, sep, tail = item.rpartition(":")
+        if sep:
+            try:
+                name, weight = head, float(tail)
+            except ValueError:
+                pass  # "package.module:Class" without a weight
+        if not name:
+            raise NstliteError(f"empty style loss name in {spec!r}")
+        if not weight >= 0 or weight == float("inf"):
+            raise NstliteError(f"style loss weight must be finite and >= 0, not {tail!r} in {spec!r}")
+        out.append((style_loss_class(name), weight))
+    return out

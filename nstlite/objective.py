@@ -14,9 +14,15 @@ the network handed out when the network allows it and no other term reads that m
 """
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+
 from .errors import NstliteError
 from .fast import losses as fused
-from .losses import INPUT, ContentLoss, TVLoss, style_loss_class
+from .guides import guide_maps
+from .losses import INPUT, ContentLoss, GramLoss, GuidedGramLoss, TVLoss, parse_style_losses
 
 
 class Objective:
@@ -35,7 +41,8 @@ class Objective:
     ``parts`` holds the loss terms as 0-d device arrays (no host sync here): ``content``
     (sum of the content terms, eq. 1), ``style`` (sum_l w_l E_l, eq. 5), ``tv`` (already
     multiplied by ``tv_weight``), ``extra``, ``total``, and ``style_layers`` mapping each style
-    term's layer to its unweighted value (E_l, eq. 4).
+    term's layer to its unweighted value (E_l, eq. 4; the sum of the values when several style
+    losses read one layer).
     """
 
     def __init__(self, net, content=(), style=(), alpha=1.0, beta=1.0, tv_weight=0.0, extra=()):
@@ -67,8 +74,9 @@ class Objective:
             value, dF = fused.evaluate(term, F, target, w_total, into)
             grads[term.layer] = grads[term.layer] + dF if term.layer in grads else dF
             parts[group] = parts[group] + w_group * value  # eq. (1) summed; eq. (5)
-            if group == "style":
-                parts["style_layers"][term.layer] = value  # eq. (4)
+            if group == "style":  # E_l (eq. 4); summed when several style losses read the layer
+                layer_values = parts["style_layers"]
+                layer_values[term.layer] = layer_values[term.layer] + value if term.layer in layer_values else value
         dx = self.net.backward(grads) if grads else xp.zeros_like(x)
         for group, term, target, w_group, w_total in self.terms:
             if term.layer == INPUT:
@@ -81,8 +89,25 @@ class Objective:
         return total, dx, parts
 
 
+@dataclass
+class Region:
+    """A region of the photo and the artworks whose style it takes (spatial control).
+
+    mask : (H, W) weights in [0, 1] at the generated image's resolution
+    style_xs : preprocessed (3, H_s, W_s) artworks for this region (their whole maps)
+    blend_weights : one weight per artwork (default equal)
+    name : for messages and reports
+    """
+
+    mask: object
+    style_xs: list
+    blend_weights: list | None = None
+    name: str = ""
+
+
 def build_objective(net, content_x, style_xs, content_layers, style_layer_weights, alpha=1.0, beta=1.0,
-                    tv_weight=0.0, style_loss="gram", blend_weights=None, extra=()):
+                    tv_weight=0.0, style_loss="gram", blend_weights=None, style_loss_options=None, extra=(),
+                    regions=None, erode=False):
     """The objective of one problem: its terms and their targets from the photo and the artworks.
 
     Parameters
@@ -93,9 +118,16 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
     content_layers : layer names of the content terms (P^l, eq. 1)
     style_layer_weights : dict layer -> w_l (eq. 5)
     alpha, beta, tv_weight : eq. (7) and the TV weight
-    style_loss : name of a style loss in ``nstlite.losses.STYLE_LOSSES``
+    style_loss : a style loss name of ``nstlite.losses.STYLE_LOSSES``, ``package.module:Class``,
+        or a weighted combination ``"gram:1,histogram:0.5"`` (each term's weight multiplies w_l)
     blend_weights : one weight per artwork (normalised to sum 1; default equal)
+    style_loss_options : keyword arguments for the style loss classes (``seed``, ``directions``);
+        each class receives those its constructor names
     extra : passed to ``Objective``
+    regions : None, or a list of ``Region``: each region takes the style of its own artworks
+        through guided Gram matrices (Gatys et al. 2017); ``style_xs`` and ``blend_weights`` are
+        then unused
+    erode : carry the region guides to deeper layers eroded (``nstlite.guides.guide_maps``)
 
     Returns
     -------
@@ -107,23 +139,54 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
         feats = net.forward(content_x, content_layers)
         content = [(term, term.target(feats[term.layer])) for term in map(ContentLoss, content_layers)]
     style = []
-    if style_layer_weights:
-        cls = style_loss_class(style_loss)
-        terms = [cls(name) for name in style_layer_weights]
+    if style_layer_weights and regions:
+        style = _region_terms(net, content_x, regions, style_layer_weights, style_loss, erode)
+    elif style_layer_weights:
+        kinds = parse_style_losses(style_loss)
+        terms = [(_make_term(cls, name, style_loss_options or {}), weight * style_layer_weights[name])
+                 for cls, weight in kinds for name in style_layer_weights]
         positions = positions_of(net, content_x.shape[1:], list(style_layer_weights))
-        targets = style_targets(net, terms, style_xs, positions, blend_weights)
-        style = [(t, targets[t.layer], style_layer_weights[t.layer]) for t in terms]
+        targets = style_targets(net, [t for t, _ in terms], style_xs, positions, blend_weights)
+        style = [(t, target, w) for (t, w), target in zip(terms, targets)]
     return Objective(net, content, style, alpha, beta, tv_weight, extra)
 
 
+def _region_terms(net, content_x, regions, style_layer_weights, style_loss, erode):
+    """(GuidedGramLoss, target, w_l) for every region and style layer."""
+    if parse_style_losses(style_loss) != [(GramLoss, 1.0)]:
+        raise NstliteError("spatial control (regions) works with the gram style loss only")
+    xp, shape, layers = net.xp, tuple(content_x.shape[1:]), list(style_layer_weights)
+    style = []
+    for i, region in enumerate(regions):
+        name = region.name or f"region {i + 1}"
+        if not region.style_xs:
+            raise NstliteError(f"{name}: no style image given")
+        if tuple(np.shape(region.mask)) != shape:
+            raise NstliteError(f"{name}: its map is {np.shape(region.mask)[1]}x{np.shape(region.mask)[0]} "
+                               f"but the image is {shape[1]}x{shape[0]}")
+        guides = guide_maps(net.layer_names, region.mask, layers, erode)
+        terms = [GuidedGramLoss(n, xp.asarray(guides[n], dtype=content_x.dtype), region=name) for n in layers]
+        positions = {n: 0 for n in layers}  # unused: a region's targets are rescaled to its own size
+        targets = style_targets(net, terms, region.style_xs, positions, region.blend_weights)
+        style += [(t, target, style_layer_weights[t.layer]) for t, target in zip(terms, targets)]
+    return style
+
+
+def _make_term(cls, layer, options):
+    """cls(layer, **the options its constructor names)."""
+    accepted = inspect.signature(cls).parameters
+    return cls(layer, **{k: v for k, v in options.items() if k in accepted})
+
+
 def style_targets(net, terms, style_xs, positions, blend_weights=None):
-    """layer -> target statistics of each style term, from one or several artworks.
+    """The target of each style term (a list in the terms' order), from one or several artworks.
 
     With several artworks the targets are blended, A^l = sum_s b_s A_s^l (b_s summing to 1).
     Each term blends its own statistics (``StyleLoss.blend``): a statistic that is a sum over
     positions (a Gram matrix) is rescaled by M_l / M_s, the generated image's positions over
     the artwork's, so that E_l (eq. 4, which normalises by the generated image's M_l) compares
     like with like; the paper uses images of equal size, where the factor is 1.
+    ``positions`` maps layer -> M_l of the generated image.
     """
     n = len(style_xs)
     if n == 0:
@@ -136,9 +199,13 @@ def style_targets(net, terms, style_xs, positions, blend_weights=None):
     if total_w <= 0 or any(b < 0 for b in blend_weights):
         raise NstliteError("style blend weights must be non-negative and not all zero")
     weights = [b / total_w for b in blend_weights]
-    feats = [net.forward(sx, [t.layer for t in terms]) for sx in style_xs]
-    return {t.layer: t.prepare(t.blend([t.target(f[t.layer]) for f in feats], weights, positions[t.layer]))
-            for t in terms}
+    layers = list(dict.fromkeys(t.layer for t in terms))
+    per_artwork = []  # [artwork][term] statistics, made before the next forward reuses the maps
+    for sx in style_xs:
+        feats = net.forward(sx, layers)
+        per_artwork.append([t.target(feats[t.layer]) for t in terms])
+    return [t.prepare(t.blend([stats[i] for stats in per_artwork], weights, positions[t.layer]))
+            for i, t in enumerate(terms)]
 
 
 def positions_of(net, shape, layers):

@@ -59,6 +59,15 @@ def rows_starting(prefix):
     return [name for name, _ in catalogue() if name.startswith(prefix)]
 
 
+def adjoint_doubled(adjoint):
+    """A channels-last conv adjoint (writes dx in place) whose dx comes out twice too large."""
+    def wrong(dpad, wk, dx, *args, **kwargs):
+        out = adjoint(dpad, wk, dx, *args, **kwargs)
+        dx *= 2.0
+        return out
+    return wrong
+
+
 def style_loss_forgets_w_l(feats, targets, layer_weights, real=losses.style_loss):
     loss, grads, per_layer = real(feats, targets, layer_weights)
     return loss, {n: g / layer_weights[n] for n, g in grads.items()}, per_layer
@@ -78,6 +87,12 @@ MUTATIONS = {
         plan.CONV_KERNELS, "shifted_gemm", conv_backward_flipped("shifted_gemm"))),
     "conv auto: flipped taps": (conv_rows("auto"), lambda mp: mp.setitem(
         plan.CONV_KERNELS, "auto", conv_backward_flipped("auto"))),
+    "channels-last path: direct conv adjoint doubled": (
+        [f"vgg19 backward ({p} pool) [auto]" for p in ("avg", "max")],
+        lambda mp: mp.setattr(plan, "shifted_gemm_conv_adjoint", adjoint_doubled(plan.shifted_gemm_conv_adjoint))),
+    "channels-last path: Winograd adjoint doubled": (
+        [f"vgg19 backward ({p} pool) [winograd]" for p in ("avg", "max")],
+        lambda mp: mp.setattr(plan, "winograd_conv_adjoint", adjoint_doubled(plan.winograd_conv_adjoint))),
     "relu lets every gradient through": (["relu", "vgg19 backward (avg pool)"], lambda mp: mp.setattr(
         layers, "relu_backward", lambda dout, cache: dout)),
     "avg pool: half instead of a quarter": (["avg_pool 2x2", "vgg19 backward (avg pool)"], lambda mp: break_pool(
@@ -94,9 +109,10 @@ MUTATIONS = {
         losses, "style_loss", style_loss_forgets_w_l)),
     "total: forgets beta": (["total_loss alpha, beta (eq. 7)"], lambda mp: mp.setattr(
         losses, "total_loss", total_loss_forgets_beta)),
+    "guided gram: guide applied once": (["guided gram, one region (Gatys 2017)"], lambda mp: mp.setattr(
+        losses.GuidedGramLoss, "gradient", lambda self, F, stats, target: losses.GramLoss.gradient(
+            self, F * self.guide, stats, target))),
     "tv: half": (["tv_loss"], lambda mp: mp.setattr(losses, "tv_loss", scaled(losses.tv_loss, 0.5, index=1))),
-    "gram term: off by two": (["style loss term 'gram' (GramLoss)"], lambda mp: mp.setattr(
-        losses.GramLoss, "gradient", scaled(losses.GramLoss.gradient, 2.0))),
     "objective: fused content kernel doubled": (rows_starting("objective: content only"), lambda mp: mp.setitem(
         fused.FUSED, losses.ContentLoss, scaled(fused.FUSED[losses.ContentLoss], 2.0, 1))),
     "objective: fused style kernel doubled": (rows_starting("objective: style only"), lambda mp: mp.setitem(
@@ -104,6 +120,12 @@ MUTATIONS = {
     "objective: tv term halved": (rows_starting("objective: alpha*content + beta*style + tv"), lambda mp: mp.setattr(
         losses.TVLoss, "loss", scaled(losses.TVLoss.loss, 0.5, index=1))),
 }
+# every registered style loss: its row fails when the gradient is doubled or has the wrong sign
+for _name, _cls in losses.STYLE_LOSSES.items():
+    for _factor in (2.0, -1.0):
+        MUTATIONS[f"style loss {_name}: gradient x {_factor:g}"] = (
+            [f"style loss term {_name!r} ({_cls.__name__})"],
+            lambda mp, cls=_cls, factor=_factor: mp.setattr(cls, "loss", scaled(cls.loss, factor, index=1)))
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))

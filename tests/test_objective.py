@@ -123,11 +123,11 @@ def test_style_targets_blend_and_rescale_position_sums(rng):
     arts = [rng.standard_normal((3, 32, 32)), rng.standard_normal((3, 48, 40))]
     terms = [losses.GramLoss("conv1_1")]
     positions = {"conv1_1": 36 * 20}
-    targets = style_targets(net, terms, arts, positions, blend_weights=[1.0, 3.0])
+    [target] = style_targets(net, terms, arts, positions, blend_weights=[1.0, 3.0])
     expect = sum(b * losses.gram(net.forward(a, ["conv1_1"])["conv1_1"]) * (720 / (a.shape[1] * a.shape[2]))
                  for a, b in zip(arts, (0.25, 0.75)))
-    np.testing.assert_allclose(targets["conv1_1"]["gram"], expect, rtol=1e-12)
-    assert targets["conv1_1"]["positions"] == pytest.approx(720)
+    np.testing.assert_allclose(target["gram"], expect, rtol=1e-12)
+    assert target["positions"] == pytest.approx(720)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -142,3 +142,15 @@ def test_style_targets_blend_and_rescale_position_sums(rng):
 def test_bad_objectives_are_one_line_errors(rng, call, message):
     with pytest.raises(NstliteError, match=message):
         call(tiny_net("reference"), rng.standard_normal((3, 32, 32)))
+
+
+def test_blended_targets_survive_the_fast_paths_buffer_reuse(rng):
+    """The channels-last path reuses its buffers at every forward: each artwork's statistics
+    must be taken before the next artwork's forward (a regression test)."""
+    arts = [rng.standard_normal((3, 32, 32)), rng.standard_normal((3, 32, 32))]
+    terms = [losses.GramLoss("conv2_1")]
+    ref, fast = (style_targets(tiny_net(k), terms, arts, {"conv2_1": 256}, [1.0, 0.0])[0]["gram"]
+                 for k in ("reference", "auto"))
+    alone = style_targets(tiny_net("reference"), terms, arts[:1], {"conv2_1": 256})[0]["gram"]
+    np.testing.assert_allclose(fast, ref, rtol=1e-10)
+    np.testing.assert_allclose(ref, alone, rtol=1e-12)
