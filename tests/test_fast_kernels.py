@@ -1,14 +1,13 @@
 """The fast conv kernels of nstlite.fast (Winograd, shifted GEMM, im2col) against the
 reference convolution of nstlite.layers.
 
-Tolerances (normwise relative error, max|fast - ref| / max|ref|):
-  float64: 1e-12 for every kernel (Winograd's transforms lose a few digits: ~1e-14 seen);
-  float32: 2e-6 for the shifted GEMM, 1e-5 for Winograd F(4x4, 3x3) (its transforms
-  amplify rounding by roughly 10x; ~3e-6 seen on these inputs). The choice of Winograd
-  points is checked on smooth data below (``test_winograd_float32_input_gradient_error``).
+Tolerances: ``fast_tolerances.TOL`` (normwise relative error). The choice of Winograd points is
+checked on smooth data below (``test_winograd_float32_input_gradient_error``).
 """
 import numpy as np
 import pytest
+
+from fast_tolerances import TOL, rel, rel_l2
 
 from nstlite import layers as L
 from nstlite.fast.gemm import (im2col_conv, im2col_conv_adjoint, im2col_weights, shifted_gemm_conv,
@@ -21,20 +20,7 @@ from nstlite.fast.winograd import (WINO_AT, WINO_BT, WINO_G, WINO_SCALE_AT, WINO
 from nstlite.fast.workspace import Workspace, local_blas_threads
 
 FAST_KERNELS = ["shifted_gemm", "winograd", "auto"]
-TOL = {("float64", "shifted_gemm"): 1e-12, ("float64", "winograd"): 1e-12, ("float64", "auto"): 1e-12,
-       ("float32", "shifted_gemm"): 2e-6, ("float32", "winograd"): 1e-5, ("float32", "auto"): 1e-5}
 SHAPES = [(3, 7, 9, 4), (5, 13, 6, 7), (16, 11, 17, 16), (8, 1, 1, 3), (4, 5, 2, 3), (20, 4, 8, 17)]
-
-
-def rel_l2(a, b):
-    """||a - b|| / ||b|| in float64."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
-
-
-def rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -116,7 +102,6 @@ def test_winograd_matrices_reproduce_direct_1d():
     y = WINO_AT @ ((WINO_G @ g) * (WINO_BT @ d))
     direct = np.array([d[i:i + 3] @ g for i in range(4)])
     assert np.allclose(y, direct, rtol=0, atol=1e-13)
-
 
 
 def test_winograd_matrices_derive_from_the_points():
