@@ -97,7 +97,10 @@ class VGG19:
         weights in their kernels' forms, buffers and workspace, masks, and the feature maps
         of ``loss_layers`` handed out. The optimiser's memory is the caller's to add."""
         layers = [layers] if isinstance(layers, str) else list(layers)
-        self._depth(layers + list(loss_layers))
+        loss_layers = [loss_layers] if isinstance(loss_layers, str) else list(loss_layers)
+        if not layers:
+            raise NstliteError("no layers requested")
+        self._depth(layers + loss_layers)  # one-line error for an unknown name
         return self.path.memory_bytes(height, width, layers, loss_layers)
 
     # ----------------------------------------------------------------- input conversion
