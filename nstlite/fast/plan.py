@@ -23,7 +23,7 @@ IM2COL_MAX_CHANNELS = 4  # an image (conv1_1): columns of 9 C_in + 1 rows
 WINOGRAD_MIN_TILES = 16  # a 16x16 map; on smaller ones the transforms cost more than they save
 
 
-def check_kernel(kernel):
+def check_kernel(kernel: "str | None") -> str:
     """The kernel name for ``kernel`` (None: ``DEFAULT_KERNEL``); a one-line error for an
     unknown one."""
     kernel = DEFAULT_KERNEL if kernel is None else kernel
@@ -32,7 +32,7 @@ def check_kernel(kernel):
     return kernel
 
 
-def use_winograd(c_in, c_out, h, w):
+def use_winograd(c_in: int, c_out: int, h: int, w: int) -> bool:
     """Winograd pays where the 36 GEMMs dominate the tile transforms: both channel counts at
     least 16 (every VGG19 conv but conv1_1) and a map of at least ``WINOGRAD_MIN_TILES``
     tiles (the crossover measured in ``docs/performance.md``)."""
