@@ -1,20 +1,293 @@
-"""``nstlite`` command line: one sub-command per task, each registered by its own module.
+"""``nstlite`` command line: every sub-command and every option, and nothing else.
+
+The library modules hold no argparse: this module reads the command line, calls the library
+(``stylize``, ``demo``, ``figures``, ``gradient_check``) and prints. Options that several
+commands share (size, iterations, seed, weights, pooling, device, TV weight, quiet) are defined
+once, in ``add_run_options``.
 
 Every ``NstliteError`` (bad input, missing weights, unknown device...) becomes one line
 ``nstlite: error: ...`` on stderr and exit code 2 - never a traceback.
 """
 import argparse
-import importlib
 import os
+import shlex
+import signal
 import sys
+import time
 
-from .errors import run_parser
+from . import colors
+from . import options as O
+from .backend import DEVICES
+from .errors import NstliteError, run_parser
 
-# Modules that add sub-commands (each defines ``register_cli(subparsers)``), in --help order.
-COMMAND_MODULES = ("nstlite.style_transfer", "nstlite.figures", "nstlite.gradient_check")
+# The keywords of ``stylize`` that ``nstlite stylize`` (and ``demo``) set from options of the same name.
+STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "content_layers", "style_layers",
+                    "style_blend_weights", "style_scale", "init", "seed", "pooling", "tv_weight", "lbfgs_history",
+                    "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
+                    "resume", "style_loss", "sw_directions", "tile")
 
 
-def build_parser():
+# --------------------------------------------------------------------------- shared options
+def add_run_options(p, size, iterations, what="the result", per="per scale with --scales"):
+    """The options every optimising command has, with that command's size and iteration defaults
+    (``what`` is sized; the iterations count ``per`` that)."""
+    p.add_argument("--size", type=int, default=size, help=f"longest side of {what} in pixels (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=iterations,
+                   help=f"L-BFGS iterations ({per}; default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start (default %(default)s)")
+    p.add_argument("--weights", default=None, metavar="H5",
+                   help="VGG19 weights file (default $NSTLITE_WEIGHTS or ~/.cache/nstlite/vgg19.h5)")
+    p.add_argument("--pooling", choices=("avg", "max"), default="avg", help="pooling layers (the paper: avg)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="default %(default)s")
+    p.add_argument("--tv-weight", type=float, default=O.DEFAULT_TV_WEIGHT,
+                   help="total-variation weight (default %(default)g: the paper has no such term)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+
+
+def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
+                        style_weight=O.DEFAULT_STYLE_WEIGHT):
+    """The options of ``stylize`` beyond the images (``demo`` has them too, with its own defaults)."""
+    add_run_options(p, size, iterations)
+    p.add_argument("--content-weight", type=float, default=O.DEFAULT_CONTENT_WEIGHT,
+                   help="alpha of eq. 7 (default %(default)g)")
+    p.add_argument("--style-weight", type=float, default=style_weight, help="beta of eq. 7 (default %(default)g)")
+    p.add_argument("--content-layers", default=",".join(O.DEFAULT_CONTENT_LAYERS),
+                   help="comma-separated (default %(default)s)")
+    p.add_argument("--style-layers", default=",".join(O.DEFAULT_STYLE_LAYERS),
+                   help="comma-separated, optionally name:weight (default %(default)s, equal weights)")
+    p.add_argument("--style-blend-weights", default=None, help="one weight per --style, e.g. 0.7,0.3")
+    p.add_argument("--style-scale", type=float, default=1.0,
+                   help="style images are resized to this times --size (default %(default)g)")
+    p.add_argument("--init", default=O.DEFAULT_INIT,
+                   help="content | noise | style | PATH of an image (default %(default)s)")
+    p.add_argument("--lbfgs-history", type=int, default=O.DEFAULT_LBFGS_HISTORY,
+                   help="L-BFGS memory (default %(default)s)")
+    p.add_argument("--original-colors", choices=colors.METHODS, default=None,
+                   help="keep the photograph's colours: luminance-only transfer, or match the style's colours")
+    p.add_argument("--scales", default=None, help="coarse to fine, e.g. 256,512 (overrides --size)")
+    p.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="every N iterations write OUTPUT_<it>.<ext> and OUTPUT_<it>.npz (exact state)")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a .npz checkpoint")
+    p.add_argument("--print-every", type=int, default=O.DEFAULT_PRINT_EVERY, metavar="N",
+                   help="progress line every N iterations (0: none; default %(default)s)")
+    p.add_argument("--log", default=None, metavar="FILE", help="JSON lines, one per evaluation")
+    p.add_argument("--style-loss", default="gram", metavar="LOSS",
+                   help="gram (the paper), mean_std, gaussian_w2, histogram, sliced_wasserstein, "
+                        "package.module:Class, or a weighted mix such as gram:1,histogram:0.5 (default %(default)s)")
+    p.add_argument("--sw-directions", type=int, default=None, metavar="K",
+                   help="directions of the sliced Wasserstein loss (default: one per channel)")
+    p.add_argument("--tile", default=None, metavar="N|auto",
+                   help="evaluate the exact objective by tiles of N pixels (a multiple of 16), or auto: "
+                        "tiles only when the whole image does not fit in memory")
+
+
+# --------------------------------------------------------------------------- stylize and demo
+def run_stylize(args, content, styles, output):
+    """Run ``stylize`` for a command: SIGTERM behaves like Ctrl-C, whose best image is saved."""
+    from .optimize import StopReason  # here, not at the top: --help need not load SciPy
+    from .style_transfer import StylizeInterrupted, stylize
+
+    keywords = {name: getattr(args, name) for name in STYLIZE_KEYWORDS}
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        result = stylize(content, styles, output=output, **keywords)
+    except StylizeInterrupted as e:
+        print(f"nstlite: interrupted after {e.result.iterations} iterations; best image so far saved to "
+              f"{e.result.output}", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if result.stop_reason not in (StopReason.ITERATIONS, StopReason.CONVERGED, StopReason.CALLBACK):
+        print(f"nstlite: note: stopped after {result.iterations} iterations ({result.stop_reason}); "
+              "the best image found was saved", file=sys.stderr)
+    return 0
+
+
+def _sigterm_to_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _cmd_stylize(args):
+    return run_stylize(args, args.content, args.style, args.output)
+
+
+def _cmd_demo(args):
+    from . import demo
+    from .image import output_format
+
+    output_format(args.output)  # before any download
+    content = args.content or demo.fetch_photo()
+    style = args.style or demo.style_image()
+    if not args.quiet:
+        print(f"demo: content {content}\ndemo: style   {style}", file=sys.stderr)
+    return run_stylize(args, content, [style], args.output)
+
+
+def _add_stylize_commands(sub):
+    from .demo import DEMO_ITERATIONS, DEMO_SIZE, DEMO_STYLE_WEIGHT
+
+    p = sub.add_parser(
+        "stylize", help="stylise a photograph with one or more artworks",
+        description="Gatys, Ecker & Bethge (2015): optimise an image with L-BFGS-B so that its VGG19 "
+                    "responses match the photograph's content and the artworks' style.")
+    p.add_argument("--content", required=True, help="photograph (any image Pillow reads)")
+    p.add_argument("--style", required=True, action="append", help="artwork; repeat for several")
+    p.add_argument("--output", required=True, help="result image; the format follows the extension")
+    add_stylize_options(p)
+    p.set_defaults(func=_cmd_stylize)
+
+    p = sub.add_parser(
+        "demo", help="stylise an example pair (downloads a sample photo) - a first run in a few minutes",
+        description="Stylise a sample photograph (Chelsea the cat, from the scikit-image wheel) with a "
+                    "generated swirl painting, small and quick. Every stylize option applies.")
+    p.add_argument("--output", default="demo.png", help="result image (default %(default)s)")
+    p.add_argument("--content", default=None, help="use this photograph instead of the sample")
+    p.add_argument("--style", default=None, help="use this artwork instead of the generated painting")
+    add_stylize_options(p, size=DEMO_SIZE, iterations=DEMO_ITERATIONS, style_weight=DEMO_STYLE_WEIGHT)
+    p.set_defaults(func=_cmd_demo)
+
+
+# --------------------------------------------------------------------------- the figures
+FIGURE_HELP = {
+    1: ("paper Figure 1: content and style reconstructions from white noise, with PSNR per layer",
+        ("Figure 1 of Gatys et al. (2015). Top row: the photograph reconstructed from white noise by the "
+         "content loss alone at conv1_1 ... conv5_1 (a-e). Bottom row: the artwork's style reconstructed "
+         "by the style loss alone over conv1_1, conv1_1+conv2_1, ..., conv1_1...conv5_1 (a-e)."),
+        "the artwork"),
+    2: ("paper Figure 2: the photograph stylised with each artwork",
+        ("Figure 2 of Gatys et al. (2015): the photograph and its stylisation with each artwork "
+         "(content conv4_2, style conv1_1...conv5_1 with w_l = 1/5, from white noise)."),
+        "an artwork; repeat for several (the paper: shipwreck, starry_night, the_scream, seated-nude)"),
+    3: ("paper Figure 3: style layer sets x alpha/beta ratios, content loss per panel",
+        ("Figure 3 of Gatys et al. (2015): rows are style layer sets conv1_1 up to conv1_1...conv5_1, "
+         "columns alpha/beta ratios; content at conv4_2, from white noise."),
+        "the artwork"),
+}
+
+
+def _add_figure_commands(sub):
+    from . import figures as F
+
+    for figure, (short, long, style_help) in FIGURE_HELP.items():
+        p = sub.add_parser(f"figure{figure}", help=short, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=f"{long}\n\nWith the defaults this takes {F.HELP_TIMES[figure]} "
+                                       "on a 2-core CPU.")
+        p.add_argument("--content", required=True, metavar="IMG", help="the photograph")
+        p.add_argument("--style", required=True, action="append", metavar="IMG", help=style_help)
+        p.add_argument("--output", "-o", required=True, metavar="PNG",
+                       help="grid image to write; the numbers go next to it (same stem, .json and .csv)")
+        add_run_options(p, F.DEFAULTS[figure]["size"], F.DEFAULTS[figure]["iterations"], "every panel",
+                        "per panel")
+        p.add_argument("--layers", default=",".join(F.PAPER_LAYERS),
+                       help="the layers the figure is built from (default %(default)s)")
+        p.add_argument("--jobs", "-j", type=int, default=1,
+                       help="worker processes running panels at once (default 1; use the number of cores)")
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        if figure == 2:
+            p.add_argument("--ratio", dest="ratios", default=None, metavar="R[,R...]",
+                           help=f"alpha/beta, one value or one per style (default {F.FIGURE2_RATIO:g}; the paper "
+                                "uses 1e-3 for B-D and 1e-4 for E-F)")
+        if figure == 3:
+            p.add_argument("--ratios", default=",".join(f"{r:g}" for r in F.FIGURE3_RATIOS), metavar="R,R,...",
+                           help="alpha/beta of the columns (default %(default)s)")
+        if figure != 1:
+            p.add_argument("--init", choices=("noise", "content"), default="noise",
+                           help="start from white noise (the paper) or from the photograph")
+        p.set_defaults(func=_cmd_figure, figure=figure)
+
+
+def _cmd_figure(args):
+    from . import figures as F
+    from .weights import VGG19_CONV_LAYERS
+
+    figure = args.figure
+    settings = F.Settings(size=args.size, iterations=args.iterations, seed=args.seed, weights=args.weights,
+                          pooling=args.pooling, device=args.device, tv_weight=args.tv_weight,
+                          init=getattr(args, "init", "noise"))
+    ratios = None
+    if getattr(args, "ratios", None):
+        ratios = O.parse_numbers(args.ratios, "--ratio" if figure == 2 else "--ratios")
+    layers = O.parse_layers(args.layers, known=VGG19_CONV_LAYERS)
+
+    def log(message):
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    doc = F.make_figure(figure, args.content, args.style, args.output, settings, jobs=args.jobs, ratios=ratios,
+                        layers=layers, overwrite=args.overwrite, command=_figure_command_line(args), log=log)
+    json_path, csv_path = F.sidecar_paths(args.output)
+    print(f"wrote {args.output}, {json_path}, {csv_path} in {doc['wall_seconds']:.1f} s")
+    for name, value in doc["checks"].items():
+        print(f"  {name}: {_short(value)}")
+    return 0
+
+
+def _figure_command_line(args):
+    """The canonical command that reproduces this figure run (every setting spelled out)."""
+    from .figures import PAPER_LAYERS
+
+    parts = ["nstlite", f"figure{args.figure}", "--content", args.content]
+    for s in args.style:
+        parts += ["--style", s]
+    parts += ["--output", args.output, "--size", str(args.size), "--iterations", str(args.iterations),
+              "--seed", str(args.seed), "--jobs", str(args.jobs)]
+    optional = [("--weights", args.weights, None), ("--pooling", args.pooling, "avg"),
+                ("--device", args.device, "cpu"), ("--tv-weight", args.tv_weight, 0.0),
+                ("--init", getattr(args, "init", "noise"), "noise"),
+                ("--ratios" if args.figure == 3 else "--ratio", getattr(args, "ratios", None), None),
+                ("--layers", args.layers, ",".join(PAPER_LAYERS))]
+    for flag, value, default in optional:
+        if value and value != default:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def _short(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_short(v)}" for k, v in value.items())
+    return str(value)
+
+
+# --------------------------------------------------------------------------- gradcheck
+def _add_gradcheck_command(sub):
+    p = sub.add_parser(
+        "gradcheck", help="verify every hand-written gradient against finite differences",
+        description="Check every layer's backward, every loss's gradient and the whole objective "
+                    "against central finite differences in float64. Prints a table; exits 1 on any failure.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--select", action="append", default=None, metavar="TEXT",
+                   help="run only the rows whose name contains TEXT (repeatable)")
+    p.add_argument("--loss", action="append", default=None, metavar="package.module:Class",
+                   help="also check your own style loss (a nstlite.losses.StyleLoss subclass; repeatable)")
+    p.set_defaults(func=_cmd_gradcheck)
+
+
+def _cmd_gradcheck(args):
+    from .gradient_check import format_table, gradcheck
+
+    t0 = time.perf_counter()
+    results = gradcheck(device=args.device, seed=args.seed, select=args.select, style_losses=args.loss)
+    if not results:
+        raise NstliteError(f"no gradcheck row matches {', '.join(args.select)}")
+    print(format_table(results))
+    failed = [c for c in results if not c.passed]
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed  "
+          f"(float64, {args.device}, seed {args.seed}, {time.perf_counter() - t0:.1f} s)")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- the parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nstlite`` parser with every sub-command, in --help order."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -22,23 +295,17 @@ def build_parser():
         description="Neural style transfer (Gatys, Ecker & Bethge 2015) on NumPy/CuPy with hand-written gradients.")
     parser.add_argument("--version", action="version", version=f"nstlite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for modname in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name == modname:  # that command is not part of this build
-                continue
-            raise
-        module.register_cli(sub)
+    _add_stylize_commands(sub)
+    _add_figure_commands(sub)
+    _add_gradcheck_command(sub)
     return parser
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Run the ``nstlite`` command line; returns the exit code."""
     # OpenBLAS worker threads otherwise busy-wait after every GEMM and slow the NumPy work that
     # follows; this must be set before NumPy loads OpenBLAS (only effective on a fresh process).
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
-    from .errors import NstliteError
-
     return run_parser(build_parser(), argv, "nstlite", NstliteError,
                       out_of_memory="out of memory: try a smaller --size")
 

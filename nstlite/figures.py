@@ -37,17 +37,16 @@ import json
 import math
 import multiprocessing
 import os
-import shlex
-import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .atomic import atomic_write
+from .colors import luminance
 from .errors import NstliteError
 
 PAPER = "Gatys, Ecker & Bethge, A Neural Algorithm of Artistic Style, arXiv:1508.06576 (2015)"
@@ -201,16 +200,11 @@ def relative_error(x, ref):
     return float(np.linalg.norm(x - ref) / denom) if denom > 0 else math.inf
 
 
-def _luminance(rgb):
-    rgb = np.asarray(rgb, np.float64)
-    return rgb @ np.array([0.299, 0.587, 0.114])
-
-
 def layout_correlation(a, b, cells=8):
     """Pearson correlation of the two images' luminance averaged over a grid of about
     ``cells`` x ``cells`` blocks: near 1 when the coarse layout is the same, near 0 when it is
     not (a texture without the original arrangement). The images must have the same shape."""
-    la, lb = _luminance(a), _luminance(b)
+    la, lb = luminance(np.asarray(a, np.float64)), luminance(np.asarray(b, np.float64))
     h, w = la.shape
     bh, bw = max(1, h // cells), max(1, w // cells)
     h2, w2 = (h // bh) * bh, (w // bw) * bw
@@ -298,6 +292,15 @@ def _net_for(settings):
         _NETS.clear()
         _NETS[key] = load_vgg19(settings.weights, pooling=settings.pooling, device=settings.device)
     return _NETS[key]
+
+
+def weights_source(path=None):
+    """Where a weights file's weights came from: its ``source`` attribute (``nstlite.weights``),
+    or None when the file has none. ``VGG19`` keeps only the preprocessing attributes."""
+    from .weights import VGG19_CONV_LAYERS, read_weights
+
+    _, attrs = read_weights(path, last=VGG19_CONV_LAYERS[0], mapped=True)  # one small layer read
+    return attrs.get("source")
 
 
 def run_panel(panel, images, settings):
@@ -413,6 +416,13 @@ def _wrap(draw, text, font, width):
     return lines
 
 
+def _fitting_font_size(draw, words, width, size):
+    """``size``, shrunk (down to 7 px) until every word fits in ``width`` - 2 px."""
+    while size > 7 and words and max(_text_size(draw, w, _font(size))[0] for w in words) > width - 2:
+        size -= 1
+    return size
+
+
 def render_grid(cells, title=None, row_labels=None, col_labels=None, font_size=None, background=(255, 255, 255),
                 text_colour=(0, 0, 0)):
     """One labelled grid image.
@@ -432,12 +442,9 @@ def render_grid(cells, title=None, row_labels=None, col_labels=None, font_size=N
     cell_w = max(img.shape[1] for img, _ in cells.values())
     cell_h = max(img.shape[0] for img, _ in cells.values())
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    fs = font_size or max(10, min(24, cell_w // 11))
-    # Shrink the font until every word of the captions and column labels fits in a cell.
     words = [w for _, cap in cells.values() for w in (cap or "").split()]
     words += [w for t in (col_labels or []) for w in t.split()]
-    while fs > 7 and words and max(_text_size(scratch, w, _font(fs))[0] for w in words) > cell_w - 2:
-        fs -= 1
+    fs = _fitting_font_size(scratch, words, cell_w, font_size or max(10, min(24, cell_w // 11)))
     font, pad = _font(fs), max(3, fs // 3)
     line_h = _text_size(scratch, "Ag\u2026", font)[1] + pad
 
@@ -481,7 +488,8 @@ def render_grid(cells, title=None, row_labels=None, col_labels=None, font_size=N
         canvas.paste(Image.fromarray(np.ascontiguousarray(img[..., :3])), (ix, iy))
         if caption:
             write(_wrap(draw, caption, font, cell_w), x0, y0 + cell_h + pad // 2, cell_w)
-        boxes[(r, c)] = {"image": [ix, iy, ix + w, iy + h], "caption": [x0, y0 + cell_h, x0 + cell_w, y0 + cell_h + caption_h]}
+        boxes[(r, c)] = {"image": [ix, iy, ix + w, iy + h],
+                         "caption": [x0, y0 + cell_h, x0 + cell_w, y0 + cell_h + caption_h]}
     return np.asarray(canvas), boxes
 
 
@@ -503,8 +511,6 @@ def with_inset(img, inset, fraction=0.3, border=2):
 # --------------------------------------------------------------------------- output files
 def _write_text(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically (temp file in the same folder + os.replace)."""
-    from .image import atomic_write
-
     def write(tmp):
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -630,7 +636,8 @@ def figure_checks(figure, records, ratios=None):
         for name, pairs in rows.items():
             losses_by_ratio = [c for _, c in sorted(pairs)]
             falls[name] = all(a > b for a, b in zip(losses_by_ratio, losses_by_ratio[1:]))
-        checks["content_loss_by_ratio"] = {name: {f"{r:.0e}": c for r, c in sorted(pairs)} for name, pairs in rows.items()}
+        checks["content_loss_by_ratio"] = {name: {f"{r:.0e}": c for r, c in sorted(pairs)}
+                                           for name, pairs in rows.items()}
         checks["content_loss_falls_as_ratio_grows"] = falls
         checks["content_loss_falls_in_every_row"] = all(falls.values())
     return checks
@@ -673,23 +680,10 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
     ratios : alpha/beta values (Figure 2: one, or one per style; Figure 3: the columns);
     layers : the layers the figure is built from (default conv1_1, conv2_1, ..., conv5_1).
     """
-    from . import __version__
-    from .weights import default_weights_path
+    from .image import save_image
 
-    styles = list(styles)
-    if figure in (1, 3) and len(styles) != 1:
-        raise NstliteError(f"figure {figure} takes exactly one style image, got {len(styles)}")
-    if figure == 2 and not styles:
-        raise NstliteError("figure 2 needs at least one style image")
-    if settings.size < 16:
-        raise NstliteError(f"--size {settings.size} is too small: VGG19 needs at least 16 px")
-    if settings.iterations < 1:
-        raise NstliteError("--iterations must be at least 1")
-    if jobs < 1:
-        raise NstliteError("--jobs must be at least 1")
-    layers = tuple(layers)
-    if not layers:
-        raise NstliteError("no layers given")
+    styles, layers = list(styles), tuple(layers)
+    _check_request(figure, styles, settings, jobs, layers)
     check_outputs(output, [content] + styles, overwrite)
     started = time.perf_counter()
     net = _net_for(settings)  # a missing or bad weights file fails here, before any work
@@ -698,20 +692,7 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
         raise NstliteError(f"layer(s) {', '.join(sorted(missing))} not in this network; "
                            f"use names from {', '.join(n for n in net.layer_names if n.startswith('conv'))}")
     images = load_inputs(content, styles, settings.size)
-
-    if figure == 1:
-        items = figure1_panels(layers)
-    elif figure == 2:
-        ratios = list(ratios) if ratios else [FIGURE2_RATIO]
-        if len(ratios) == 1:
-            ratios = ratios * len(styles)
-        names = [os.path.splitext(os.path.basename(s))[0] for s in styles]
-        items = figure2_panels(names, ratios, style_layers=layers)
-    else:
-        ratios = list(ratios) if ratios else list(FIGURE3_RATIOS)
-        items = figure3_panels(ratios, tuple(layers[:k] for k in range(1, len(layers) + 1)))
-    if ratios and any(not (r > 0 and math.isfinite(r)) for r in ratios):
-        raise NstliteError("alpha/beta ratios must be positive numbers")
+    items, ratios = figure_items(figure, styles, ratios, layers)
     panels = [p for p in items if isinstance(p, Panel)]
 
     def progress(done, total, panel, result):
@@ -728,8 +709,55 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
     records = panel_records(figure, panels, results)
     for rec in records:  # where each panel sits in the grid image, to crop it out
         rec["box"] = boxes[(rec["row"], rec["col"])]["image"]
-    wall = time.perf_counter() - started
-    document = {
+    document = _document(figure, command, output, content, styles, images, settings, jobs, ratios, layers,
+                         records, time.perf_counter() - started)
+    json_path, csv_path = sidecar_paths(output)
+    save_image(output, grid)
+    write_csv(csv_path, records)
+    write_json(json_path, document)
+    return document
+
+
+def _check_request(figure, styles, settings, jobs, layers):
+    """One-line errors for a figure request that cannot run, before anything is read."""
+    if figure in (1, 3) and len(styles) != 1:
+        raise NstliteError(f"figure {figure} takes exactly one style image, got {len(styles)}")
+    if figure == 2 and not styles:
+        raise NstliteError("figure 2 needs at least one style image")
+    if settings.size < 16:
+        raise NstliteError(f"--size {settings.size} is too small: VGG19 needs at least 16 px")
+    if settings.iterations < 1:
+        raise NstliteError("--iterations must be at least 1")
+    if jobs < 1:
+        raise NstliteError("--jobs must be at least 1")
+    if not layers:
+        raise NstliteError("no layers given")
+
+
+def figure_items(figure, styles, ratios, layers):
+    """(grid items, the alpha/beta ratios used) of Figure ``figure`` for these style paths."""
+    if figure == 1:
+        return figure1_panels(layers), ratios
+    if figure == 2:
+        ratios = list(ratios) if ratios else [FIGURE2_RATIO]
+        if len(ratios) == 1:
+            ratios = ratios * len(styles)
+        names = [os.path.splitext(os.path.basename(s))[0] for s in styles]
+        items = figure2_panels(names, ratios, style_layers=layers)
+    else:
+        ratios = list(ratios) if ratios else list(FIGURE3_RATIOS)
+        items = figure3_panels(ratios, tuple(layers[:k] for k in range(1, len(layers) + 1)))
+    if any(not (r > 0 and math.isfinite(r)) for r in ratios):
+        raise NstliteError("alpha/beta ratios must be positive numbers")
+    return items, ratios
+
+
+def _document(figure, command, output, content, styles, images, settings, jobs, ratios, layers, records, wall):
+    """The JSON document of a figure run: inputs, settings (with the weights' source), numbers."""
+    from . import __version__
+    from .weights import default_weights_path
+
+    return {
         "figure": figure,
         "paper": PAPER,
         "command": command,
@@ -738,157 +766,9 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
         "input_sizes": {k: list(v.shape[:2]) for k, v in images.items()},
         "settings": dict(asdict(settings), jobs=jobs, ratios=ratios, layers=list(layers),
                          weights=settings.weights or default_weights_path(),
-                         weights_source=getattr(net, "source", None)),
+                         weights_source=weights_source(settings.weights)),
         "nstlite_version": __version__,
         "wall_seconds": round(wall, 2),
         "panels": records,
         "checks": figure_checks(figure, records, ratios),
     }
-    from .image import save_image
-
-    json_path, csv_path = sidecar_paths(output)
-    save_image(output, grid)
-    write_csv(csv_path, records)
-    write_json(json_path, document)
-    return document
-
-
-# --------------------------------------------------------------------------- command line
-def _float_list(text, what):
-    try:
-        values = [float(t) for t in str(text).replace(" ", "").split(",") if t]
-    except ValueError:
-        raise NstliteError(f"{what} must be numbers separated by commas, e.g. 1e-5,1e-4; got {text!r}") from None
-    if not values:
-        raise NstliteError(f"{what} is empty")
-    return values
-
-
-def _layer_list(text):
-    from .vgg import VGG19_LAYERS
-
-    names = [t for t in str(text).replace(" ", "").split(",") if t]
-    unknown = [n for n in names if n not in VGG19_LAYERS or not n.startswith("conv")]
-    if unknown or not names:
-        raise NstliteError(f"unknown layer(s) {', '.join(unknown) or '(none given)'}; use conv layer names "
-                           "such as conv1_1,conv2_1,conv3_1,conv4_1,conv5_1")
-    return names
-
-
-def _command_line(figure, args):
-    """The canonical command that reproduces this run (every setting spelled out)."""
-    parts = ["nstlite", f"figure{figure}", "--content", args.content]
-    for s in args.style:
-        parts += ["--style", s]
-    parts += ["--output", args.output, "--size", str(args.size), "--iterations", str(args.iterations),
-              "--seed", str(args.seed), "--jobs", str(args.jobs)]
-    if args.weights:
-        parts += ["--weights", args.weights]
-    if args.pooling != "avg":
-        parts += ["--pooling", args.pooling]
-    if args.device != "cpu":
-        parts += ["--device", args.device]
-    if args.tv_weight:
-        parts += ["--tv-weight", str(args.tv_weight)]
-    if getattr(args, "init", "noise") != "noise":
-        parts += ["--init", args.init]
-    if getattr(args, "ratios", None):
-        parts += ["--ratios" if figure == 3 else "--ratio", args.ratios]
-    if args.layers != ",".join(PAPER_LAYERS):
-        parts += ["--layers", args.layers]
-    return shlex.join(parts)
-
-
-def _run_cli(figure, args):
-    settings = Settings(size=args.size, iterations=args.iterations, seed=args.seed, weights=args.weights,
-                        pooling=args.pooling, device=args.device, tv_weight=args.tv_weight,
-                        init=getattr(args, "init", "noise"))
-    ratios = _float_list(args.ratios, "--ratio" if figure == 2 else "--ratios") if getattr(args, "ratios", None) else None
-    layers = _layer_list(args.layers)
-
-    def log(msg):
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    doc = make_figure(figure, args.content, args.style, args.output, settings, jobs=args.jobs, ratios=ratios,
-                      layers=layers, overwrite=args.overwrite, command=_command_line(figure, args), log=log)
-    json_path, csv_path = sidecar_paths(args.output)
-    print(f"wrote {args.output}, {json_path}, {csv_path} in {doc['wall_seconds']:.1f} s")
-    for name, value in doc["checks"].items():
-        print(f"  {name}: {_short(value)}")
-    return 0
-
-
-def _short(value):
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_short(v)}" for k, v in value.items())
-    return str(value)
-
-
-def _add_common(p, figure, n_styles_help):
-    d = DEFAULTS[figure]
-    p.add_argument("--content", required=True, metavar="IMG", help="the photograph")
-    p.add_argument("--style", required=True, action="append", metavar="IMG", help=n_styles_help)
-    p.add_argument("--output", "-o", required=True, metavar="PNG",
-                   help="grid image to write; the numbers go next to it (same stem, .json and .csv)")
-    p.add_argument("--size", type=int, default=d["size"], help=f"longest side of every panel in px (default {d['size']})")
-    p.add_argument("--iterations", type=int, default=d["iterations"],
-                   help=f"L-BFGS iterations per panel (default {d['iterations']})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start, the same for every panel")
-    p.add_argument("--weights", default=None, metavar="H5",
-                   help="VGG19 weights file (default $NSTLITE_WEIGHTS or ~/.cache/nstlite/vgg19.h5)")
-    p.add_argument("--pooling", choices=("avg", "max"), default="avg", help="pooling layers (the paper: avg)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--tv-weight", type=float, default=0.0,
-                   help="total-variation weight (default 0: the paper has no such term)")
-    p.add_argument("--layers", default=",".join(PAPER_LAYERS),
-                   help="the layers the figure is built from (default %(default)s)")
-    p.add_argument("--jobs", "-j", type=int, default=1,
-                   help="worker processes running panels at once (default 1; use the number of cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
-
-
-def register_cli(subparsers):
-    """Add the ``figure1``, ``figure2`` and ``figure3`` sub-commands."""
-    import argparse
-
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser(
-        "figure1", formatter_class=fmt,
-        help="paper Figure 1: content and style reconstructions from white noise, with PSNR per layer",
-        description="Figure 1 of Gatys et al. (2015). Top row: the photograph reconstructed from white noise by the "
-                    "content loss alone at conv1_1 ... conv5_1 (a-e). Bottom row: the artwork's style reconstructed "
-                    "by the style loss alone over conv1_1, conv1_1+conv2_1, ..., conv1_1...conv5_1 (a-e).\n\n"
-                    f"With the defaults this takes {HELP_TIMES[1]} on a 2-core CPU.")
-    _add_common(p, 1, "the artwork")
-    p.set_defaults(func=lambda a: _run_cli(1, a))
-
-    p = subparsers.add_parser(
-        "figure2", formatter_class=fmt,
-        help="paper Figure 2: the photograph stylised with each artwork",
-        description="Figure 2 of Gatys et al. (2015): the photograph and its stylisation with each artwork "
-                    "(content conv4_2, style conv1_1...conv5_1 with w_l = 1/5, from white noise).\n\n"
-                    f"With the defaults this takes {HELP_TIMES[2]} on a 2-core CPU.")
-    _add_common(p, 2, "an artwork; repeat for several (the paper: shipwreck, starry_night, the_scream, seated-nude)")
-    p.add_argument("--ratio", dest="ratios", default=None, metavar="R[,R...]",
-                   help=f"alpha/beta, one value or one per style (default {FIGURE2_RATIO:g}; the paper uses "
-                        "1e-3 for B-D and 1e-4 for E-F)")
-    p.add_argument("--init", choices=("noise", "content"), default="noise",
-                   help="start from white noise (the paper) or from the photograph")
-    p.set_defaults(func=lambda a: _run_cli(2, a))
-
-    p = subparsers.add_parser(
-        "figure3", formatter_class=fmt,
-        help="paper Figure 3: style layer sets x alpha/beta ratios, content loss per panel",
-        description="Figure 3 of Gatys et al. (2015): rows are style layer sets conv1_1 up to conv1_1...conv5_1, "
-                    "columns alpha/beta ratios; content at conv4_2, from white noise.\n\n"
-                    f"With the defaults this takes {HELP_TIMES[3]} on a 2-core CPU.")
-    _add_common(p, 3, "the artwork")
-    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in FIGURE3_RATIOS), metavar="R,R,...",
-                   help="alpha/beta of the columns (default %(default)s)")
-    p.add_argument("--init", choices=("noise", "content"), default="noise",
-                   help="start from white noise (the paper) or from the photograph")
-    p.set_defaults(func=lambda a: _run_cli(3, a))

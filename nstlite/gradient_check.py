@@ -17,8 +17,6 @@ The error reported is ``max_i |analytic_i - numeric_i| / max(max|analytic|, max|
 Functions with kinks (ReLU at 0, max-pool ties) have no derivative there and a finite
 difference that straddles one is meaningless: such inputs are *resampled*, never tolerated.
 """
-import argparse
-import time
 import zlib
 from dataclasses import dataclass
 
@@ -29,6 +27,7 @@ from . import losses
 from .backend import to_host, xp_for
 from .fast.plan import CONV_KERNELS, DEFAULT_KERNEL
 from .objective import build_objective
+from .tiled import TiledObjective
 from .vgg import VGG19
 from .weights import random_params
 
@@ -335,6 +334,21 @@ def _objective_row(pooling, kernel, seed, alpha, beta, tv):
     return run
 
 
+def _tiled_row(kernel, seed):
+    """The tiled objective (``nstlite.tiled``) with its own finite differences: 6 tiles whose
+    input gradients add up, style derivatives from the global statistics."""
+    def run(xp, rng):
+        net = _tiny_net("avg", "gpu" if xp is not np else "cpu", seed, kernel)
+
+        def attempt():
+            photo, art = _image(xp, rng, 64, 80), _image(xp, rng)
+            obj = TiledObjective(build_objective(net, photo, [art], ["conv4_2"], {n: 0.2 for n in STYLE_LAYERS},
+                                                 alpha=1.0, beta=1e3, tv_weight=1e-2), 32, record_pattern=True)
+            return check_directional("", lambda z: obj(z)[:2], obj.activation_pattern, _image(xp, rng, 64, 80), rng)
+        return _resampled("", attempt)
+    return run
+
+
 def _network_rows(seed):
     rows = []
     for kernel in _network_kernels():
@@ -344,6 +358,7 @@ def _network_rows(seed):
             setups = OBJECTIVE_SETUPS if pooling == "avg" else OBJECTIVE_SETUPS[-1:]
             rows += [(f"objective: {label} ({pooling} pool){tag}", _objective_row(pooling, kernel, seed, a, b, tv))
                      for label, a, b, tv in setups]
+        rows.append((f"objective: tiled, 6 tiles (avg pool){tag}", _tiled_row(kernel, seed)))
     return rows
 
 
@@ -384,24 +399,3 @@ def format_table(results):
     lines = ["  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * wd for wd in widths))
     return "\n".join(lines)
-
-
-def run_cli(args):
-    t0 = time.perf_counter()
-    results = gradcheck(device=args.device, seed=args.seed)
-    print(format_table(results))
-    failed = [c for c in results if not c.passed]
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed  "
-          f"(float64, {args.device}, seed {args.seed}, {time.perf_counter() - t0:.1f} s)")
-    return 1 if failed else 0
-
-
-def register_cli(subparsers):
-    p = subparsers.add_parser(
-        "gradcheck", help="verify every hand-written gradient against finite differences",
-        description="Check every layer's backward, every loss's gradient and the whole objective "
-                    "against central finite differences in float64. Prints a table; exits 1 on any failure.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run_cli)

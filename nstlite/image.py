@@ -27,8 +27,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .atomic import atomic_write  # noqa: F401  (re-exported: image.atomic_write)
-
+from .atomic import atomic_write
 from .errors import NstliteError
 
 Image = namedtuple("Image", "rgb alpha")
@@ -46,12 +45,26 @@ class ImageError(NstliteError):
 
 
 def _pil():
-    from PIL import Image as PILImage, ImageOps
+    from PIL import Image as PILImage
+    from PIL import ImageOps
 
     return PILImage, ImageOps
 
 
 # --------------------------------------------------------------------------- reading
+def check_input_file(path, what="file"):
+    """``path`` as a string when it names a non-empty file; else an ``ImageError`` (one line)
+    saying it is missing, a folder or empty. Every input file is checked by this one function."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageError(f"{what} not found: {path}")
+    if os.path.isdir(path):
+        raise ImageError(f"{what} {path} is a folder, not a file")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{what} {path} is an empty file")
+    return path
+
+
 def open_image(path, what="image"):
     """Open and fully decode an image file, with EXIF orientation applied.
 
@@ -59,13 +72,7 @@ def open_image(path, what="image"):
     missing, a folder, empty, not an image, truncated/damaged, or a decompression bomb.
     """
     PILImage, ImageOps = _pil()
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImageError(f"{what} not found: {path}")
-    if os.path.isdir(path):
-        raise ImageError(f"{what} {path} is a folder, not an image file")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"{what} {path} is an empty file")
+    path = check_input_file(path, what)
     try:
         with warnings.catch_warnings():
             # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; treat both alike.

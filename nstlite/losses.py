@@ -285,6 +285,11 @@ class StyleLoss(LossTerm):
     and ``loss`` composes the three steps.
     """
 
+    @property
+    def tileable(self) -> bool:
+        """True when the statistics are sums over positions: a tiled evaluator can add them up."""
+        return bool(self.position_sums)
+
     def statistics(self, F) -> dict:
         raise NotImplementedError
 
@@ -357,6 +362,8 @@ class GuidedGramLoss(GramLoss):
     artwork's map weighted by ``target_guide`` (its own region), or of the whole artwork (None),
     rescaled to M_r positions.
     """
+
+    tileable = False  # the guide covers the whole map (a tiled evaluator would need its crops)
 
     def __init__(self, layer: str, guide, target_guide=None, region: str = ""):
         super().__init__(layer)

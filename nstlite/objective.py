@@ -23,6 +23,7 @@ from .errors import NstliteError
 from .fast import losses as fused
 from .guides import guide_maps
 from .losses import INPUT, ContentLoss, GramLoss, GuidedGramLoss, TVLoss, parse_style_losses
+from .tiled import TiledObjective, tiled_features, tiled_statistics
 
 
 class Objective:
@@ -107,7 +108,7 @@ class Region:
 
 def build_objective(net, content_x, style_xs, content_layers, style_layer_weights, alpha=1.0, beta=1.0,
                     tv_weight=0.0, style_loss="gram", blend_weights=None, style_loss_options=None, extra=(),
-                    regions=None, erode=False):
+                    regions=None, erode=False, tile=None, margin=None):
     """The objective of one problem: its terms and their targets from the photo and the artworks.
 
     Parameters
@@ -128,15 +129,18 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
         through guided Gram matrices (Gatys et al. 2017); ``style_xs`` and ``blend_weights`` are
         then unused
     erode : carry the region guides to deeper layers eroded (``nstlite.guides.guide_maps``)
+    tile, margin : evaluate by tiles of this inner size (``nstlite.tiled.TiledObjective``); the
+        targets of the photo and the artworks are then computed by tiles too
 
     Returns
     -------
-    Objective
+    Objective, or TiledObjective with ``tile``
     """
     content_layers = list(content_layers)
     content = []
     if content_layers:
-        feats = net.forward(content_x, content_layers)
+        feats = (tiled_features(net, content_x, content_layers, tile, margin) if tile
+                 else net.forward(content_x, content_layers))
         content = [(term, term.target(feats[term.layer])) for term in map(ContentLoss, content_layers)]
     style = []
     if style_layer_weights and regions:
@@ -146,9 +150,10 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
         terms = [(_make_term(cls, name, style_loss_options or {}), weight * style_layer_weights[name])
                  for cls, weight in kinds for name in style_layer_weights]
         positions = positions_of(net, content_x.shape[1:], list(style_layer_weights))
-        targets = style_targets(net, [t for t, _ in terms], style_xs, positions, blend_weights)
+        targets = style_targets(net, [t for t, _ in terms], style_xs, positions, blend_weights, tile, margin)
         style = [(t, target, w) for (t, w), target in zip(terms, targets)]
-    return Objective(net, content, style, alpha, beta, tv_weight, extra)
+    objective = Objective(net, content, style, alpha, beta, tv_weight, extra)
+    return TiledObjective(objective, tile, margin) if tile else objective
 
 
 def _region_terms(net, content_x, regions, style_layer_weights, style_loss, erode):
@@ -178,7 +183,7 @@ def _make_term(cls, layer, options):
     return cls(layer, **{k: v for k, v in options.items() if k in accepted})
 
 
-def style_targets(net, terms, style_xs, positions, blend_weights=None):
+def style_targets(net, terms, style_xs, positions, blend_weights=None, tile=None, margin=None):
     """The target of each style term (a list in the terms' order), from one or several artworks.
 
     With several artworks the targets are blended, A^l = sum_s b_s A_s^l (b_s summing to 1).
@@ -186,7 +191,9 @@ def style_targets(net, terms, style_xs, positions, blend_weights=None):
     positions (a Gram matrix) is rescaled by M_l / M_s, the generated image's positions over
     the artwork's, so that E_l (eq. 4, which normalises by the generated image's M_l) compares
     like with like; the paper uses images of equal size, where the factor is 1.
-    ``positions`` maps layer -> M_l of the generated image.
+    ``positions`` maps layer -> M_l of the generated image. With ``tile`` each artwork's
+    statistics are summed over tiles (``nstlite.tiled``): a large painting needs the memory of
+    one tile.
     """
     n = len(style_xs)
     if n == 0:
@@ -202,6 +209,9 @@ def style_targets(net, terms, style_xs, positions, blend_weights=None):
     layers = list(dict.fromkeys(t.layer for t in terms))
     per_artwork = []  # [artwork][term] statistics, made before the next forward reuses the maps
     for sx in style_xs:
+        if tile and all(t.tileable for t in terms):
+            per_artwork.append(tiled_statistics(net, sx, terms, tile, margin))
+            continue
         feats = net.forward(sx, layers)
         per_artwork.append([t.target(feats[t.layer]) for t in terms])
     return [t.prepare(t.blend([stats[i] for stats in per_artwork], weights, positions[t.layer]))

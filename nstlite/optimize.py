@@ -23,49 +23,71 @@ What naive use of SciPy gets wrong, and what happens here instead:
   non-finite loss at the very start ends the run (there is nothing to fall back to).
 * The best point seen is tracked and returned, whatever ended the run.
 """
+from __future__ import annotations
+
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
 
-# Why a run ended (``Result.stop_reason``).
-STOP_ITERATIONS = "iterations"            # the requested iterations ran
-STOP_EVALUATIONS = "evaluation limit"     # max_evaluations reached
-STOP_CONVERGED = "converged"              # projected gradient zero / no decrease possible
-STOP_LINE_SEARCH = "line search failed"   # abnormal ends that restarts did not cure
-STOP_NONFINITE = "non-finite loss"        # NaN/Inf that restarts did not cure
-STOP_CALLBACK = "callback"                # the caller asked to stop
-STOP_INTERRUPTED = "interrupted"          # Ctrl-C / SIGTERM
+
+class StopReason(str, Enum):  # noqa: UP042  (enum.StrEnum needs Python 3.11; setup.py says 3.9)
+    """Why a run ended. A ``str`` whose value is the text the logs and JSON files carry."""
+
+    ITERATIONS = "iterations"            # the requested iterations ran
+    EVALUATIONS = "evaluation limit"     # max_evaluations reached
+    CONVERGED = "converged"              # projected gradient zero / no decrease possible
+    LINE_SEARCH = "line search failed"   # abnormal ends that restarts did not cure
+    NONFINITE = "non-finite loss"        # NaN/Inf that restarts did not cure
+    CALLBACK = "callback"                # the caller asked to stop
+    INTERRUPTED = "interrupted"          # Ctrl-C / SIGTERM
+
+    def __str__(self):
+        return self.value
+
+    def __format__(self, spec):
+        return format(self.value, spec)
 
 
 class _NonFinite(Exception):
     """Raised inside the objective wrapper to leave SciPy when f or its gradient is not finite."""
 
 
-class _Stop(Exception):
-    """Raised from the iteration hook to leave SciPy when the caller asks to stop."""
-
-
+@dataclass
 class Result:
     """What ``minimize_lbfgsb`` returns.
 
     x : best point seen (float64 host vector); loss : its loss; info : the ``info`` its
-    evaluation returned; iterations / evaluations : counts over all restarts; restarts : how
-    many times L-BFGS-B was restarted; stop_reason : one of the STOP_* strings; message : the
-    last SciPy message; seconds : wall time.
+    evaluation returned (None when nothing finite was evaluated); iterations / evaluations :
+    counts over all restarts (iterations include ``start_iteration``); restarts : how many times
+    L-BFGS-B was restarted; stop_reason : why it ended; message : the last SciPy message;
+    seconds : wall time.
     """
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    x: np.ndarray
+    loss: float
+    info: Any | None
+    iterations: int
+    evaluations: int
+    restarts: int
+    stop_reason: StopReason
+    message: str
+    seconds: float
 
     def __repr__(self):
         return (f"Result(loss={self.loss:.6g}, iterations={self.iterations}, evaluations={self.evaluations}, "
-                f"stop_reason={self.stop_reason!r})")
+                f"stop_reason={self.stop_reason.value!r})")
 
 
-def minimize_lbfgsb(fun, x0, lower, upper, iterations, history=10, max_evaluations=None, max_restarts=5,
-                    on_evaluation=None, on_iteration=None, start_iteration=0, max_nonfinite=20):
+def minimize_lbfgsb(fun: Callable, x0, lower, upper, iterations: int, history: int = 10,
+                    max_evaluations: int | None = None, max_restarts: int = 5,
+                    on_evaluation: Callable | None = None, on_iteration: Callable | None = None,
+                    start_iteration: int = 0, max_nonfinite: int = 20) -> Result:
     """Minimise ``fun`` over the box ``lower <= x <= upper`` with L-BFGS-B.
 
     Parameters
@@ -77,91 +99,113 @@ def minimize_lbfgsb(fun, x0, lower, upper, iterations, history=10, max_evaluatio
     history : L-BFGS memory (SciPy's ``maxcor``)
     max_evaluations : limit on function evaluations (default 2 * iterations + 20)
     max_restarts : how many abnormal ends / non-finite runs to recover from
-    max_nonfinite : consecutive NaN/Inf evaluations tolerated inside one run
     on_evaluation : called as ``on_evaluation(iteration, evaluation, loss, info)`` after every
         evaluation; ``iteration`` is the number of iterations completed when it ran
     on_iteration : called as ``on_iteration(iteration, evaluation, x_current)`` after every
-        completed iteration; returning True stops the run (stop_reason "callback")
+        completed iteration; returning True stops the run (``StopReason.CALLBACK``)
     start_iteration : iterations already done before this call (resuming); counts continue
+    max_nonfinite : consecutive NaN/Inf evaluations tolerated inside one run
 
-    Returns a ``Result``. Ctrl-C (KeyboardInterrupt) is caught and ends the run with
-    stop_reason "interrupted" and the best point so far.
+    Returns
+    -------
+    Result
+        Ctrl-C (KeyboardInterrupt) is caught and ends the run with ``StopReason.INTERRUPTED``
+        and the best point so far.
     """
     x0 = np.asarray(x0, dtype=np.float64).ravel()
     lower = np.broadcast_to(np.asarray(lower, dtype=np.float64), x0.shape)
     upper = np.broadcast_to(np.asarray(upper, dtype=np.float64), x0.shape)
-    bounds = np.stack([lower, upper], axis=1)  # (n, 2): SciPy's array form of Bounds
-    x0 = np.clip(x0, lower, upper)
     iterations = int(iterations)
     if max_evaluations is None:
         max_evaluations = 2 * iterations + 20
+    run = _Run(fun, np.clip(x0, lower, upper), int(start_iteration), on_evaluation, on_iteration, max_nonfinite)
+    options = {"maxcor": int(history), "ftol": 0.0, "gtol": 0.0, "maxls": 40}
+    bounds = np.stack([lower, upper], axis=1)  # (n, 2): SciPy's array form of Bounds
+    return run.until_done(bounds, int(start_iteration) + iterations, max_evaluations, max_restarts, options)
 
-    state = {"it": int(start_iteration), "ev": 0, "best_f": math.inf, "best_x": x0.copy(), "best_info": None,
-             "stop": False, "nonfinite": 0}
-    end_iteration = int(start_iteration) + iterations
 
-    def wrapped(x):
-        f, g, info = fun(x)
-        state["ev"] += 1
-        if on_evaluation is not None:
-            on_evaluation(state["it"], state["ev"], f, info)
+class _Run:
+    """The state of one ``minimize_lbfgsb`` call: counts, the best point, the stop request."""
+
+    def __init__(self, fun, x0, start_iteration, on_evaluation, on_iteration, max_nonfinite):
+        self.fun, self.on_evaluation, self.on_iteration = fun, on_evaluation, on_iteration
+        self.max_nonfinite = max_nonfinite
+        self.iteration, self.evaluation, self.nonfinite = start_iteration, 0, 0
+        self.best_f, self.best_x, self.best_info = math.inf, x0.copy(), None
+        self.stop_requested = False
+
+    def evaluate(self, x):
+        """SciPy's objective: ``fun`` with NaN/Inf kept out of L-BFGS-B's memory."""
+        f, g, info = self.fun(x)
+        self.evaluation += 1
+        if self.on_evaluation is not None:
+            self.on_evaluation(self.iteration, self.evaluation, f, info)
         if not (math.isfinite(f) and np.all(np.isfinite(g))):
-            state["nonfinite"] += 1
-            if not math.isfinite(state["best_f"]) or state["nonfinite"] > max_nonfinite:
+            self.nonfinite += 1
+            if not math.isfinite(self.best_f) or self.nonfinite > self.max_nonfinite:
                 raise _NonFinite()
             # A wall instead of NaN: a value well above the best makes the line search back off
             # towards the last good point, as it does for any step that overshoots.
-            return abs(state["best_f"]) * 2.0 + 1.0, np.zeros_like(g)
-        state["nonfinite"] = 0
-        if f < state["best_f"]:
-            state["best_f"], state["best_x"], state["best_info"] = f, x.copy(), info
+            return abs(self.best_f) * 2.0 + 1.0, np.zeros_like(g)
+        self.nonfinite = 0
+        if f < self.best_f:
+            self.best_f, self.best_x, self.best_info = f, x.copy(), info
         return f, g
 
-    def callback(intermediate_result):
-        state["it"] += 1
-        if on_iteration is not None and on_iteration(state["it"], state["ev"], intermediate_result.x):
-            state["stop"] = True
+    def iteration_done(self, intermediate_result):
+        """SciPy's callback after each iteration."""
+        self.iteration += 1
+        if self.on_iteration is not None and self.on_iteration(self.iteration, self.evaluation,
+                                                               intermediate_result.x):
+            self.stop_requested = True
             raise StopIteration  # SciPy ends the run at this iteration
 
-    t0 = time.perf_counter()
-    restarts, message, stop_reason = 0, "", None
-    start = x0
-    while stop_reason is None:
-        remaining_it = end_iteration - state["it"]
-        remaining_ev = max_evaluations - state["ev"]
-        if remaining_it <= 0:
-            stop_reason = STOP_ITERATIONS
-            break
-        if remaining_ev <= 0:
-            stop_reason = STOP_EVALUATIONS
-            break
-        best_before = state["best_f"]
-        try:
-            res = minimize(wrapped, start, jac=True, method="L-BFGS-B", bounds=bounds, callback=callback,
-                           options={"maxiter": remaining_it, "maxfun": remaining_ev, "maxcor": int(history),
-                                    "ftol": 0.0, "gtol": 0.0, "maxls": 40})
-        except _NonFinite:
-            message = "non-finite loss or gradient"
-            restarts += 1
-            if restarts > max_restarts or not math.isfinite(state["best_f"]):
-                stop_reason = STOP_NONFINITE
-            start = state["best_x"]
-            continue
-        except KeyboardInterrupt:
-            stop_reason = STOP_INTERRUPTED
-            break
-        message = str(res.message)
-        if state["stop"]:
-            stop_reason = STOP_CALLBACK
-        elif res.status == 0:
-            stop_reason = STOP_CONVERGED
-        elif res.status == 1:
-            stop_reason = STOP_ITERATIONS if state["it"] >= end_iteration else STOP_EVALUATIONS
-        else:  # status 2: abnormal end, e.g. the line search found no decrease
-            restarts += 1
-            if restarts > max_restarts or not state["best_f"] < best_before:
-                stop_reason = STOP_LINE_SEARCH
-            start = state["best_x"]
-    return Result(x=state["best_x"], loss=state["best_f"], info=state["best_info"], iterations=state["it"],
-                  evaluations=state["ev"], restarts=restarts, stop_reason=stop_reason, message=message,
-                  seconds=time.perf_counter() - t0)
+    def until_done(self, bounds, end_iteration, max_evaluations, max_restarts, options):
+        """Run L-BFGS-B, restarting from the best point after abnormal ends, until a reason to stop."""
+        t0 = time.perf_counter()
+        restarts, message, stop_reason = 0, "", None
+        start = self.best_x
+        while stop_reason is None:
+            remaining_it = end_iteration - self.iteration
+            remaining_ev = max_evaluations - self.evaluation
+            if remaining_it <= 0:
+                stop_reason = StopReason.ITERATIONS
+                break
+            if remaining_ev <= 0:
+                stop_reason = StopReason.EVALUATIONS
+                break
+            best_before = self.best_f
+            try:
+                res = minimize(self.evaluate, start, jac=True, method="L-BFGS-B", bounds=bounds,
+                               callback=self.iteration_done,
+                               options=dict(options, maxiter=remaining_it, maxfun=remaining_ev))
+            except _NonFinite:
+                message = "non-finite loss or gradient"
+                restarts += 1
+                if restarts > max_restarts or not math.isfinite(self.best_f):
+                    stop_reason = StopReason.NONFINITE
+                start = self.best_x
+                continue
+            except KeyboardInterrupt:
+                stop_reason = StopReason.INTERRUPTED
+                break
+            message = str(res.message)
+            stop_reason = self._reason(res.status, end_iteration)
+            if stop_reason is None:  # status 2: abnormal end, e.g. the line search found no decrease
+                restarts += 1
+                if restarts > max_restarts or not self.best_f < best_before:
+                    stop_reason = StopReason.LINE_SEARCH
+                start = self.best_x
+        return Result(x=self.best_x, loss=self.best_f, info=self.best_info, iterations=self.iteration,
+                      evaluations=self.evaluation, restarts=restarts, stop_reason=stop_reason, message=message,
+                      seconds=time.perf_counter() - t0)
+
+    def _reason(self, status, end_iteration):
+        """The stop reason of a SciPy run that returned ``status`` (None: restart)."""
+        if self.stop_requested:
+            return StopReason.CALLBACK
+        if status == 0:
+            return StopReason.CONVERGED
+        if status == 1:
+            return StopReason.ITERATIONS if self.iteration >= end_iteration else StopReason.EVALUATIONS
+        return None

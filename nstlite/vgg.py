@@ -14,7 +14,7 @@ from .backend import to_device, to_host, xp_for
 from .errors import NstliteError
 from .fast.channels_last import ChannelsLastPath
 from .fast.plan import check_kernel
-from .weights import VGG19_BLOCKS, VGG19_CONV_LAYERS, read_weights
+from .weights import VGG19_BLOCKS, VGG19_CONV_LAYERS, preprocessing_attrs, read_weights
 
 # The 21 layers in order: conv1_1, conv1_2, pool1, conv2_1, ..., conv5_4, pool5.
 VGG19_LAYERS = tuple(
@@ -31,8 +31,9 @@ class VGG19:
     ----------
     params : dict conv name -> (weight (out, in, 3, 3), bias (out,)); a prefix of VGG19's
         conv layers is enough (the network then ends at the first missing one).
-    attrs : preprocessing attributes of the weights file (see ``nstlite.weights``); ``None``
-        means Caffe's convention (BGR, 0..255, ImageNet mean, std 1).
+    attrs : preprocessing attributes of the weights file, validated by
+        ``nstlite.weights.preprocessing_attrs``; ``None`` (or a missing key) means Caffe's
+        convention (BGR, 0..255, ``CAFFE_MEAN``, std 1).
     pooling : 'avg' (the paper's choice) or 'max'.
     device : 'cpu' (NumPy) or 'gpu' (CuPy).
     dtype : 'float32' (default) or 'float64' (gradient checks).
@@ -76,11 +77,7 @@ class VGG19:
         if not self.weights:
             raise NstliteError("no conv layers given")
 
-        attrs = attrs or {}
-        self.channel_order = str(attrs.get("channel_order", "BGR")).upper()
-        self.input_scale = float(attrs.get("input_scale", 255.0))
-        self.mean = np.asarray(attrs.get("mean", (103.939, 116.779, 123.68)), dtype=np.float64).reshape(3)
-        self.std = np.asarray(attrs.get("std", (1.0, 1.0, 1.0)), dtype=np.float64).reshape(3)
+        self.channel_order, self.input_scale, self.mean, self.std = preprocessing_attrs(attrs)
         self._computed = None  # the layers the last forward ran, in order
         self.path = ReferencePath(self) if self.kernel == "reference" else ChannelsLastPath(self, self.kernel)
 

@@ -1,10 +1,13 @@
 """The shared command runner: user errors, OS errors and Ctrl-C become one line, never a traceback."""
 import argparse
 import errno
+import pathlib
 
 import pytest
 
-from nstlite.cli import main
+import nstlite
+from nstlite.backend import DEVICES
+from nstlite.cli import build_parser, main
 from nstlite.errors import run_parser
 from nstlite.errors import NstliteError
 
@@ -44,3 +47,34 @@ def test_unexpected_errors_propagate_unless_described(capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "stylize" in capsys.readouterr().out
+
+
+def test_argparse_lives_only_in_the_cli_module():
+    package = pathlib.Path(nstlite.__file__).parent
+    users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "argparse" in p.read_text())
+    assert users == ["cli.py"]
+
+
+IMAGES = ["--content", "c.png", "--style", "s.png", "--output", "o.png"]
+
+
+@pytest.mark.parametrize("command, size, iterations", [
+    ("stylize", 512, 500), ("demo", 256, 60), ("figure1", 128, 200), ("figure2", 128, 150), ("figure3", 96, 100)])
+def test_shared_run_options_with_each_commands_defaults(command, size, iterations, capsys):
+    argv = [command] + (IMAGES if command != "demo" else [])
+    args = build_parser().parse_args(argv)
+    for name in ("size", "iterations", "seed", "weights", "pooling", "device", "tv_weight", "quiet"):
+        assert hasattr(args, name), (command, name)
+    assert (args.size, args.iterations) == (size, iterations)
+    for device in DEVICES:
+        assert build_parser().parse_args(argv + ["--device", device]).device == device
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv + ["--device", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_gradcheck_device_choices_come_from_the_backend():
+    for device in DEVICES:
+        assert build_parser().parse_args(["gradcheck", "--device", device]).device == device
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["gradcheck", "--device", "tpu"])

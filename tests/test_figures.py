@@ -101,6 +101,8 @@ def test_figure1_grid_json_csv(inputs, tmp_path):
     doc = json.loads((tmp_path / "fig1.json").read_text())
     assert doc["figure"] == 1 and doc["settings"]["size"] == 40 and doc["settings"]["iterations"] == 4
     assert doc["command"].startswith("nstlite figure1 --content ")
+    # where the weights came from: the weights file's own "source" attribute
+    assert doc["settings"]["weights"] == inputs["weights"] and doc["settings"]["weights_source"] == "test"
     keys = [p["panel"] for p in doc["panels"]]
     assert keys == [f"content_{n}" for n in F.PAPER_LAYERS] + [f"style_{n}" for n in F.PAPER_LAYERS]
     for p, subset in zip(doc["panels"][5:], F.STYLE_LAYER_SETS):

@@ -112,6 +112,9 @@ MUTATIONS = {
     "guided gram: guide applied once": (["guided gram, one region (Gatys 2017)"], lambda mp: mp.setattr(
         losses.GuidedGramLoss, "gradient", lambda self, F, stats, target: losses.GramLoss.gradient(
             self, F * self.guide, stats, target))),
+    "tiled: style gradient from the tile's own statistics": (rows_starting("objective: tiled"), lambda mp: mp.setattr(
+        losses.GramLoss, "gradient", lambda self, F, stats, target, real=losses.GramLoss.gradient: real(
+            self, F, self.statistics(F), target))),
     "tv: half": (["tv_loss"], lambda mp: mp.setattr(losses, "tv_loss", scaled(losses.tv_loss, 0.5, index=1))),
     "objective: fused content kernel doubled": (rows_starting("objective: content only"), lambda mp: mp.setitem(
         fused.FUSED, losses.ContentLoss, scaled(fused.FUSED[losses.ContentLoss], 2.0, 1))),

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from nstlite.optimize import (STOP_CALLBACK, STOP_INTERRUPTED, STOP_ITERATIONS, STOP_NONFINITE,
-                              minimize_lbfgsb)
+from nstlite.optimize import StopReason, minimize_lbfgsb
 
 N = 200
 SCALES = np.logspace(0, 5, N)  # an ill-conditioned quadratic: many iterations to converge
@@ -23,7 +22,7 @@ def test_runs_the_requested_iterations_where_scipy_defaults_stop_early():
     assert naive.nit < 60  # REL_REDUCTION_OF_F at a huge loss: the known failure
     calls = []
     res = minimize_lbfgsb(lambda x: calls.append(1) or quad(x), x0, -10, 10, iterations=60)
-    assert res.iterations == 60 and res.stop_reason == STOP_ITERATIONS
+    assert res.iterations == 60 and res.stop_reason == StopReason.ITERATIONS
     assert res.evaluations == len(calls)
     assert res.loss - OFFSET < naive.fun - OFFSET
 
@@ -55,7 +54,7 @@ def test_nonfinite_loss_never_reaches_lbfgs_and_best_point_is_kept():
     res = minimize_lbfgsb(fun, np.zeros(N), -10, 10, iterations=50, max_restarts=3)
     assert np.isfinite(res.loss) and np.all(res.x <= 0.6)
     assert res.loss < quad(np.zeros(N))[0]
-    assert res.stop_reason in (STOP_NONFINITE, STOP_ITERATIONS, "line search failed", "evaluation limit")
+    assert res.stop_reason in (StopReason.NONFINITE, StopReason.ITERATIONS, "line search failed", "evaluation limit")
 
 
 def test_nonfinite_runs_end_in_restarts_then_stop():
@@ -67,7 +66,7 @@ def test_nonfinite_runs_end_in_restarts_then_stop():
         return (f, g, {}) if calls[0] == 1 else (float("inf"), g, {})
 
     res = minimize_lbfgsb(fun, np.zeros(N), -10, 10, iterations=50, max_restarts=2, max_nonfinite=3)
-    assert res.stop_reason == STOP_NONFINITE and res.restarts == 3
+    assert res.stop_reason == StopReason.NONFINITE and res.restarts == 3
     assert res.loss == quad(np.zeros(N))[0] and np.array_equal(res.x, np.zeros(N))
 
 
@@ -81,7 +80,7 @@ def test_callback_stops_and_counts_continue_from_start_iteration():
     res = minimize_lbfgsb(quad, np.zeros(N), -10, 10, iterations=20, on_iteration=on_iteration,
                           start_iteration=10)
     assert its == list(range(11, 15))
-    assert res.iterations == 14 and res.stop_reason == STOP_CALLBACK
+    assert res.iterations == 14 and res.stop_reason == StopReason.CALLBACK
 
 
 def test_keyboard_interrupt_returns_best_so_far():
@@ -94,7 +93,7 @@ def test_keyboard_interrupt_returns_best_so_far():
         return quad(x)
 
     res = minimize_lbfgsb(fun, np.zeros(N), -10, 10, iterations=50)
-    assert res.stop_reason == STOP_INTERRUPTED
+    assert res.stop_reason == StopReason.INTERRUPTED
     assert res.evaluations == 7 and res.loss < quad(np.zeros(N))[0]
 
 
@@ -116,4 +115,4 @@ def test_zero_iterations_returns_start():
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_nonfinite_at_start_stops_cleanly(bad):
     res = minimize_lbfgsb(lambda x: (bad, np.zeros_like(x), {}), np.zeros(4), -1, 1, iterations=5)
-    assert res.stop_reason == STOP_NONFINITE and res.info is None
+    assert res.stop_reason == StopReason.NONFINITE and res.info is None

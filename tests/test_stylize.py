@@ -14,10 +14,11 @@ import nstlite
 from nstlite import colors
 from nstlite.cli import main
 from nstlite.errors import NstliteError
-from nstlite.style_transfer import (StylizeInterrupted, check_memory, estimate_peak_bytes, largest_fitting_size,
-                                    parse_layer_weights, stylize)
-from nstlite.vgg import VGG19
-from nstlite.weights import default_weights_path, random_params, write_weights
+from nstlite.memory import check_memory, estimate_peak_bytes, largest_fitting_size
+from nstlite.options import parse_layer_weights
+from nstlite.style_transfer import StylizeInterrupted, stylize
+from nstlite.vgg import VGG19, load_vgg19
+from nstlite.weights import VGG19_WIDTHS, default_weights_path, random_params, write_weights
 
 MEAN = (103.939, 116.779, 123.68)
 WIDTHS = (4, 4, 6, 6, 8)
@@ -187,31 +188,43 @@ def test_too_small_for_the_network(files, net):
 
 
 # --------------------------------------------------------------------------- memory
-def test_memory_estimate_scales_with_area_and_refuses(net):
-    ch = {n: int(w.shape[0]) for n, (w, b) in net.weights.items()}
+@pytest.fixture(scope="module")
+def full_size_net(tmp_path_factory):
+    """A VGG19 of the real shapes up to conv5_1 with random weights, loaded from a file."""
+    params = random_params(0, widths=VGG19_WIDTHS)
+    path = tmp_path_factory.mktemp("full") / "full.h5"
+    write_weights(path, {n: params[n] for n in list(params)[:13]}, "BGR", 255, MEAN, (1, 1, 1), "test")
+    return load_vgg19(path)
+
+
+def test_memory_estimate_scales_with_area_and_refuses(net, full_size_net):
     layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1"]
-    depth = net.layer_names[: net.layer_names.index("conv5_1") + 1]
     # the size-dependent part scales with the area (the kernels and workspace are fixed)
-    e64, e128, e256 = (estimate_peak_bytes(ch, s, s, depth, layers) for s in (64, 128, 256))
+    e64, e128, e256 = (estimate_peak_bytes(net, s, s, layers) for s in (64, 128, 256))
     assert 3.8 < (e256 - e128) / (e128 - e64) < 4.2
-    small = estimate_peak_bytes(ch, 128, 128, depth, layers)
-    # the real VGG19 at 512 px: around 1-3 GB (features, workspaces, L-BFGS history)
-    full = {n: c for n, c in zip(net.weights, [64, 64, 128, 128] + [256] * 4 + [512] * 8)}
-    gb = estimate_peak_bytes(full, 512, 512, depth, layers) / 2**30
+    small = estimate_peak_bytes(net, 128, 128, layers)
+    # the real VGG19's shapes at 512 px, its kernels mapped from the file as load_vgg19 does:
+    # around 1-3 GB (features, workspaces, L-BFGS history)
+    full = full_size_net
+    gb = estimate_peak_bytes(full, 512, 512, layers) / 2**30
     assert 0.8 < gb < 4
     # measured for whole real runs: 0.97 GB at 512x384 and 0.48 GB at 256x192; the estimate
     # stays above them, within 30 %
-    assert 0.97e9 < estimate_peak_bytes(full, 384, 512, depth, layers) < 1.3 * 0.97e9
-    assert 0.48e9 < estimate_peak_bytes(full, 192, 256, depth, layers) < 1.3 * 0.48e9
+    assert 0.97e9 < estimate_peak_bytes(full, 384, 512, layers) < 1.3 * 0.97e9
+    assert 0.48e9 < estimate_peak_bytes(full, 192, 256, layers) < 1.3 * 0.48e9
     with pytest.raises(NstliteError) as e:
-        check_memory(net, 400, 300, layers, layers, 10, available=small)
+        check_memory(net, 400, 300, layers, 10, available=small)
     msg = str(e.value)
     assert "--size" in msg and "\n" not in msg
     biggest = int(msg.split("--size ")[1].split()[0])
-    fits = lambda h, w: estimate_peak_bytes(ch, h, w, depth, layers) <= small  # noqa: E731
+
+    def fits(h, w):
+        return estimate_peak_bytes(net, h, w, layers) <= small
+
     assert biggest == largest_fitting_size(fits, 300, 400, 400)
-    assert fits(*nstlite.image.fit_longest(300, 400, biggest)) and not fits(*nstlite.image.fit_longest(300, 400, biggest + 1))
-    assert check_memory(net, 40, 48, layers, layers, 10, available=10**12) > 0
+    assert fits(*nstlite.image.fit_longest(300, 400, biggest))
+    assert not fits(*nstlite.image.fit_longest(300, 400, biggest + 1))
+    assert check_memory(net, 40, 48, layers, 10, available=10**12) > 0
 
 
 # --------------------------------------------------------------------------- CLI

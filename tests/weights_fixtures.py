@@ -5,12 +5,16 @@ functions and classes that are written out under torch's names (``torch._utils._
 ``torch.FloatStorage``...), exactly as ``torch.save`` names them.
 """
 import collections
+import contextlib
 import io
+import os
 import pickle
 import struct
 import zipfile
 
+import h5py
 import numpy as np
+import scipy.io
 
 from nstlite.weights import VGG19_CONV_LAYERS
 
@@ -228,8 +232,6 @@ def caffemodel_bytes(params, v1=False, legacy_dims=False, packed=True, with_fc=T
 
 # --- Keras h5 and MatConvNet mat -------------------------------------------------------------------
 def write_keras_h5(path, params, keras_version=2, with_top=False, under_model_weights=False):
-    import h5py
-
     with h5py.File(path, "w") as f:
         root = f.create_group("model_weights") if under_model_weights else f
         for name, (w, b) in params.items():
@@ -248,8 +250,6 @@ def write_keras_h5(path, params, keras_version=2, with_top=False, under_model_we
 
 def write_matconvnet_mat(path, params, mean_rgb, layout="new", mean_image=False):
     """A MatConvNet VGG .mat: layout 'new' / 'old' (SimpleNN) or 'dagnn'."""
-    import scipy.io
-
     average = np.asarray(mean_rgb, dtype=np.float32).reshape(1, 1, 3)
     if mean_image:  # a whole mean image whose average is mean_rgb
         ramp = np.linspace(-1, 1, 4 * 5, dtype=np.float32).reshape(4, 5, 1)
@@ -283,3 +283,176 @@ def write_matconvnet_mat(path, params, mean_rgb, layout="new", mean_image=False)
         scipy.io.savemat(path, {"layers": layers, "meta": {"normalization": norm, "classes": {"name": "x"}}})
     else:
         scipy.io.savemat(path, {"layers": layers, "normalization": norm})
+
+
+@contextlib.contextmanager
+def address_space_limit(extra=1 << 30):
+    """Run the block with at most ``extra`` more bytes of address space than now: a reader that
+    allocated what a hostile file declares fails with MemoryError instead of taking the machine."""
+    try:
+        import resource
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (used + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+# --- hostile HDF5 files --------------------------------------------------------------------------
+# Ways an HDF5 dataset can take its values from somewhere else, or be something other than a plain
+# float array. ``make_hostile`` puts one of them where a reader expects a kernel. Where the trick
+# would pull in outside data, that data is SECRET_VALUE (a valid-looking weight), so a reader that
+# followed it would succeed and copy it: the tests check it never does.
+SECRET_VALUE = np.float32(0.4321)
+SECRET_TEXT = b"host-secret: do not copy me"
+
+# case -> what the one-line refusal says
+HOSTILE_DATASETS = {
+    "external-storage": "external file",
+    "external-link": "external link",
+    "soft-link": "soft link",
+    "dangling-soft-link": "soft link",
+    "virtual-outside": "virtual dataset",
+    "virtual-missing-source": "virtual dataset",
+    "virtual-same-file": "virtual dataset",
+    "unknown-filter": "filter",
+    "never-written": "does not store all",
+    "half-written-chunks": "does not store all",
+    "sparse-huge": "more than",
+    "compact": "compact",
+    "integer": "not floating point",
+    "compound": "not floating point",
+    "empty-dataspace": "dataspace",
+    "layer-external-link": "external link",
+    "layer-soft-link": "soft link",
+}
+
+
+def write_outside_files(folder, shape):
+    """The files a hostile file points at: raw bytes (SECRET_VALUE floats, then SECRET_TEXT) and
+    an HDF5 file whose ``/data`` and ``/layer/*`` hold SECRET_VALUE. Returns (raw, h5) paths."""
+    raw, h5 = str(folder / "outside.bin"), str(folder / "outside.h5")
+    with open(raw, "wb") as f:
+        f.write(np.full(int(np.prod(shape)), SECRET_VALUE, "<f4").tobytes() + SECRET_TEXT)
+    with h5py.File(h5, "w") as f:
+        f["data"] = np.full(shape, SECRET_VALUE, np.float32)
+    return raw, h5
+
+
+def copy_layer_outside(layer_group, outside_h5):
+    """Copy ``layer_group`` (an h5py group) into ``outside_h5`` as ``/layer`` with every value
+    replaced by SECRET_VALUE: what an external link to it would bring in."""
+    with h5py.File(outside_h5, "a") as out:
+        def put(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[f"layer/{name}"] = np.full(obj.shape, SECRET_VALUE, np.float32)
+        layer_group.visititems(put)
+
+
+def make_hostile(path, where, case, folder):
+    """Replace the dataset ``where`` (e.g. ``/conv1_1/weight``) of the HDF5 file ``path`` with the
+    construction ``case`` of HOSTILE_DATASETS; its outside files go in ``folder``."""
+    with h5py.File(path, "a") as f:
+        shape = f[where].shape
+        layer = "/" + where.split("/")[1]  # the layer's group
+        raw, outside = write_outside_files(folder, shape)
+        if case.startswith("layer-"):
+            copy_layer_outside(f[layer], outside)
+            del f[layer]
+            f[layer] = (h5py.ExternalLink(outside, "/layer") if case == "layer-external-link"
+                        else h5py.SoftLink("/hidden_layer"))
+            if case == "layer-soft-link":
+                with h5py.File(outside, "r") as src:
+                    src.copy("/layer", f, "hidden_layer")
+            return
+        del f[where]
+        HOSTILE_BUILDERS[case](f, where, shape, raw, outside)
+
+
+def _external_storage(f, where, shape, raw, outside):
+    f.create_dataset(where, shape, "<f4", external=[(raw, 0, h5py.h5f.UNLIMITED)])
+
+
+def _external_link(f, where, shape, raw, outside):
+    f[where] = h5py.ExternalLink(outside, "/data")
+
+
+def _soft_link(f, where, shape, raw, outside):
+    f["hidden"] = np.full(shape, SECRET_VALUE, np.float32)
+    f[where] = h5py.SoftLink("/hidden")
+
+
+def _dangling_soft_link(f, where, shape, raw, outside):
+    f[where] = h5py.SoftLink("/nowhere")
+
+
+def _virtual(source_file, source_name):
+    def make(f, where, shape, raw, outside):
+        if source_file == ".":
+            f["hidden"] = np.full(shape, SECRET_VALUE, np.float32)
+        layout = h5py.VirtualLayout(shape, "<f4")
+        layout[...] = h5py.VirtualSource(source_file.replace("OUTSIDE", outside), source_name, shape)
+        f.create_virtual_dataset(where, layout, fillvalue=0.5)
+    return make
+
+
+def _unknown_filter(f, where, shape, raw, outside):
+    f.create_dataset(where, data=np.full(shape, SECRET_VALUE, np.float32), chunks=shape, compression=32123,
+                     allow_unknown_filter=True)
+
+
+def _never_written(f, where, shape, raw, outside):
+    f.create_dataset(where, shape, "<f4", fillvalue=0.5)
+
+
+def _half_written_chunks(f, where, shape, raw, outside):
+    d = f.create_dataset(where, shape, "<f4", chunks=(1,) + shape[1:], fillvalue=0.5)
+    d[:1] = SECRET_VALUE
+
+
+def _sparse_huge(f, where, shape, raw, outside):  # over 14 GB declared, a few bytes on disk
+    f.create_dataset(where, (20000, 20000) + shape[2:], "<f4", chunks=(1, 1) + shape[2:])
+
+
+def _compact(f, where, shape, raw, outside):  # values in the object header: in the file, not a layout read
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_layout(h5py.h5d.COMPACT)
+    dset = h5py.h5d.create(f.id, where.encode(), h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple(shape), dcpl=plist)
+    dset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.full(shape, SECRET_VALUE, np.float32))
+
+
+def _integer(f, where, shape, raw, outside):
+    f[where] = np.ones(shape, np.int32)
+
+
+def _compound(f, where, shape, raw, outside):
+    f[where] = np.zeros(shape, dtype=[("a", "<f4"), ("b", "<f4")])
+
+
+def _empty_dataspace(f, where, shape, raw, outside):
+    f[where] = h5py.Empty("<f4")
+
+
+HOSTILE_BUILDERS = {
+    "external-storage": _external_storage,
+    "external-link": _external_link,
+    "soft-link": _soft_link,
+    "dangling-soft-link": _dangling_soft_link,
+    "virtual-outside": _virtual("OUTSIDE", "data"),
+    "virtual-missing-source": _virtual("OUTSIDE.gone", "data"),
+    "virtual-same-file": _virtual(".", "hidden"),
+    "unknown-filter": _unknown_filter,
+    "never-written": _never_written,
+    "half-written-chunks": _half_written_chunks,
+    "sparse-huge": _sparse_huge,
+    "compact": _compact,
+    "integer": _integer,
+    "compound": _compound,
+    "empty-dataspace": _empty_dataspace,
+}

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from .errors import ConvertError
+from .names import assign_vgg_names
 from .source import CAFFE, Source
 
 V1_CONVOLUTION = 4
@@ -30,10 +31,11 @@ V1_CONVOLUTION = 4
 class Wire:
     """Bounds-checked reader of protobuf fields in ``buf[start:end]``."""
 
-    def __init__(self, buf):
+    def __init__(self, buf) -> None:
         self.buf = buf
 
-    def varint(self, pos, end):
+    def varint(self, pos: int, end: int) -> tuple:
+        """The varint at ``pos``: (value, next position)."""
         value, shift = 0, 0
         while True:
             if pos >= end:
@@ -47,7 +49,7 @@ class Wire:
             if shift > 63:
                 raise ConvertError("corrupted protobuf (varint longer than 10 bytes)")
 
-    def field_at(self, pos, end):
+    def field_at(self, pos: int, end: int) -> tuple:
         """The field whose key starts at ``pos``: (field number, wire type, value, next position).
         ``value`` is an int for varints and (start, end) for length-delimited and fixed-size data."""
         key_pos = pos
@@ -67,17 +69,17 @@ class Wire:
             raise ConvertError(f"truncated or corrupted protobuf (field {field} at byte {key_pos})")
         return field, wire, value, pos
 
-    def fields(self, start, end):
+    def fields(self, start: int, end: int):
         """Yield (field number, wire type, value) for each field in ``buf[start:end]``."""
         pos = start
         while pos < end:
             field, wire, value, pos = self.field_at(pos, end)
             yield field, wire, value
 
-    def text(self, span):
+    def text(self, span: tuple) -> str:
         return bytes(self.buf[span[0]:span[1]]).decode("utf-8", "replace")
 
-    def packed_varints(self, span):
+    def packed_varints(self, span: tuple) -> list:
         out, pos = [], span[0]
         while pos < span[1]:
             v, pos = self.varint(pos, span[1])
@@ -95,8 +97,38 @@ def _unpacked_floats(wire, key_pos, end):
     return np.ascontiguousarray(rows[:run, 1:]).view("<f4").ravel(), key_pos + 5 * run
 
 
-def decode_blob(wire, span):
-    """BlobProto -> float32 array shaped by ``shape`` (or legacy num/channels/height/width)."""
+def _blob_values(wire, field, kind, value, key_pos, pos, end):
+    """The values a BlobProto ``data`` (5) or ``double_data`` (8) field carries, as float32, and
+    the position after them (an unpacked float run is read whole from ``key_pos``). None for a
+    field of another wire type (skipped)."""
+    if field == 5 and kind == 2:  # packed floats
+        if (value[1] - value[0]) % 4:
+            raise ConvertError("corrupted caffemodel: packed float data is not a multiple of 4 bytes")
+        return np.frombuffer(wire.buf, dtype="<f4", count=(value[1] - value[0]) // 4, offset=value[0]), pos
+    if field == 5 and kind == 5:  # unpacked floats: read the whole run at once
+        return _unpacked_floats(wire, key_pos, end)
+    if field == 8 and kind == 2:  # packed doubles
+        if (value[1] - value[0]) % 8:
+            raise ConvertError("corrupted caffemodel: packed double data is not a multiple of 8 bytes")
+        doubles = np.frombuffer(wire.buf, dtype="<f8", count=(value[1] - value[0]) // 8, offset=value[0])
+        return doubles.astype(np.float32), pos
+    if field == 8 and kind == 1:
+        return np.frombuffer(wire.buf, dtype="<f8", count=1, offset=value[0]).astype(np.float32), pos
+    return None, pos
+
+
+def _blob_shape(wire, span):
+    """The dims of a BlobShape message (``dim`` = 1, packed or not)."""
+    dims = []
+    for field, kind, value in wire.fields(*span):
+        if field == 1:
+            dims += wire.packed_varints(value) if kind == 2 else [value]
+    return dims
+
+
+def decode_blob(wire: Wire, span: tuple) -> np.ndarray:
+    """BlobProto in ``wire.buf[span[0]:span[1]]`` -> float32 array shaped by ``shape`` (or the
+    legacy num/channels/height/width fields)."""
     legacy = {1: 1, 2: 1, 3: 1, 4: 1}
     dims, chunks, has_legacy = None, [], False
     pos, end = span
@@ -105,27 +137,14 @@ def decode_blob(wire, span):
         field, kind, value, pos = wire.field_at(pos, end)
         if field in legacy and kind == 0:
             legacy[field], has_legacy = value, True
-        elif field == 5 and kind == 2:  # packed floats
-            if (value[1] - value[0]) % 4:
-                raise ConvertError("corrupted caffemodel: packed float data is not a multiple of 4 bytes")
-            chunks.append(np.frombuffer(wire.buf, dtype="<f4", count=(value[1] - value[0]) // 4, offset=value[0]))
-        elif field == 5 and kind == 5:  # unpacked floats: read the whole run at once
-            floats, pos = _unpacked_floats(wire, key_pos, end)
-            chunks.append(floats)
-        elif field == 8 and kind == 2:  # packed doubles
-            if (value[1] - value[0]) % 8:
-                raise ConvertError("corrupted caffemodel: packed double data is not a multiple of 8 bytes")
-            chunks.append(np.frombuffer(wire.buf, dtype="<f8", count=(value[1] - value[0]) // 8,
-                                        offset=value[0]).astype(np.float32))
-        elif field == 8 and kind == 1:
-            chunks.append(np.frombuffer(wire.buf, dtype="<f8", count=1, offset=value[0]).astype(np.float32))
-        elif field == 7 and kind == 2:  # BlobShape
-            dims = []
-            for f, k, v in wire.fields(*value):
-                if f == 1:
-                    dims += wire.packed_varints(v) if k == 2 else [v]
-    if dims is None:
-        dims = [legacy[1], legacy[2], legacy[3], legacy[4]] if has_legacy else None
+        elif field == 7 and kind == 2:
+            dims = _blob_shape(wire, value)
+        elif field in (5, 8):
+            values, pos = _blob_values(wire, field, kind, value, key_pos, pos, end)
+            if values is not None:
+                chunks.append(values)
+    if dims is None and has_legacy:
+        dims = [legacy[1], legacy[2], legacy[3], legacy[4]]
     data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if dims is None:
         dims = [data.size]
@@ -151,7 +170,8 @@ def _layer(wire, span, version):
     return name, is_conv, blobs
 
 
-def read_caffe(path):
+def read_caffe(path: str) -> Source:
+    """Read the conv layers of a ``.caffemodel`` as a Source (Caffe's BGR 0..255 preprocessing)."""
     with open(path, "rb") as f:
         if f.seek(0, 2) == 0:
             raise ConvertError(f"{path} is empty")
@@ -172,6 +192,4 @@ def read_caffe(path):
         kernels.append((name, weight, bias))
     if not kernels:
         raise ConvertError(f"{path} holds no Caffe convolution layers (not a caffemodel?)")
-    from .convert import assign_vgg_names
-
     return Source(assign_vgg_names(kernels, path), dict(CAFFE), f"Caffe {os.path.basename(path)}")

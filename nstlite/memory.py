@@ -1,0 +1,128 @@
+"""Will a run fit in memory? The peak estimate, and the one-line refusal when it will not.
+
+The peak of one optimisation is the network's part, which the network computes from its own
+layout (``VGG19.memory_bytes``: kernels in their working form, buffers, ReLU masks, feature
+copies), plus the host side added here:
+
+* L-BFGS-B's memory: ``2 * history`` correction vectors (s and y pairs) of the image's size,
+  in float64;
+* about a dozen more image-sized float64 vectors (SciPy's x, g, bounds and work arrays, the
+  best point, the gradient crossing from the device);
+* the interpreter with NumPy, SciPy and Pillow loaded and the decoded images (a constant);
+
+and the objective's share, one map per loss layer at the network's precision: the content target
+P^l, or the temporary a loss makes. All of it but the constant carries a 15 % margin. The
+measured peaks the estimate is checked against are in the README's memory section (and the test).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from . import image as im
+from .errors import NstliteError
+from .options import DEFAULT_LBFGS_HISTORY
+from .tiled import choose_tile, tiled_bytes
+
+HOST_VECTORS = 12              # image-sized float64 vectors besides L-BFGS-B's history
+OVERHEAD_BYTES = 160 * 2**20   # interpreter, NumPy/SciPy/Pillow, decoded images
+MARGIN = 0.15                  # on the size-dependent part
+SMALLEST_SIZE = 16             # below this, suggesting a --size is pointless (VGG19 needs 16 px)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo, or None where that cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def host_bytes(height: int, width: int, history: int = DEFAULT_LBFGS_HISTORY) -> int:
+    """The optimiser's float64 vectors for a 3 x height x width image, in bytes."""
+    return (2 * int(history) + HOST_VECTORS) * 3 * height * width * 8
+
+
+def objective_bytes(net, height: int, width: int, layers: Sequence[str]) -> int:
+    """One map per loss layer (the content target, or a loss's temporary), in bytes."""
+    channels, values = 3, 0
+    for name in net.layer_names:
+        if name.startswith("conv"):
+            channels = int(net.weights[name][0].shape[0])
+        if name in layers:
+            h, w = net.map_size(name, height, width)
+            values += channels * h * w
+    return values * net.dtype.itemsize
+
+
+def estimate_peak_bytes(net, height: int, width: int, layers: Sequence[str],
+                        history: int = DEFAULT_LBFGS_HISTORY) -> int:
+    """Estimated peak memory, in bytes, of one optimisation of a height x width image whose
+    losses read ``layers`` of ``net`` (a ``VGG19``)."""
+    layers = list(layers)
+    network = net.memory_bytes(height, width, layers, layers)
+    rest = objective_bytes(net, height, width, layers) + host_bytes(height, width, history)
+    return int((1.0 + MARGIN) * (network + rest) + OVERHEAD_BYTES)
+
+
+def largest_fitting_size(fits: Callable[[int, int], bool], height: int, width: int, upper: int) -> int:
+    """Largest longest side <= ``upper`` at which a height x width image, resized with its aspect
+    kept, satisfies ``fits(h, w)`` (0 when none does). ``fits`` must be monotone in the size."""
+    lo, hi = 0, int(upper)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(*im.fit_longest(height, width, mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def refusal_message(height: int, width: int, estimate: int, available: int, biggest: int) -> str:
+    """The one line that refuses a run: what it needs, what there is, and what to do."""
+    hint = f"use --size {biggest} or less" if biggest >= SMALLEST_SIZE else "free some memory"
+    return (f"{width}x{height} needs about {estimate / 2**30:.1f} GiB but only "
+            f"{available / 2**30:.1f} GiB is available; {hint}")
+
+
+def check_memory(net, height: int, width: int, layers: Sequence[str], history: int = DEFAULT_LBFGS_HISTORY,
+                 available: int | None = None) -> int:
+    """The peak estimate in bytes; an ``NstliteError`` (``refusal_message``) when it exceeds the
+    memory available (``available``, default MemAvailable; unknown: never refused)."""
+    estimate = estimate_peak_bytes(net, height, width, layers, history)
+    if available is None:
+        available = available_memory_bytes()
+    if available is None or estimate <= available:
+        return estimate
+    biggest = largest_fitting_size(
+        lambda h, w: estimate_peak_bytes(net, h, w, layers, history) <= available, height, width,
+        max(height, width))
+    raise NstliteError(refusal_message(height, width, estimate, available, biggest))
+
+
+def scale_tile(net, height: int, width: int, layers: Sequence[str], history: int = DEFAULT_LBFGS_HISTORY,
+               tile=None, available: int | None = None):
+    """The tile size of one scale: None or a size as asked; for "auto", None when the whole image
+    fits in the memory available (MemAvailable; unknown: untiled), else the largest tile whose
+    evaluation fits beside the optimiser's vectors (``nstlite.tiled.choose_tile``)."""
+    if tile != "auto":
+        return tile
+    if available is None:
+        available = available_memory_bytes()
+    if available is None or estimate_peak_bytes(net, height, width, layers, history) <= available:
+        return None
+    budget = (available - OVERHEAD_BYTES) / (1.0 + MARGIN) - host_bytes(height, width, history) \
+        - objective_bytes(net, height, width, layers)
+    return choose_tile(net, height, width, list(layers), list(layers), max(int(budget), 0))
+
+
+def tiled_peak_bytes(net, height: int, width: int, layers: Sequence[str], history: int, tile: int) -> int:
+    """Estimated peak memory, in bytes, of an optimisation evaluated by tiles of ``tile`` pixels."""
+    layers = list(layers)
+    network = tiled_bytes(net, height, width, layers, layers, tile)
+    rest = objective_bytes(net, height, width, layers) + host_bytes(height, width, history)
+    return int((1.0 + MARGIN) * (network + rest) + OVERHEAD_BYTES)
+

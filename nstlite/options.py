@@ -1,0 +1,280 @@
+"""What a ``stylize`` run is asked to do, checked in one place before any heavy work.
+
+``StylizeOptions`` holds every keyword of ``nstlite.stylize`` with its default;
+``StylizeOptions.validated(n_styles)`` turns the forms a caller may give (comma strings, single
+numbers, dicts) into one normal form and raises a one-line ``NstliteError`` for anything that
+cannot be run. The parsers of comma-separated numbers and layer lists live here too, so the
+command line, the figures and the API read them alike.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from . import colors
+from . import image as im
+from .backend import DEVICES
+from .errors import NstliteError
+from .losses import parse_style_losses
+
+# Defaults (see README.md, "Defaults, and why", for how they were chosen).
+DEFAULT_SIZE = 512
+DEFAULT_ITERATIONS = 500
+DEFAULT_CONTENT_WEIGHT = 1.0      # alpha
+DEFAULT_STYLE_WEIGHT = 1e4        # beta: alpha / beta = 1e-4, one of the paper's Fig. 3 ratios
+DEFAULT_TV_WEIGHT = 0.0
+DEFAULT_LBFGS_HISTORY = 10
+DEFAULT_INIT = "content"
+DEFAULT_PRINT_EVERY = 10
+DEFAULT_CONTENT_LAYERS = ("conv4_2",)
+DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+INIT_KINDS = ("content", "noise", "style")
+
+
+# --------------------------------------------------------------------------- parsers
+def parse_numbers(text, what: str, kind: Callable = float) -> list:
+    """``"256,512"`` -> ``[256, 512]``; a one-line error for anything else, or for nothing.
+
+    ``text`` may also be a sequence of numbers (returned converted by ``kind``).
+    """
+    items = str(text).replace(" ", "").split(",") if isinstance(text, str) else list(text)
+    try:
+        values = [kind(t) for t in items if t != ""]
+    except (TypeError, ValueError):
+        raise NstliteError(f"{what} must be numbers separated by commas, e.g. 1e-5,1e-4; got {text!r}") from None
+    if not values:
+        raise NstliteError(f"{what} is empty")
+    return values
+
+
+def parse_layers(spec, default: Sequence[str] = (), known: Sequence[str] | None = None) -> list:
+    """Layer names from None (``default``), a comma string or a sequence of names.
+
+    known : when given, every name must be one of these (a one-line error names the others).
+    """
+    if spec is None:
+        spec = default
+    if isinstance(spec, str):
+        spec = spec.split(",")
+    names = [str(s).strip() for s in spec if str(s).strip()]
+    if known is not None:
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise NstliteError(f"unknown layer(s) {', '.join(unknown) or '(none given)'}; use layer names "
+                               f"such as {','.join(DEFAULT_STYLE_LAYERS)}")
+    return names
+
+
+def parse_layer_weights(spec, default: Sequence[str] = ()) -> dict[str, float]:
+    """Style layers with their w_l (eq. 5).
+
+    ``spec`` may be None (the default layers), a comma string ``"conv1_1:0.2,conv2_1,..."``, a
+    sequence of names (optionally ``name:weight``), or a dict name -> weight. Names without a
+    weight share equally a total of 1 over the layers given; explicit weights are kept as given.
+    """
+    if isinstance(spec, dict):
+        items = [(str(k), float(v)) for k, v in spec.items()]
+    else:
+        items = [_name_and_weight(entry) for entry in parse_layers(spec, default)]
+    if not items:
+        return {}
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise NstliteError(f"a layer is listed twice in {', '.join(names)}")
+    share = 1.0 / len(items)
+    weights = {n: (share if w is None else w) for n, w in items}
+    if any(w < 0 or not math.isfinite(w) for w in weights.values()):
+        raise NstliteError("layer weights must be finite and non-negative")
+    return weights
+
+
+def _name_and_weight(entry):
+    name, _, weight = entry.partition(":")
+    try:
+        return name.strip(), (float(weight) if weight else None)
+    except ValueError:
+        raise NstliteError(f"bad layer weight in {entry!r}; write name:weight, e.g. conv1_1:0.2") from None
+
+
+# --------------------------------------------------------------------------- the options
+@dataclass
+class StylizeOptions:
+    """Every keyword of ``nstlite.stylize``, with its default.
+
+    Parameters
+    ----------
+    size : longest side of the result in pixels (no resampling when the content already is)
+    iterations : L-BFGS iterations (per scale with ``scales``)
+    content_weight, style_weight : alpha and beta of eq. (7); 0 drops that term
+    content_layers : names, or a comma string
+    style_layers : names, ``"conv1_1:0.2,..."`` or dict name -> w_l (default equal, sum 1)
+    style_blend_weights : one weight per style image (normalised to sum 1), or a comma string
+    style_scale : style images are resized to style_scale * size (longest side)
+    init : "content", "noise" (white noise), "style", or a path/PIL image/array
+    seed : for the noise init
+    pooling : "avg" (the paper) or "max"
+    tv_weight : total-variation weight (0: none, as in the paper)
+    lbfgs_history : L-BFGS memory
+    original_colors : None, "luminance" or "histogram" (Gatys et al. 2017)
+    scales : e.g. (256, 512) or "256,512": optimise at each longest side in turn, upsampling in
+        between; overrides ``size``
+    weights : weights file (default ``~/.cache/nstlite/vgg19.h5``)
+    net : an already loaded ``VGG19`` (overrides weights, pooling and device)
+    device : one of ``nstlite.backend.DEVICES``
+    log : path of a JSON-lines log (one object per evaluation)
+    save_every, checkpoint_prefix : every N iterations write ``<prefix>_<iteration>.png`` and
+        ``.npz`` (the exact float state; the prefix defaults to the output's stem)
+    print_every, quiet, stream : progress lines (to ``stream``, default stderr)
+    callback : called as ``callback(info)`` after each iteration, info a dict with iteration,
+        evaluation, scale, size, x (network input), image (uint8) and losses; True stops
+    resume : a checkpoint ``.npz`` to continue from
+    output : write the result there (atomically); on Ctrl-C the best image so far is written
+    max_evaluations : limit on loss evaluations per scale (default 2 * iterations + 20)
+    style_loss : a style loss of ``nstlite.losses.STYLE_LOSSES`` ("gram", the paper's; "mean_std",
+        "gaussian_w2", "histogram", "sliced_wasserstein"), ``package.module:Class``, or a weighted
+        combination such as ``"gram:1,histogram:0.5"``
+    sw_directions : directions of the sliced Wasserstein loss (default: one per channel)
+    tile : None (the whole image at once), an inner tile size in pixels (a multiple of 16 to
+        conv5_1) for the exact tiled evaluation of ``nstlite.tiled``, or "auto" (tiles only when
+        the whole image does not fit in the memory available)
+    check_memory_limit : refuse a CPU run whose peak estimate exceeds the memory available
+
+    Notes
+    -----
+    After ``validated``: ``scales`` is a list of longest sides (``size`` when no scales were
+    given), ``content_layers`` a list (empty when alpha is 0), ``style_layers`` a dict layer ->
+    w_l (empty when beta is 0 or there is no style image), ``style_blend_weights`` a list or
+    None, and ``checkpoint_prefix`` set whenever ``save_every`` is.
+    """
+
+    size: int = DEFAULT_SIZE
+    iterations: int = DEFAULT_ITERATIONS
+    content_weight: float = DEFAULT_CONTENT_WEIGHT
+    style_weight: float = DEFAULT_STYLE_WEIGHT
+    content_layers: Any = DEFAULT_CONTENT_LAYERS
+    style_layers: Any = DEFAULT_STYLE_LAYERS
+    style_blend_weights: Any = None
+    style_scale: float = 1.0
+    init: Any = DEFAULT_INIT
+    seed: int = 0
+    pooling: str = "avg"
+    tv_weight: float = DEFAULT_TV_WEIGHT
+    lbfgs_history: int = DEFAULT_LBFGS_HISTORY
+    original_colors: str | None = None
+    scales: Any = None
+    weights: Any = None
+    net: Any = None
+    device: str = "cpu"
+    log: Any = None
+    save_every: int = 0
+    checkpoint_prefix: Any = None
+    print_every: int = DEFAULT_PRINT_EVERY
+    quiet: bool = False
+    callback: Callable | None = None
+    resume: Any = None
+    output: Any = None
+    max_evaluations: int | None = None
+    check_memory_limit: bool = True
+    stream: Any = None
+    style_loss: str = "gram"
+    sw_directions: int | None = None
+    tile: Any = None
+
+    @classmethod
+    def from_keywords(cls, keywords: dict) -> StylizeOptions:
+        """The options from ``stylize``'s keywords (an unknown one is a TypeError, as in a call)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(keywords) - names)
+        if unknown:
+            raise TypeError(f"stylize() got an unexpected keyword argument {unknown[0]!r}")
+        return cls(**keywords)
+
+    def validated(self, n_styles: int) -> StylizeOptions:
+        """The options in normal form, for ``n_styles`` style images; ``NstliteError`` (one
+        line) for anything that cannot run. Nothing is read or loaded except the file checks."""
+        if self.output is not None:
+            im.output_format(self.output)
+        iterations = int(self.iterations)
+        if iterations < 0:
+            raise NstliteError("iterations must be >= 0")
+        alpha, beta, tv = (_non_negative(name, v) for name, v in (
+            ("content weight", self.content_weight), ("style weight", self.style_weight),
+            ("tv weight", self.tv_weight)))
+        if self.original_colors not in (None,) + colors.METHODS:
+            raise NstliteError(f"original colors must be one of {', '.join(colors.METHODS)}, "
+                               f"not {self.original_colors!r}")
+        if self.device not in DEVICES:
+            raise NstliteError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        scales = parse_numbers(self.scales, "scales", int) if self.scales else [int(self.size)]
+        if any(s < 1 for s in scales):
+            raise NstliteError("sizes must be positive")
+        if not self.style_scale > 0:
+            raise NstliteError("style scale must be > 0")
+        content_layers = parse_layers(self.content_layers, DEFAULT_CONTENT_LAYERS) if alpha > 0 else []
+        style_layers = parse_layer_weights(self.style_layers, DEFAULT_STYLE_LAYERS) if beta > 0 and n_styles else {}
+        if not content_layers and not style_layers:
+            raise NstliteError("nothing to optimise: give a style image (or a style weight > 0) "
+                               "or a content weight > 0")
+        _check_init(self.init)
+        parse_style_losses(self.style_loss)  # unknown names fail here, before any work
+        if self.sw_directions is not None and int(self.sw_directions) < 1:
+            raise NstliteError(f"sw directions must be >= 1, not {self.sw_directions}")
+        return replace(self, iterations=iterations, content_weight=alpha, style_weight=beta, tv_weight=tv,
+                       tile=_tile(self.tile), scales=scales, content_layers=content_layers, style_layers=style_layers,
+                       style_blend_weights=self._blend_weights(n_styles), checkpoint_prefix=self._prefix())
+
+    def _blend_weights(self, n_styles):
+        if self.style_blend_weights is None:
+            return None
+        blend = parse_numbers(self.style_blend_weights, "style blend weights")
+        if len(blend) != n_styles:
+            raise NstliteError(f"{len(blend)} style blend weights for {n_styles} style images")
+        return blend
+
+    def _prefix(self):
+        if not self.save_every or self.checkpoint_prefix:
+            return self.checkpoint_prefix
+        if self.output is None:
+            raise NstliteError("save_every needs checkpoint_prefix (or output)")
+        return os.path.splitext(os.fspath(self.output))[0]
+
+    @property
+    def checkpoint_ext(self) -> str:
+        """Image format of the checkpoint pictures: the output's, else PNG."""
+        return os.path.splitext(os.fspath(self.output))[1] if self.output is not None else ".png"
+
+    @property
+    def loss_layers(self) -> list:
+        """The content and style layers, in that order, each once."""
+        return list(dict.fromkeys(list(self.content_layers) + list(self.style_layers)))
+
+
+def _tile(tile):
+    """None, "auto" or a positive number of pixels (the network checks the multiple)."""
+    if tile in (None, 0, "0", "none", "off"):
+        return None
+    if tile == "auto":
+        return "auto"
+    try:
+        tile = int(tile)
+    except (TypeError, ValueError):
+        raise NstliteError(f"tile must be a number of pixels or auto, not {tile!r}") from None
+    if tile < 0:
+        raise NstliteError(f"tile must be positive, not {tile}")
+    return tile or None
+
+
+def _non_negative(name, value):
+    value = float(value)
+    if value < 0 or not math.isfinite(value):
+        raise NstliteError(f"{name} must be finite and >= 0, not {value}")
+    return value
+
+
+def _check_init(init):
+    """An init named by a string is one of INIT_KINDS or an existing image file."""
+    if isinstance(init, (str, os.PathLike)) and os.fspath(init) not in INIT_KINDS:
+        im.check_input_file(init, f"init (one of {', '.join(INIT_KINDS)} or an image file)")

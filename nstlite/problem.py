@@ -1,0 +1,200 @@
+"""One scale of a ``stylize`` run as an optimisation problem: minimise L_total(x) inside a box.
+
+``build_problem`` takes the photograph and artworks already resized for this scale and makes
+
+1. colour control (Gatys et al. 2017, ``nstlite.colors``): what the network sees of each image;
+2. the objective (eq. 7) with its targets P^l (eq. 1) and A^l (eq. 3);
+3. the starting image x0: the init, a resumed state, or the previous scale's result upsampled;
+4. the box: the network-input values of pixel values 0 and 255, per channel.
+
+``Evaluator`` is the SciPy boundary: float64 host vector in, (loss, float64 gradient, losses)
+out, with one device-to-host copy per evaluation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import colors
+from . import image as im
+from .backend import to_device, to_host
+from .errors import NstliteError
+from .memory import scale_tile
+from .objective import Objective, build_objective
+from .options import INIT_KINDS, StylizeOptions
+
+
+@dataclass
+class ScaleProblem:
+    """What L-BFGS-B solves at one scale (see the module docstring).
+
+    content : the photograph at this scale (its alpha is given back to the result);
+    style_rgbs : the artworks as the network sees them (after colour control);
+    x0 : (3, H, W) float64 start; lower, upper : flat float64 box bounds like ``x0.ravel()``.
+    """
+
+    net: object
+    index: int
+    size: int
+    content: im.Image
+    style_rgbs: list[np.ndarray]
+    objective: Objective
+    x0: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    style_names: list[str]
+    original_colors: str | None = None
+
+    @property
+    def shape(self):
+        return self.x0.shape
+
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self.objective, self.net, self.x0.shape, self.style_names)
+
+    def image(self, x) -> np.ndarray:
+        """Network input -> H x W x 3 uint8 (x 4 with the photograph's alpha), colours restored
+        in luminance mode."""
+        rgb = self.net.deprocess_float(np.reshape(x, self.x0.shape))
+        if self.original_colors == "luminance":
+            rgb = colors.combine_luminance(rgb, self.content.rgb)
+        rgb8 = im.to_uint8(rgb)
+        if self.content.alpha is None:
+            return rgb8
+        return np.dstack([rgb8, im.to_uint8(self.content.alpha)])
+
+
+def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, style_rgbs, start_x=None,
+                  previous_x=None) -> ScaleProblem:
+    """The problem of scale ``index`` (see the module docstring).
+
+    content, style_rgbs : the images resized for this scale; start_x : a resumed (3, H, W)
+    state; previous_x : the previous scale's result (upsampled to this scale's size).
+    """
+    size = opts.scales[index]
+    _check_style_sizes(net, opts, style_rgbs, index)
+    net_content, style_rgbs = colour_control(opts.original_colors, content.rgb, style_rgbs)
+    objective = build_scale_objective(net, net.preprocess(net_content), style_rgbs, opts)
+    h, w = content.rgb.shape[:2]
+    if start_x is not None:
+        x0 = np.asarray(start_x, dtype=np.float64)
+    elif previous_x is not None:
+        x0 = _to_network(net, im.resize(net.deprocess_float(previous_x), h, w))
+    else:
+        init_rgb = initial_rgb(opts.init, net_content, style_rgbs, opts.seed)
+        if opts.original_colors == "luminance":
+            init_rgb = colors.grey_rgb(colors.luminance(init_rgb))
+        x0 = _to_network(net, init_rgb)
+    low, high = (np.broadcast_to(np.asarray(b, dtype=np.float64)[:, None, None], x0.shape).ravel()
+                 for b in net.input_bounds())
+    return ScaleProblem(net=net, index=index, size=size, content=content, style_rgbs=style_rgbs,
+                        objective=objective, x0=x0, lower=low, upper=high, style_names=list(opts.style_layers),
+                        original_colors=opts.original_colors)
+
+
+def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions):
+    """The objective of eq. (7) for one scale, its targets P^l (eq. 1) and A^l (eq. 3) made
+    from the photograph and the artworks as the network sees them; evaluated by tiles when
+    ``opts.tile`` asks for them (``memory.scale_tile``)."""
+    style_xs = [net.preprocess(s) for s in style_rgbs] if opts.style_layers else []
+    tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile)
+    return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,
+                           opts.style_weight, opts.tv_weight, style_loss=opts.style_loss,
+                           blend_weights=opts.style_blend_weights, tile=tile,
+                           style_loss_options={"seed": opts.seed, "directions": opts.sw_directions})
+
+
+def colour_control(method: str | None, content_rgb, style_rgbs):
+    """(what the network sees of the photograph, of each artwork) for a colour-control method
+    of Gatys et al. (2017): None, "histogram" (recolour the artworks) or "luminance" (grey
+    images, the artworks' luminance matched to the photograph's)."""
+    if method == "histogram":
+        return content_rgb, [colors.match_color_histogram(s, content_rgb) for s in style_rgbs]
+    if method == "luminance":
+        y = colors.luminance(content_rgb)
+        return colors.grey_rgb(y), [colors.grey_rgb(colors.match_luminance(colors.luminance(s), y))
+                                    for s in style_rgbs]
+    return content_rgb, list(style_rgbs)
+
+
+def initial_rgb(init, content_rgb, style_rgbs, seed: int) -> np.ndarray:
+    """The starting image (H x W x 3 float 0..255, the photograph's size) for one of
+    INIT_KINDS, a path, a PIL image or an array."""
+    h, w = content_rgb.shape[:2]
+    if isinstance(init, str) and init in INIT_KINDS:
+        if init == "content":
+            return content_rgb.copy()
+        if init == "noise":  # the paper's white noise image: independent uniform pixels
+            return np.random.default_rng(seed).uniform(0.0, 255.0, size=(h, w, 3))
+        if not style_rgbs:
+            raise NstliteError("init 'style' needs a style image")
+        return im.resize(style_rgbs[0], h, w)
+    return im.resize(im.load_image(init, "init image").rgb, h, w)
+
+
+def scale_shapes(content_shape, scales) -> list:
+    """(h, w) of the generated image at each scale: the photograph's aspect, longest side s."""
+    h, w = content_shape[:2]
+    return [im.fit_longest(h, w, s) for s in scales]
+
+
+def style_side(opts: StylizeOptions, index: int) -> int:
+    """Longest side of the artworks at scale ``index``: style_scale times that scale's size."""
+    return max(1, int(round(opts.style_scale * opts.scales[index])))
+
+
+def scaled_inputs(content: im.Image, style_images, opts: StylizeOptions, first: int = 0) -> dict:
+    """index -> (photograph, [artwork rgb...]) resized for every scale from ``first`` on.
+
+    Made before optimising, so that the full-resolution decodes (8 bytes a value: 290 MB for a
+    12-megapixel photo) can be dropped before the optimisation allocates anything.
+    """
+    shapes = scale_shapes(content.rgb.shape, opts.scales)
+    return {i: (im.resize_image(content, *shapes[i]),
+                [im.resize_longest(s, style_side(opts, i)).rgb for s in style_images])
+            for i in range(first, len(shapes))}
+
+
+def min_side(net, layers) -> int:
+    """Smallest input side that reaches the deepest of ``layers``: 2^(pools before it)."""
+    deepest = max(net.layer_names.index(n) for n in layers)
+    return 2 ** sum(1 for n in net.layer_names[: deepest + 1] if n.startswith("pool"))
+
+
+def _check_style_sizes(net, opts, style_rgbs, index):
+    need = min_side(net, opts.loss_layers)
+    for i, rgb in enumerate(style_rgbs):
+        if min(rgb.shape[:2]) < need:
+            raise NstliteError(f"style image {i + 1} at {style_side(opts, index)} px is "
+                               f"{rgb.shape[1]}x{rgb.shape[0]}; the network needs at least {need}x{need}: "
+                               "raise --style-scale")
+
+
+def _to_network(net, rgb):
+    return to_host(net.preprocess(rgb)).astype(np.float64)
+
+
+class Evaluator:
+    """The SciPy boundary: float64 host vector -> (loss, float64 gradient, losses dict).
+
+    One device->host copy per evaluation: the gradient and the loss terms travel together.
+    """
+
+    def __init__(self, objective, net, shape, style_names):
+        self.objective, self.net, self.shape, self.style_names = objective, net, shape, style_names
+
+    def __call__(self, x_flat):
+        xp = self.net.xp
+        x = to_device(x_flat.reshape(self.shape), self.net.device, self.net.dtype)
+        _, dx, parts = self.objective(x)
+        terms = [parts["total"], parts["content"], parts["style"], parts["tv"]]
+        terms += [parts["style_layers"][n] for n in self.style_names]
+        scalars = xp.stack([xp.asarray(t, dtype=dx.dtype) for t in terms])
+        packed = to_host(xp.concatenate([dx.ravel(), scalars]))  # the one device->host copy
+        n = dx.size
+        gradient = packed[:n].astype(np.float64)
+        values = [float(v) for v in packed[n:]]
+        info = {"total": values[0], "content": values[1], "style": values[2], "tv": values[3],
+                "style_layers": dict(zip(self.style_names, values[4:]))}
+        return values[0], gradient, info

@@ -1,0 +1,112 @@
+"""Tiled evaluation equals the untiled objective to float64 rounding, and says why it may not."""
+import numpy as np
+import pytest
+
+from nstlite import losses
+from nstlite.errors import NstliteError
+from nstlite.objective import Region, build_objective
+from nstlite.tiled import (TiledObjective, choose_tile, receptive_radius, tile_plan, tiled_bytes, tiled_features,
+                           tiled_statistics)
+from nstlite.vgg import VGG19, VGG19_LAYERS
+from nstlite.weights import random_params
+
+STYLE = {n: 0.2 for n in ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")}
+
+
+def tiny_net(kernel="reference"):
+    return VGG19(random_params(2, widths=(4, 5, 6, 6, 8), dtype=np.float64), None, dtype="float64", kernel=kernel)
+
+
+def rel(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def test_receptive_fields_of_vgg19():
+    """R (radius) and s (stride): the receptive field is s + 2R pixels (156 at conv5_1, 84 at conv4_2)."""
+    names = list(VGG19_LAYERS)
+    assert receptive_radius(names, "conv1_1") == (1, 1)
+    assert receptive_radius(names, "conv4_2") == (38, 8)
+    assert receptive_radius(names, "conv5_1") == (70, 16)
+    for layer, field in (("conv4_2", 84), ("conv5_1", 156)):
+        radius, stride = receptive_radius(names, layer)
+        assert stride + 2 * radius == field
+    assert tile_plan(names, ["conv4_2", "conv5_1"], 64) == (64, 80, 16)
+    assert tile_plan(names, ["conv4_2"], 24) == (24, 40, 8)
+
+
+@pytest.mark.parametrize("kernel", ["reference", "auto"])
+@pytest.mark.parametrize("height, width, tile, margin", [
+    (161, 97, 48, None),   # odd sizes, tiles that do not divide them, the least margin (80)
+    (130, 130, 32, 96),    # a wider margin changes nothing
+    (64, 200, 208, None),  # one tile wider than the image
+])
+def test_tiled_equals_untiled(kernel, height, width, tile, margin, rng):
+    net = tiny_net(kernel)
+    photo, art = rng.standard_normal((3, height, width)) * 20, rng.standard_normal((3, 90, 70)) * 20
+    x = rng.standard_normal((3, height, width)) * 20
+    untiled = build_objective(net, photo, [art], ["conv4_2"], STYLE, alpha=1.0, beta=1e3, tv_weight=1e-2)
+    total, dx, parts = untiled(x)
+    total, dx, style = float(total), dx.copy(), float(parts["style"])
+    tiled = build_objective(net, photo, [art], ["conv4_2"], STYLE, alpha=1.0, beta=1e3, tv_weight=1e-2,
+                            tile=tile, margin=margin)
+    assert isinstance(tiled, TiledObjective)
+    t_total, t_dx, t_parts = tiled(x)
+    assert float(t_total) == pytest.approx(total, rel=1e-12)
+    assert float(t_parts["style"]) == pytest.approx(style, rel=1e-12)
+    assert rel(t_dx, dx) < 1e-12
+
+
+def test_a_margin_below_the_receptive_radius_is_not_exact(rng):
+    """The least margin is needed: 16 pixels less (64 < R = 70 at conv5_1) changes the gradient."""
+    net = tiny_net()
+    photo, art = rng.standard_normal((3, 160, 160)) * 20, rng.standard_normal((3, 64, 64)) * 20
+    x = rng.standard_normal((3, 160, 160)) * 20
+    objective = build_objective(net, photo, [art], [], STYLE, beta=1.0)
+    dx = objective(x)[1].copy()
+    tiled = TiledObjective(objective, 48)
+    assert rel(tiled(x)[1], dx) < 1e-12
+    tiled.margin = 64  # bypass the check on purpose
+    assert rel(tiled(x)[1], dx) > 1e-6
+
+
+def test_tiled_statistics_and_features_equal_the_whole_image(rng):
+    net = tiny_net("auto")
+    x = rng.standard_normal((3, 100, 77)) * 20
+    terms = [losses.GramLoss("conv3_1"), losses.MeanStdLoss("conv5_1")]
+    feats = {k: v.copy() for k, v in net.forward(x, ["conv3_1", "conv5_1"]).items()}
+    for term, stats in zip(terms, tiled_statistics(net, x, terms, 32)):
+        whole = term.statistics(feats[term.layer])
+        for key in whole:
+            np.testing.assert_allclose(stats[key], whole[key], rtol=1e-12)
+    assembled = tiled_features(net, x, ["conv3_1", "conv5_1"], 32)
+    for name in feats:
+        np.testing.assert_allclose(assembled[name], feats[name], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tile": 40}, "the tile size must be a positive multiple of 16 \\(the stride of conv5_1\\), not 40"),
+    ({"tile": 48, "margin": 48}, "the tile margin must be a multiple of 16 and at least 70"),
+    ({"tile": 48, "style_loss": "histogram"}, "HistogramLoss of conv1_1 needs the whole image"),
+])
+def test_bad_tiles_are_one_line_errors(rng, kwargs, message):
+    photo = rng.standard_normal((3, 64, 64))
+    with pytest.raises(NstliteError, match=message):
+        build_objective(tiny_net(), photo, [photo], [], STYLE, **kwargs)
+
+
+def test_regions_are_not_tiled(rng):
+    photo = rng.standard_normal((3, 64, 64))
+    with pytest.raises(NstliteError, match="GuidedGramLoss of conv1_1 needs the whole image"):
+        build_objective(tiny_net(), photo, [], [], STYLE, regions=[Region(np.ones((64, 64)), [photo])], tile=48)
+
+
+def test_choose_tile_fits_the_budget():
+    net = tiny_net()
+    layers = list(STYLE) + ["conv4_2"]
+    whole = net.memory_bytes(512, 512, layers, layers)
+    assert choose_tile(net, 512, 512, layers, layers, whole) is None  # untiled fits: no tiles
+    tile = choose_tile(net, 512, 512, layers, layers, whole // 2)
+    assert tile % 16 == 0 and tiled_bytes(net, 512, 512, layers, layers, tile) <= whole // 2
+    assert tiled_bytes(net, 512, 512, layers, layers, tile + 16) > whole // 2
+    with pytest.raises(NstliteError, match="does not fit"):
+        choose_tile(net, 512, 512, layers, layers, 1000)
