@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from nstlite.fast import workspace as fast_workspace  # noqa: E402
 from nstlite.fast.channels_last import ChannelsLastPath  # noqa: E402
 from nstlite.fast.layout import interior  # noqa: E402
-from nstlite.objective import Objective, content_targets, positions_of, style_targets  # noqa: E402
+from nstlite.objective import build_objective  # noqa: E402
 from nstlite.vgg import VGG19, load_vgg19  # noqa: E402
 from nstlite.backend import to_host  # noqa: E402
 from nstlite.weights import default_weights_path, random_params  # noqa: E402
@@ -97,9 +97,7 @@ def nstlite_objective(params, size, kernel, dtype="float32", net=None, device="c
         net = VGG19(params, None, pooling="avg", dtype=dtype, kernel=kernel, device=device)
     photo, art, start = make_images(size)
     xp_photo, xp_art, x = net.preprocess(photo), net.preprocess(art), net.preprocess(start)
-    P = content_targets(net, xp_photo, CONTENT)
-    A = style_targets(net, [xp_art], STYLE, positions=positions_of(net, xp_photo, STYLE))
-    obj = Objective(net, P, A, {n: 0.2 for n in STYLE}, alpha=1.0, beta=1e3)
+    obj = build_objective(net, xp_photo, [xp_art], CONTENT, {n: 0.2 for n in STYLE}, alpha=1.0, beta=1e3)
     return net, obj, x
 
 
@@ -306,7 +304,7 @@ def measure_memory(size, kernel):
 
 
 # ----------------------------------------------------------------------------- main
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="256,512", help="comma-separated image sides")
     ap.add_argument("--repeats", type=int, default=5, help="timed evaluations per library and size")
@@ -322,115 +320,116 @@ def main():
                          "default: $NSTLITE_TRANSFORM_THREADS, else the core count, at most 4)")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--stylize-memory-child", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.transform_threads:
-        fast_workspace.set_transform_threads(args.transform_threads)
-    if args.memory_child:
-        memory_child(args.memory_child, args.kernel)
-        return 0
-    if args.stylize_memory_child:
-        stylize_memory_child(args.stylize_memory_child)
-        return 0
+    return ap.parse_args()
 
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-            torch.set_num_threads(args.threads or os.cpu_count() or 1)
-        except ImportError:
-            torch = None
-    sync, torch_sync = (lambda: None), (lambda: None)
-    if args.device == "gpu":
-        try:
-            import cupy
-            cupy.cuda.runtime.getDeviceCount()
-        except Exception as e:  # no CuPy, or no CUDA device/driver
-            sys.exit(f"bench_objective: --device gpu needs CuPy and a CUDA device ({type(e).__name__}: {e})".splitlines()[0])
-        sync = cupy.cuda.Device().synchronize  # GPU work is asynchronous: time it to completion
-        args.no_layers = args.no_memory = True
-        if torch is not None:
-            if torch.cuda.is_available():
-                torch_sync = torch.cuda.synchronize
-            else:
-                print("# torch has no CUDA here: nstlite only")
-                torch = None
-        print(f"# GPU: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}, CuPy {cupy.__version__}")
-    params, _, label = load_params()
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{_cpu_model()}; numpy {np.__version__}"
-          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch not importable"))
-    print(f"# weights: {label}; kernel: {args.kernel}; transform threads: {fast_workspace.transform_threads()}; "
-          f"OPENBLAS_THREAD_TIMEOUT="
-          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}; OPENBLAS_NUM_THREADS="
-          f"{os.environ.get('OPENBLAS_NUM_THREADS', '(all)')}; repeats: {args.repeats}")
-    summary = []
-    for size in sizes:
-        net, obj, x = nstlite_objective(params, size, args.kernel, device=args.device)
-        obj(x)  # warm up: allocate buffers and the workspace
+
+def import_torch(args):
+    """PyTorch with ``args.threads`` threads, or None."""
+    if args.no_torch:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    return torch
+
+
+def gpu_setup(args, torch):
+    """(sync, torch_sync, torch) for ``--device``: on the GPU the work is asynchronous, so each
+    timing waits for it to finish; torch drops out where it has no CUDA."""
+    if args.device != "gpu":
+        return (lambda: None), (lambda: None), torch
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no CuPy, or no CUDA device/driver
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        sys.exit(f"bench_objective: --device gpu needs CuPy and a CUDA device ({reason})")
+    args.no_layers = args.no_memory = True
+    torch_sync = lambda: None  # noqa: E731
+    if torch is not None and torch.cuda.is_available():
+        torch_sync = torch.cuda.synchronize
+    elif torch is not None:
+        print("# torch has no CUDA here: nstlite only")
+        torch = None
+    print(f"# GPU: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}, CuPy {cupy.__version__}")
+    return cupy.cuda.Device().synchronize, torch_sync, torch
+
+
+def time_size(args, params, size, torch, sync, torch_sync):
+    """Interleaved nstlite / PyTorch timings at one size: (row, net, torch weights)."""
+    net, obj, x = nstlite_objective(params, size, args.kernel, device=args.device)
+    obj(x)  # warm up: allocate buffers and the workspace
+    sync()
+    t_torch, tweights = [], None
+    if torch is not None:
+        evaluate, tweights = torch_objective(torch, params, size, net, args.device)
+        evaluate()
+        torch_sync()
+    t_nst = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        obj(x)
         sync()
-        t_torch = []
+        t_nst.append(time.perf_counter() - t0)
         if torch is not None:
-            evaluate, tweights = torch_objective(torch, params, size, net, args.device)
+            t0 = time.perf_counter()
             evaluate()
             torch_sync()
-        t_nst = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            obj(x)
-            sync()
-            t_nst.append(time.perf_counter() - t0)
-            if torch is not None:
-                t0 = time.perf_counter()
-                evaluate()
-                torch_sync()
-                t_torch.append(time.perf_counter() - t0)
-        gflop = conv_flops(size) / 1e9
-        med_n = float(np.median(t_nst))
-        med_t = float(np.median(t_torch)) if t_torch else float("nan")
-        row = {"size": size, "nstlite_s": med_n, "torch_s": med_t, "ratio": med_n / med_t if t_torch else None,
-               "gflop": gflop}
-        print(f"\n## {size}x{size}: {gflop:.1f} GFLOP of convs per evaluation (direct count)")
-        print(f"nstlite : median {med_n:.3f} s  ({gflop / med_n:.0f} GF/s effective)  all: "
-              + " ".join(f"{t:.3f}" for t in t_nst))
-        if t_torch:
-            print(f"pytorch : median {med_t:.3f} s  ({gflop / med_t:.0f} GF/s)  all: "
-                  + " ".join(f"{t:.3f}" for t in t_torch))
-            print(f"ratio nstlite/pytorch: {med_n / med_t:.2f}")
-        if args.device == "gpu":
-            import cupy
-            print(f"CuPy memory pool after the runs: {cupy.get_default_memory_pool().total_bytes() / 2**20:.0f} MiB")
-        if not args.no_layers and isinstance(net.path, ChannelsLastPath):
-            reps = 3
-            lt = nstlite_layer_times(net, size, reps)
-            tt = torch_layer_times(torch, tweights, size, reps) if torch is not None else {}
-            print(f"\n{'layer':8s} {'method fwd/bwd':24s} {'GFLOP':>6s} {'fwd ms':>8s} {'GF/s':>5s} {'bwd ms':>8s} "
-                  f"{'GF/s':>5s}" + (f" | {'torch fwd':>9s} {'torch bwd':>9s}" if tt else ""))
-            for name, (tf, tb, mf, mb, fl) in lt.items():
-                line = (f"{name:8s} {mf + '/' + mb:24s} {fl / 1e9:6.2f} {tf * 1e3:8.1f} {fl / tf / 1e9:5.0f} "
-                        f"{tb * 1e3:8.1f} {fl / tb / 1e9:5.0f}")
-                if name in tt:
-                    line += f" | {tt[name][0] * 1e3:9.1f} {tt[name][1] * 1e3:9.1f}"
-                print(line)
-            print(f"{'sum':8s} {'':24s} {sum(v[4] for v in lt.values()) / 1e9:6.2f} "
-                  f"{sum(v[0] for v in lt.values()) * 1e3:8.1f} {'':5s} {sum(v[1] for v in lt.values()) * 1e3:8.1f}"
-                  + (f" {'':5s} | {sum(v[0] for v in tt.values()) * 1e3:9.1f} "
-                     f"{sum(v[1] for v in tt.values()) * 1e3:9.1f}" if tt else ""))
-        del net, obj, x
-        if not args.no_memory:
-            mem = measure_memory(size, args.kernel)
-            if mem:
-                row.update(mem)
-                print(f"\nmemory (nstlite only, fresh process, 3 evaluations): peak RSS {mem['peak_rss'] / 2**20:.0f} MiB, "
-                      f"tracemalloc peak {mem['tracemalloc_peak'] / 2**20:.0f} MiB, shared conv workspace "
-                      f"{mem['workspace'] / 2**20:.1f} MiB")
-            smem = measure_stylize_memory(size)
-            if smem:
-                row.update(smem)
-                print(f"memory of a whole `nstlite stylize --size {size}` ({smem['content']}, default settings, "
-                      f"10 iterations, fresh process): peak RSS {smem['stylize_peak_rss'] / 2**20:.0f} MiB "
-                      f"({smem['stylize_peak_rss'] / 1e9:.2f} GB)")
-        summary.append(row)
+            t_torch.append(time.perf_counter() - t0)
+    gflop = conv_flops(size) / 1e9
+    med_n = float(np.median(t_nst))
+    med_t = float(np.median(t_torch)) if t_torch else float("nan")
+    row = {"size": size, "nstlite_s": med_n, "torch_s": med_t, "ratio": med_n / med_t if t_torch else None,
+           "gflop": gflop}
+    print(f"\n## {size}x{size}: {gflop:.1f} GFLOP of convs per evaluation (direct count)")
+    print(f"nstlite : median {med_n:.3f} s  ({gflop / med_n:.0f} GF/s effective)  all: "
+          + " ".join(f"{t:.3f}" for t in t_nst))
+    if t_torch:
+        print(f"pytorch : median {med_t:.3f} s  ({gflop / med_t:.0f} GF/s)  all: "
+              + " ".join(f"{t:.3f}" for t in t_torch))
+        print(f"ratio nstlite/pytorch: {med_n / med_t:.2f}")
+    if args.device == "gpu":
+        import cupy
+        print(f"CuPy memory pool after the runs: {cupy.get_default_memory_pool().total_bytes() / 2**20:.0f} MiB")
+    return row, net, tweights
+
+
+def print_layer_table(net, size, torch, tweights, reps=3):
+    lt = nstlite_layer_times(net, size, reps)
+    tt = torch_layer_times(torch, tweights, size, reps) if torch is not None else {}
+    print(f"\n{'layer':8s} {'method fwd/bwd':24s} {'GFLOP':>6s} {'fwd ms':>8s} {'GF/s':>5s} {'bwd ms':>8s} "
+          f"{'GF/s':>5s}" + (f" | {'torch fwd':>9s} {'torch bwd':>9s}" if tt else ""))
+    for name, (tf, tb, mf, mb, fl) in lt.items():
+        line = (f"{name:8s} {mf + '/' + mb:24s} {fl / 1e9:6.2f} {tf * 1e3:8.1f} {fl / tf / 1e9:5.0f} "
+                f"{tb * 1e3:8.1f} {fl / tb / 1e9:5.0f}")
+        if name in tt:
+            line += f" | {tt[name][0] * 1e3:9.1f} {tt[name][1] * 1e3:9.1f}"
+        print(line)
+    print(f"{'sum':8s} {'':24s} {sum(v[4] for v in lt.values()) / 1e9:6.2f} "
+          f"{sum(v[0] for v in lt.values()) * 1e3:8.1f} {'':5s} {sum(v[1] for v in lt.values()) * 1e3:8.1f}"
+          + (f" {'':5s} | {sum(v[0] for v in tt.values()) * 1e3:9.1f} "
+             f"{sum(v[1] for v in tt.values()) * 1e3:9.1f}" if tt else ""))
+
+
+def print_memory(row, size, kernel):
+    mem = measure_memory(size, kernel)
+    if mem:
+        row.update(mem)
+        print(f"\nmemory (nstlite only, fresh process, 3 evaluations): peak RSS {mem['peak_rss'] / 2**20:.0f} "
+              f"MiB, tracemalloc peak {mem['tracemalloc_peak'] / 2**20:.0f} MiB, shared conv workspace "
+              f"{mem['workspace'] / 2**20:.1f} MiB, the network's memory_bytes "
+              f"{mem['memory_bytes'] / 2**20:.0f} MiB")
+    smem = measure_stylize_memory(size)
+    if smem:
+        row.update(smem)
+        print(f"memory of a whole `nstlite stylize --size {size}` ({smem['content']}, default settings, "
+              f"10 iterations, fresh process): peak RSS {smem['stylize_peak_rss'] / 2**20:.0f} MiB "
+              f"({smem['stylize_peak_rss'] / 1e9:.2f} GB)")
+
+
+def print_summary(summary):
     print("\n| size | nstlite s/eval | PyTorch s/eval | ratio | peak RSS, evaluation loop | peak RSS, whole stylize |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in summary:
@@ -439,6 +438,37 @@ def main():
         torch_s = f"{r['torch_s']:.3f}" if r["ratio"] else "-"
         srss = f"{r['stylize_peak_rss'] / 2**20:.0f} MiB" if "stylize_peak_rss" in r else "-"
         print(f"| {r['size']}² | {r['nstlite_s']:.3f} | {torch_s} | {ratio} | {rss} | {srss} |")
+
+
+def main():
+    args = parse_args()
+    if args.transform_threads:
+        os.environ["NSTLITE_TRANSFORM_THREADS"] = str(args.transform_threads)  # read on first use
+    if args.memory_child:
+        memory_child(args.memory_child, args.kernel)
+        return 0
+    if args.stylize_memory_child:
+        stylize_memory_child(args.stylize_memory_child)
+        return 0
+    sync, torch_sync, torch = gpu_setup(args, import_torch(args))
+    params, _, label = load_params()
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{_cpu_model()}; numpy {np.__version__}"
+          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch not importable"))
+    print(f"# weights: {label}; kernel: {args.kernel}; transform threads: {fast_workspace.transform_threads()}; "
+          f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}; OPENBLAS_NUM_THREADS="
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', '(all)')}; repeats: {args.repeats}")
+    summary = []
+    for size in sizes:
+        row, net, tweights = time_size(args, params, size, torch, sync, torch_sync)
+        if not args.no_layers and isinstance(net.path, ChannelsLastPath):
+            print_layer_table(net, size, torch, tweights)
+        del net
+        if not args.no_memory:
+            print_memory(row, size, args.kernel)
+        summary.append(row)
+    print_summary(summary)
     return 0
 
 

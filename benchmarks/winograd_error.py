@@ -61,12 +61,13 @@ def main():
         if name.startswith("conv"):
             inputs[name] = h
             w, b = net64.weights[name]
-            h = np.maximum(L.conv3x3_forward(h, w, b)[0], 0)
+            h = np.maximum(L.conv3x3_forward_reference(h, w, b)[0], 0)
         else:
             h = L.avg_pool_forward(h)[0]
     rng = np.random.default_rng(1)
     kernels = ["winograd", "shifted_gemm"]
-    head = f"{'layer':8s} {'pass':8s}" + "".join(f" {k + ' max':>17s} {k + ' L2':>16s}" for k in kernels + (["torch"] if torch else []))
+    columns = kernels + (["torch"] if torch else [])
+    head = f"{'layer':8s} {'pass':8s}" + "".join(f" {k + ' max':>17s} {k + ' L2':>16s}" for k in columns)
     print(f"# weights: {label}; image {args.size}x{args.size}; errors vs float64 reference")
     print(head)
     worst = {k: [0.0, 0.0] for k in kernels + ["torch"]}
@@ -74,12 +75,12 @@ def main():
         w, b = params[name]
         w64, b64 = np.asarray(w, np.float64), np.asarray(b, np.float64)
         xin = inputs[name]
-        out64, cache = L.conv3x3_forward(xin, w64, b64)
+        out64, cache = L.conv3x3_forward_reference(xin, w64, b64)
         # an output gradient shaped like the style loss's: (G - A) F with a perturbed target
         F = np.maximum(out64, 0).reshape(out64.shape[0], -1)
         G = F @ F.T
         dout = ((G * (1 + 0.1 * rng.standard_normal(G.shape)) - G) @ F).reshape(out64.shape) * (out64 > 0)
-        dx64 = L.conv3x3_backward(dout, cache)
+        dx64 = L.conv3x3_backward_reference(dout, cache)
         x32, w32, b32, d32 = (a.astype(np.float32) for a in (xin, w64, b64, dout))
         row = {"forward": [], "backward": []}
         for k in kernels:
@@ -96,7 +97,8 @@ def main():
             row["backward"] += errors(dx, dx64)
         for p in ("forward", "backward"):
             vals = row[p]
-            print(f"{name:8s} {p:8s}" + "".join(f" {v:17.2e}" if i % 2 == 0 else f" {v:16.2e}" for i, v in enumerate(vals)))
+            cells = (f" {v:17.2e}" if i % 2 == 0 else f" {v:16.2e}" for i, v in enumerate(vals))
+            print(f"{name:8s} {p:8s}" + "".join(cells))
             for i, k in enumerate(kernels + (["torch"] if torch else [])):
                 worst[k][0] = max(worst[k][0], vals[2 * i])
                 worst[k][1] = max(worst[k][1], vals[2 * i + 1])
@@ -123,7 +125,7 @@ def whole_objective(params, size, torch):
         print(f"  nstlite {kernel:13s} " + " / ".join(f"{e:.2e}" for e in err) + f"   ({flips} ReLU units switched)")
     if torch:
         evaluate, _ = torch_objective(torch, params, size, net)
-        print(f"  torch float32         " + " / ".join(f"{e:.2e}" for e in errors(evaluate().numpy(), ref)))
+        print("  torch float32         " + " / ".join(f"{e:.2e}" for e in errors(evaluate().numpy(), ref)))
 
 
 if __name__ == "__main__":

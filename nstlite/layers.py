@@ -15,7 +15,7 @@ from .backend import get_array_module
 
 
 # --------------------------------------------------------------------------- convolution
-def conv3x3_forward(x, w, b):
+def conv3x3_forward_reference(x, w, b):
     """3x3 cross-correlation, stride 1, zero padding 1, plus bias.
 
     Parameters
@@ -49,8 +49,8 @@ def conv3x3_forward(x, w, b):
     return out, (x, w)
 
 
-def conv3x3_backward(dout, cache):
-    """Gradient of ``conv3x3_forward`` w.r.t. its input.
+def conv3x3_backward_reference(dout, cache):
+    """Gradient of ``conv3x3_forward_reference`` w.r.t. its input.
 
     ``dx = sum_{i,j} shift_{-(i,j)}( w[:, :, i, j]^T @ dout )``, cropped to the unpadded input:
     each input pixel receives the output gradients of every window it took part in.
@@ -114,8 +114,12 @@ def _output_size(out, spatial):
 
 
 def pool_forward_into(pooling, x, out, spatial=CHW):
-    """out <- 2x2 'avg' or 'max' pooling of x, in place; out's spatial size is (h//2, w//2)
-    (or that of a band of whole windows)."""
+    """out <- 2x2 'avg' or 'max' pooling of x, in place, and returns out.
+
+    x has spatial size (h, w) along the ``spatial`` axes; out has (h//2, w//2), or the size of
+    a band of whole windows when x is a band of 2 r rows. Average pooling sums the four taps
+    and takes a quarter; max pooling keeps the largest.
+    """
     xp = get_array_module(x)
     a, b, c, d = pool_taps(x, *_output_size(out, spatial), spatial)
     if pooling == "avg":
@@ -143,11 +147,23 @@ def max_pool_winner(x, out, winner, spatial=CHW):
 def pool_backward_into(pooling, dout, dx, winner=None, mask=None, spatial=CHW, overwrite_dout=False):
     """dx <- the gradient of 2x2 pooling for the output gradient dout, in place.
 
-    Average pooling gives each tap of a window a quarter of its gradient; max pooling gives it
-    all to the window's ``winner``. ``mask`` (bool, dx's shape) multiplies the result: the
-    ReLU mask of the conv layer below, applied in the same pass. Rows and columns of dx beyond
-    the windows (the dropped odd ones) get zero. ``overwrite_dout``: average pooling may scale
-    dout in place (the caller's scratch) instead of making a scaled copy.
+    Parameters
+    ----------
+    pooling : 'avg' (each tap of a window gets a quarter of its gradient) or 'max' (the
+        window's ``winner`` gets all of it)
+    dout : output gradient, spatial size (h//2, w//2) (or a band of whole windows)
+    dx : input gradient to fill, spatial size (h, w); rows and columns beyond the windows
+        (the dropped odd ones) get zero
+    winner : int8 winning tap per window (``max_pool_winner``), for max pooling
+    mask : bool, dx's shape, or None: multiplies the result (the ReLU mask of the conv layer
+        below, applied in the same pass)
+    spatial : the (row, column) axes, ``CHW`` or ``HWC``
+    overwrite_dout : average pooling may scale dout in place (the caller's scratch) instead of
+        making a scaled copy
+
+    Returns
+    -------
+    dx
     """
     xp = get_array_module(dout)
     ho, wo = _output_size(dout, spatial)
@@ -155,14 +171,13 @@ def pool_backward_into(pooling, dout, dx, winner=None, mask=None, spatial=CHW, o
         dout = xp.multiply(dout, 0.25, out=dout if overwrite_dout else None)  # scaled once, not per tap
     masks = [None] * 4 if mask is None else pool_taps(mask, ho, wo, spatial)
     for k, (tap, m) in enumerate(zip(pool_taps(dx, ho, wo, spatial), masks)):
-        share = dout if pooling == "avg" else (winner == k)
-        if pooling == "max":
-            share = share if m is None else share & m
-            xp.multiply(dout, share, out=tap)
-        elif m is None:
-            tap[...] = share
+        if pooling == "max":  # all of the window's gradient to its winning tap
+            on = winner == k if m is None else (winner == k) & m
+            xp.multiply(dout, on, out=tap)
+        elif m is None:  # a quarter to every tap
+            tap[...] = dout
         else:
-            xp.multiply(share, m, out=tap)
+            xp.multiply(dout, m, out=tap)
     rows, cols = spatial
     for axis, n in ((rows, ho), (cols, wo)):
         if dx.shape[axis] > 2 * n:

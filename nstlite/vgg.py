@@ -94,7 +94,10 @@ class VGG19:
         weights in their kernels' forms, buffers and workspace, masks, and the feature maps
         of ``loss_layers`` handed out. The optimiser's memory is the caller's to add."""
         layers = [layers] if isinstance(layers, str) else list(layers)
-        self._depth(layers + list(loss_layers))
+        loss_layers = [loss_layers] if isinstance(loss_layers, str) else list(loss_layers)
+        if not layers:
+            raise NstliteError("no layers requested")
+        self._depth(layers + loss_layers)  # one-line error for an unknown name
         return self.path.memory_bytes(height, width, layers, loss_layers)
 
     # ----------------------------------------------------------------- input conversion
@@ -220,7 +223,7 @@ class ReferencePath:
         for name in self.net.layer_names[: depth + 1]:
             if name.startswith("conv"):
                 w, b = self.net.weights[name]
-                pre, conv_cache = L.conv3x3_forward(h, w, b)
+                pre, conv_cache = L.conv3x3_forward_reference(h, w, b)
                 h, relu_cache = L.relu_forward(pre)
                 tape.append((name, (conv_cache, relu_cache)))
             else:
@@ -244,7 +247,7 @@ class ReferencePath:
                 continue
             if name.startswith("conv"):
                 conv_cache, relu_cache = cache
-                g = L.conv3x3_backward(L.relu_backward(g, relu_cache), conv_cache)
+                g = L.conv3x3_backward_reference(L.relu_backward(g, relu_cache), conv_cache)
             else:
                 g = pool_backward(g, cache)
         return g

@@ -1,27 +1,14 @@
 """The channels-last VGG19 path (nstlite.fast.channels_last) against the reference path, and
-its buffers and errors. Tolerances as in test_fast_kernels (times 5 for a whole
-network).
+its buffers and errors. Tolerances: ``fast_tolerances.TOL``, times 5 for a whole network.
 """
 import numpy as np
 import pytest
 
+from fast_tolerances import TOL, rel
+
 from nstlite import layers as L
 from nstlite.vgg import VGG19
 from nstlite.weights import random_params
-
-TOL = {("float64", "shifted_gemm"): 1e-12, ("float64", "winograd"): 1e-12, ("float64", "auto"): 1e-12,
-       ("float32", "shifted_gemm"): 2e-6, ("float32", "winograd"): 1e-5, ("float32", "auto"): 1e-5}
-
-
-def rel_l2(a, b):
-    """||a - b|| / ||b|| in float64."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
-
-
-def rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 # ----------------------------------------------------------------------------- VGG19 paths
@@ -71,7 +58,7 @@ def assert_same_activation_pattern(ref, fast, params, x, pooling, dtype):
             assert not differ.any(), name
             continue
         if name.startswith("conv"):
-            pre, _ = L.conv3x3_forward(maps[below[name]] if name in below else x.astype(np.float64),
+            pre, _ = L.conv3x3_forward_reference(maps[below[name]] if name in below else x.astype(np.float64),
                                                  *params[name])
             near = np.abs(pre) <= 1e-4 * np.abs(pre).max()
         else:
@@ -108,8 +95,6 @@ def test_vgg_fast_path_errors():
     net.forward(np.zeros((3, 16, 16)), ["conv2_1"])
     with pytest.raises(NstliteError):
         net.backward({"conv3_1": np.zeros((6, 4, 4))})
-
-
 
 
 def test_gradcheck_catches_a_wrong_shared_pooling_backward(monkeypatch):

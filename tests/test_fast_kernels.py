@@ -1,14 +1,13 @@
 """The fast conv kernels of nstlite.fast (Winograd, shifted GEMM, im2col) against the
 reference convolution of nstlite.layers.
 
-Tolerances (normwise relative error, max|fast - ref| / max|ref|):
-  float64: 1e-12 for every kernel (Winograd's transforms lose a few digits: ~1e-14 seen);
-  float32: 2e-6 for the shifted GEMM, 1e-5 for Winograd F(4x4, 3x3) (its transforms
-  amplify rounding by roughly 10x; ~3e-6 seen on these inputs). The choice of Winograd
-  points is checked on smooth data below (``test_winograd_float32_input_gradient_error``).
+Tolerances: ``fast_tolerances.TOL`` (normwise relative error). The choice of Winograd points is
+checked on smooth data below (``test_winograd_float32_input_gradient_error``).
 """
 import numpy as np
 import pytest
+
+from fast_tolerances import TOL, rel, rel_l2
 
 from nstlite import layers as L
 from nstlite.fast.gemm import (im2col_conv, im2col_conv_adjoint, im2col_weights, shifted_gemm_conv,
@@ -21,20 +20,7 @@ from nstlite.fast.winograd import (WINO_AT, WINO_BT, WINO_G, WINO_SCALE_AT, WINO
 from nstlite.fast.workspace import Workspace, local_blas_threads
 
 FAST_KERNELS = ["shifted_gemm", "winograd", "auto"]
-TOL = {("float64", "shifted_gemm"): 1e-12, ("float64", "winograd"): 1e-12, ("float64", "auto"): 1e-12,
-       ("float32", "shifted_gemm"): 2e-6, ("float32", "winograd"): 1e-5, ("float32", "auto"): 1e-5}
 SHAPES = [(3, 7, 9, 4), (5, 13, 6, 7), (16, 11, 17, 16), (8, 1, 1, 3), (4, 5, 2, 3), (20, 4, 8, 17)]
-
-
-def rel_l2(a, b):
-    """||a - b|| / ||b|| in float64."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
-
-
-def rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -46,8 +32,8 @@ def test_kernel_matches_reference(kernel, dtype, c_in, h, w, c_out):
     wt = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
     dout = rng.standard_normal((c_out, h, w)).astype(dtype)
-    ref_out, ref_cache = L.conv3x3_forward(x, wt, b)
-    ref_dx = L.conv3x3_backward(dout, ref_cache)
+    ref_out, ref_cache = L.conv3x3_forward_reference(x, wt, b)
+    ref_dx = L.conv3x3_backward_reference(dout, ref_cache)
     fwd, bwd = CONV_KERNELS[kernel]
     out, cache = fwd(x, wt, b)
     dx = bwd(dout, cache)
@@ -77,7 +63,7 @@ def test_block_sizes_do_not_change_result(kernel):
     adjoint(to_padded(d), wk, da, 19, 23)
     adjoint(to_padded(d), wk, db, 19, 23, **extra)
     assert rel(da, db) < 1e-13
-    assert rel(da, L.conv3x3_backward(d, (x, wt)).transpose(1, 2, 0)) < 1e-12
+    assert rel(da, L.conv3x3_backward_reference(d, (x, wt)).transpose(1, 2, 0)) < 1e-12
 
 
 def test_epilogue_relu_and_mask():
@@ -86,7 +72,7 @@ def test_epilogue_relu_and_mask():
     wt = rng.standard_normal((16, 16, 3, 3))
     bias = rng.standard_normal(16)
     mask = rng.standard_normal((9, 10, 16))
-    ref, _ = L.conv3x3_forward(x, wt, bias)
+    ref, _ = L.conv3x3_forward_reference(x, wt, bias)
     ref = ref.transpose(1, 2, 0)
     for method in ("winograd", "shifted_gemm"):
         plan = ConvPlan(wt, bias, method)
@@ -96,7 +82,7 @@ def test_epilogue_relu_and_mask():
         # the backward epilogue: result * (mask > 0)
         dx = np.empty((9, 10, 16))
         plan.backward(to_padded(x), dx, 9, 10, Workspace(np), mask=mask)
-        ref_dx = L.conv3x3_backward(x, (x, wt)).transpose(1, 2, 0) * (mask > 0)
+        ref_dx = L.conv3x3_backward_reference(x, (x, wt)).transpose(1, 2, 0) * (mask > 0)
         assert rel(dx, ref_dx) < 1e-12
 
 
@@ -116,7 +102,6 @@ def test_winograd_matrices_reproduce_direct_1d():
     y = WINO_AT @ ((WINO_G @ g) * (WINO_BT @ d))
     direct = np.array([d[i:i + 3] @ g for i in range(4)])
     assert np.allclose(y, direct, rtol=0, atol=1e-13)
-
 
 
 def test_winograd_matrices_derive_from_the_points():
@@ -148,8 +133,8 @@ def test_winograd_float32_input_gradient_error():
     x = np.kron(rng.uniform(0, 1, (c, 8, 8)), np.ones((1, 4, 4))) + 0.1 * rng.uniform(0, 1, (c, 32, 32))
     wt = rng.standard_normal((c, c, 3, 3)) / 24
     dout = rng.standard_normal((c, 32, 32)) * (rng.uniform(size=(c, 32, 32)) > 0.5)
-    ref, cache = L.conv3x3_forward(x, wt, np.zeros(c))
-    ref_dx = L.conv3x3_backward(dout, cache)
+    ref, cache = L.conv3x3_forward_reference(x, wt, np.zeros(c))
+    ref_dx = L.conv3x3_backward_reference(dout, cache)
     fwd, bwd = CONV_KERNELS["winograd"]
     out, c32 = fwd(x.astype(np.float32), wt.astype(np.float32), np.zeros(c, np.float32))
     dx = bwd(dout.astype(np.float32), c32)
@@ -167,7 +152,7 @@ def test_winograd_adjoint_blocks_and_edges(h, w):
     rng = np.random.default_rng(h * 31 + w)
     wt = rng.standard_normal((7, 5, 3, 3))
     dout = rng.standard_normal((7, h, w))
-    ref = L.conv3x3_backward(dout, (np.zeros((5, h, w)), wt)).transpose(1, 2, 0)
+    ref = L.conv3x3_backward_reference(dout, (np.zeros((5, h, w)), wt)).transpose(1, 2, 0)
     U = winograd_weights(wt)
     mask = rng.standard_normal((h, w, 5))
     for tile_rows in (1, 2, None):
@@ -205,7 +190,7 @@ def test_im2col_image_conv_and_adjoint(c_in, h, w, rows):
     rng = np.random.default_rng(c_in * 7 + h + w)
     x, wt, b = rng.standard_normal((c_in, h, w)), rng.standard_normal((5, c_in, 3, 3)), rng.standard_normal(5)
     dout = rng.standard_normal((5, h, w))
-    ref, cache = L.conv3x3_forward(x, wt, b)
+    ref, cache = L.conv3x3_forward_reference(x, wt, b)
     wk = im2col_weights(wt, b)
     out = np.full((h, w, 5), np.nan)
     im2col_conv(x, wk, out, relu=False, rows_per_block=rows)
@@ -213,7 +198,7 @@ def test_im2col_image_conv_and_adjoint(c_in, h, w, rows):
     im2col_conv(x, wk, out, relu=True, rows_per_block=rows)
     assert rel(out, np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
     dx = im2col_conv_adjoint(to_padded(dout), wk, h, w, rows_per_block=rows)
-    assert dx.shape == (c_in, h, w) and rel(dx, L.conv3x3_backward(dout, cache)) < 1e-12
+    assert dx.shape == (c_in, h, w) and rel(dx, L.conv3x3_backward_reference(dout, cache)) < 1e-12
     assert ConvPlan(wt, b, "auto").reads_image() and not ConvPlan(wt, b, "shifted_gemm").reads_image()
 
 
@@ -234,7 +219,7 @@ def test_winograd_threads_give_the_same_result(threads):
         winograd_conv_adjoint(d, U, dx, 37, 21, mask=mask, ws=ws)
         res[k] = out, dx
     assert np.array_equal(res[1][0], res[threads][0]) and np.array_equal(res[1][1], res[threads][1])
-    ref, _ = L.conv3x3_forward(interior(x, 37, 21).transpose(2, 0, 1), wt, b)
+    ref, _ = L.conv3x3_forward_reference(interior(x, 37, 21).transpose(2, 0, 1), wt, b)
     assert rel(res[threads][0], np.maximum(ref, 0).transpose(1, 2, 0)) < 1e-12
 
 
@@ -259,9 +244,9 @@ def test_im2col_threads_give_the_same_result(threads, rows_per_block):
     # allowed). Elementwise it can be larger where terms cancel (1.9e-6 on a value of 0.149).
     assert rel_l2(res[threads][0], res[1][0]) < 1e-6
     assert rel_l2(res[threads][1], res[1][1]) < 1e-6
-    ref, cache = L.conv3x3_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64))
+    ref, cache = L.conv3x3_forward_reference(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64))
     assert rel(res[threads][0], ref.transpose(1, 2, 0)) < 1e-5
-    dref = L.conv3x3_backward(interior(g, 23, 18).transpose(2, 0, 1).astype(np.float64), cache)
+    dref = L.conv3x3_backward_reference(interior(g, 23, 18).transpose(2, 0, 1).astype(np.float64), cache)
     assert rel(res[threads][1], dref) < 1e-5
 
 

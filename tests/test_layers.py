@@ -7,10 +7,30 @@ from nstlite import layers as L
 from nstlite.backend import to_host
 from nstlite.errors import NstliteError
 from nstlite.fast.plan import CONV_KERNELS, check_kernel
-from nstlite.gradient_check import (PER_OP_TOL, _away_from_zero, _without_pool_ties, check_op,
-                                    numerical_gradient, rel_error)
+from nstlite.gradient_check import PER_OP_TOL, check_op, numerical_gradient, rel_error
 
 SHAPES = [(1, 1, 1), (3, 5, 7), (2, 8, 8), (4, 1, 6), (3, 9, 4)]
+
+
+def away_from_zero(rng, shape, margin=1e-3):
+    """Normal samples at least ``margin`` from the ReLU's kink at 0 (resampled there)."""
+    x = rng.standard_normal(shape)
+    while (np.abs(x) < margin).any():
+        bad = np.abs(x) < margin
+        x[bad] = rng.standard_normal(int(bad.sum()))
+    return x
+
+
+def without_pool_ties(rng, shape, margin=1e-3):
+    """A (C, H, W) sample whose 2x2 windows have a clear maximum (top two taps at least
+    ``margin`` apart): finite differences then never switch a max-pool's winner."""
+    c, h, w = shape
+    while True:
+        x = rng.standard_normal(shape)
+        win = x[:, :h // 2 * 2, :w // 2 * 2].reshape(c, h // 2, 2, w // 2, 2).transpose(0, 1, 3, 2, 4)
+        top2 = np.sort(win.reshape(c, h // 2, w // 2, 4), axis=-1)[..., -2:]
+        if (top2[..., 1] - top2[..., 0]).min() > margin:
+            return x
 
 
 def conv_oracle(x, w, b):
@@ -46,7 +66,7 @@ def test_conv_forward_nested_loops_float32(rng):
         for yy in range(4):
             for xx in range(5):
                 expect[o, yy, xx] = b[o] + np.sum(w[o] * xpad[:, yy:yy + 3, xx:xx + 3])
-    out, _ = L.conv3x3_forward(x, w, b)
+    out, _ = L.conv3x3_forward_reference(x, w, b)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
 
@@ -62,7 +82,7 @@ def test_conv_backward_finite_differences(xp, rng, shape, kernel):
 
 
 def test_relu_forward_backward(xp, rng):
-    x = xp.asarray(_away_from_zero(rng, (3, 4, 5)))
+    x = xp.asarray(away_from_zero(rng, (3, 4, 5)))
     out, cache = L.relu_forward(x)
     np.testing.assert_array_equal(to_host(out), np.maximum(to_host(x), 0))
     c = check_op("relu", L.relu_forward, L.relu_backward, x, rng)
@@ -94,7 +114,7 @@ def test_avg_pool_backward_finite_differences(xp, rng, shape):
 
 @pytest.mark.parametrize("shape", [(2, 4, 6), (3, 5, 7)])
 def test_max_pool_forward_loops_and_backward(xp, rng, shape):
-    x = _without_pool_ties(rng, shape)
+    x = without_pool_ties(rng, shape)
     out, _ = L.max_pool_forward(xp.asarray(x))
     np.testing.assert_array_equal(to_host(out), _pool_by_loops(x, np.max))
     chk = check_op("max", L.max_pool_forward, L.max_pool_backward, xp.asarray(x), rng)
@@ -173,8 +193,8 @@ def test_dtype_follows_input(rng):
         x = rng.standard_normal((2, 4, 4)).astype(dt)
         w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
         b = np.zeros(3, np.float32)
-        out, cache = L.conv3x3_forward(x, w, b)
-        assert out.dtype == dt and L.conv3x3_backward(out, cache).dtype == dt
+        out, cache = L.conv3x3_forward_reference(x, w, b)
+        assert out.dtype == dt and L.conv3x3_backward_reference(out, cache).dtype == dt
         for fwd, bwd in (L.POOLING["avg"], L.POOLING["max"], (L.relu_forward, L.relu_backward)):
             o, c = fwd(x)
             assert o.dtype == dt and bwd(o, c).dtype == dt

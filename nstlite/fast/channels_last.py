@@ -50,6 +50,7 @@ class ChannelsLastPath:
         self.plans = {}        # conv name -> ConvPlan, made when the layer first runs
         self.ws = Workspace(self.xp)
         self.size = None       # (H, W) the buffers below are for
+        self.maps = {}         # layer name -> (h, w, C) of its map at that size (``layout``)
         self.masks = {}        # conv name -> bool (h, w, C) ReLU mask; max pool name -> int8 winner
         self.features = {}     # layer name -> compact (h, w, C) copy handed out by forward
         self.buffers = []      # the two flat arrays behind every padded map, see padded_buffer

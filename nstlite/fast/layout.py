@@ -12,12 +12,12 @@ from ..backend import get_array_module
 TILE = 4    # side of Winograd's output tile F(4x4, 3x3): the buffers' rounding unit
 
 
-def tiles(n):
+def tiles(n: int) -> int:
     """Number of 4-wide output tiles covering n pixels."""
     return -(-n // TILE)
 
 
-def padded_shape(h, w, c):
+def padded_shape(h: int, w: int, c: int) -> tuple:
     """Shape of the zero-padded channels-last buffer for an h x w x c map: one pixel of zeros
     on every side, rounded up so that ceil(h/4) x ceil(w/4) Winograd tiles (6x6 windows with
     stride 4) fit inside."""

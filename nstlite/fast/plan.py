@@ -23,7 +23,7 @@ IM2COL_MAX_CHANNELS = 4  # an image (conv1_1): columns of 9 C_in + 1 rows
 WINOGRAD_MIN_TILES = 16  # a 16x16 map; on smaller ones the transforms cost more than they save
 
 
-def check_kernel(kernel):
+def check_kernel(kernel: "str | None") -> str:
     """The kernel name for ``kernel`` (None: ``DEFAULT_KERNEL``); a one-line error for an
     unknown one."""
     kernel = DEFAULT_KERNEL if kernel is None else kernel
@@ -32,11 +32,10 @@ def check_kernel(kernel):
     return kernel
 
 
-def use_winograd(c_in, c_out, h, w):
+def use_winograd(c_in: int, c_out: int, h: int, w: int) -> bool:
     """Winograd pays where the 36 GEMMs dominate the tile transforms: both channel counts at
     least 16 (every VGG19 conv but conv1_1) and a map of at least ``WINOGRAD_MIN_TILES``
-    tiles. Measured single-threaded here (Winograd vs shifted GEMM, forward): 512->512 on
-    64x64 100 vs 302 ms, on 32x32 26 vs 76 ms, on 16x16 11 vs 18 ms."""
+    tiles (the crossover measured in ``docs/performance.md``)."""
     return c_in >= 16 and c_out >= 16 and tiles(h) * tiles(w) >= WINOGRAD_MIN_TILES
 
 
@@ -172,5 +171,5 @@ def _layer_kernel(kernel):
 
 
 # name -> (forward, backward) on (C, H, W) arrays; "auto" picks per call (``use_winograd``).
-CONV_KERNELS = {"reference": (layers.conv3x3_forward, layers.conv3x3_backward),
+CONV_KERNELS = {"reference": (layers.conv3x3_forward_reference, layers.conv3x3_backward_reference),
                 **{name: _layer_kernel(name) for name in FAST_KERNELS}}

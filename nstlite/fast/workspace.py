@@ -18,10 +18,10 @@ from ..errors import NstliteError
 # last-level cache and to keep the shared workspace small.
 BLOCK_BYTES = 16 << 20
 MAX_TRANSFORM_THREADS = 4  # not measured above a few threads
-_transform_threads = None  # resolved by transform_threads() on first use, or set_transform_threads
+_transform_threads = None  # resolved by transform_threads() on first use
 
 
-def transform_threads():
+def transform_threads() -> int:
     """Threads for the element-wise tile transforms on NumPy (``Workspace.parallel``): they
     are NumPy work that OpenBLAS does not parallelise, so without threads they run on one
     core. ``$NSTLITE_TRANSFORM_THREADS`` if set, else the core count; at most
@@ -35,12 +35,6 @@ def transform_threads():
             raise NstliteError(f"NSTLITE_TRANSFORM_THREADS must be a whole number, not {value!r}") from None
         _transform_threads = max(1, min(MAX_TRANSFORM_THREADS, n or (os.cpu_count() or 1)))
     return _transform_threads
-
-
-def set_transform_threads(n):
-    """Use n transform threads in workspaces made from now on (benchmarks, tests)."""
-    global _transform_threads
-    _transform_threads = max(1, int(n))
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,9 +115,8 @@ class Workspace:
         36 GEMMs per block that is 36 synchronisations, and small GEMMs (64 channels, small
         maps) share poorly between threads. Where OpenBLAS allows a per-thread thread count,
         the stack is instead split over this workspace's threads, each running its GEMMs on
-        one BLAS thread: one synchronisation, and each GEMM whole on one core (measured on 2
-        cores, 36 x (832 x 64) @ (64 x 64): 113 -> 145 GF/s; 36 x (256 x 256) @ (256 x 256):
-        144 -> 155 GF/s). Elsewhere (CuPy, other BLAS) one ``matmul`` call."""
+        one BLAS thread: one synchronisation, and each GEMM whole on one core (the gain is in
+        ``docs/performance.md``). Elsewhere (CuPy, other BLAS) one ``matmul`` call."""
         if self._blas_local is None or a.shape[0] < 2:
             return self.xp.matmul(a, b, out=out)
         self.parallel_gemms(lambda k: self.xp.matmul(a[k], b[k], out=out[k]), a.shape[0])
