@@ -45,13 +45,14 @@ def add_run_options(p, size, iterations, what="the result", per="per scale with 
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
 
 
-def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
-                        style_weight=O.DEFAULT_STYLE_WEIGHT):
+def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS, style_weight=None):
     """The options of ``stylize`` beyond the images (``demo`` has them too, with its own defaults)."""
     add_run_options(p, size, iterations)
     p.add_argument("--content-weight", type=float, default=O.DEFAULT_CONTENT_WEIGHT,
                    help="alpha of eq. 7 (default %(default)g)")
-    p.add_argument("--style-weight", type=float, default=style_weight, help="beta of eq. 7 (default %(default)g)")
+    p.add_argument("--style-weight", type=float, default=style_weight,
+                   help="beta of eq. 7 (default " + (f"{style_weight:g}" if style_weight is not None else
+                                                     "the style loss's own: 1e4 for gram, alpha/beta = 1e-4") + ")")
     p.add_argument("--content-layers", default=",".join(O.DEFAULT_CONTENT_LAYERS),
                    help="comma-separated (default %(default)s)")
     p.add_argument("--style-layers", default=",".join(O.DEFAULT_STYLE_LAYERS),

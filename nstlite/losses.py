@@ -91,6 +91,8 @@ test that the row fails on a wrong gradient (see CONTRIBUTING.md).
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import zlib
 
 import numpy as np
@@ -290,6 +292,11 @@ class StyleLoss(LossTerm):
         """True when the statistics are sums over positions: a tiled evaluator can add them up."""
         return bool(self.position_sums)
 
+    # beta when the user gives none: each loss has its own scale. The paper's Gram loss takes
+    # 1e4 (alpha/beta = 1e-4); the others the beta that puts the same style pressure on
+    # Tubingen / The Starry Night at 256 px as Gram's 1e4 (beta E_style equal at the photo).
+    default_weight: float = 1.0
+
     def statistics(self, F) -> dict:
         raise NotImplementedError
 
@@ -330,6 +337,8 @@ class GramLoss(StyleLoss):
     Statistics: ``gram`` (G = F F^T, eq. 3) and ``positions`` (M_l), both sums over positions.
     Equal to ``style_layer_loss(F, A)`` when the statistics are those of F itself.
     """
+
+    default_weight = 1e4
 
     position_sums = ("gram", "positions")
 
@@ -421,6 +430,8 @@ class MeanStdLoss(StyleLoss):
     its spread.
     """
 
+    default_weight = 2e8
+
     position_sums = ("sum", "sum_sq", "positions")
     STD_EPS = 1e-5
 
@@ -429,21 +440,23 @@ class MeanStdLoss(StyleLoss):
         return {"sum": Fm.sum(axis=1), "sum_sq": (Fm * Fm).sum(axis=1), "positions": Fm.shape[1]}
 
     def moments(self, stats):
-        """(mu, sigma) per channel from the position sums."""
+        """(mu, sigma) per channel from the position sums, in float64 (the variance cancels digits)."""
         xp = get_array_module(stats["sum"])
         m = stats["positions"]
-        mu = stats["sum"] / m
-        return mu, xp.sqrt(xp.maximum(stats["sum_sq"] / m - mu * mu, 0.0) + self.STD_EPS)
+        mu = stats["sum"].astype(xp.float64) / m
+        var = stats["sum_sq"].astype(xp.float64) / m - mu * mu
+        return mu, xp.sqrt(xp.maximum(var, 0.0) + self.STD_EPS)
 
     def value(self, stats, target):
         (mu, sd), (mu_t, sd_t) = self.moments(stats), self.moments(target)
-        return (((mu - mu_t) ** 2).sum() + ((sd - sd_t) ** 2).sum()) / mu.shape[0]
+        return ((((mu - mu_t) ** 2).sum() + ((sd - sd_t) ** 2).sum()) / mu.shape[0]).astype(stats["sum"].dtype)
 
     def gradient(self, F, stats, target):
         (mu, sd), (mu_t, sd_t) = self.moments(stats), self.moments(target)
         n, m = mu.shape[0], stats["positions"]
         Fm = F.reshape(n, -1)
-        dF = (mu - mu_t)[:, None] + ((sd - sd_t) / sd)[:, None] * (Fm - mu[:, None])
+        mu, shift, scale = (v.astype(F.dtype) for v in (mu, mu - mu_t, (sd - sd_t) / sd))
+        dF = shift[:, None] + scale[:, None] * (Fm - mu[:, None])
         return (dF * (2.0 / (n * m))).reshape(F.shape)
 
 
@@ -465,6 +478,8 @@ class GaussianW2Loss(StyleLoss):
     The statistics (sums of F and of F F^T over positions) are exact under tiling.
     """
 
+    default_weight = 1e8
+
     position_sums = ("sum", "outer", "positions")
     W2_EPS = 1e-5
 
@@ -474,29 +489,36 @@ class GaussianW2Loss(StyleLoss):
 
     @staticmethod
     def moments(stats):
-        mu = stats["sum"] / stats["positions"]
-        return mu, stats["outer"] / stats["positions"] - mu[:, None] * mu[None, :]
+        """(mu, Sigma) in float64: the N x N algebra is cheap, and Sigma = F F^T / M - mu mu^T
+        cancels digits that float32 does not have to spare."""
+        xp = get_array_module(stats["sum"])
+        mu = stats["sum"].astype(xp.float64) / stats["positions"]
+        return mu, stats["outer"].astype(xp.float64) / stats["positions"] - mu[:, None] * mu[None, :]
 
     def prepare(self, target):
         xp = get_array_module(target["sum"])
         mu_t, cov_t = self.moments(target)
         n = mu_t.shape[0]
         eps = self.W2_EPS * float(xp.trace(cov_t)) / n + 1e-12
-        lam, V = xp.linalg.eigh(cov_t + eps * xp.eye(n, dtype=cov_t.dtype))
+        lam, V = xp.linalg.eigh(cov_t + eps * xp.eye(n))
         sqrt_t = (V * xp.sqrt(xp.maximum(lam, 0.0))) @ V.T
         return {**target, "mean": mu_t, "eps": eps, "sqrt": sqrt_t, "trace": float(xp.trace(cov_t)) + n * eps}
 
     def _transport(self, stats, target):
-        """(mu - mu^, the value, I - S C^(-1/2) S) from one eigendecomposition of C."""
+        """(mu - mu^, the value, I - S C^(-1/2) S) from one eigendecomposition of C (float64;
+        the value and B come back in the features' dtype)."""
         xp = get_array_module(stats["sum"])
+        dtype = stats["sum"].dtype
         mu, cov = self.moments(stats)
         n, S = mu.shape[0], target["sqrt"]
-        cov = cov + target["eps"] * xp.eye(n, dtype=cov.dtype)
+        cov = cov + target["eps"] * xp.eye(n)
         lam, V = xp.linalg.eigh(S @ cov @ S)
-        root = xp.sqrt(xp.maximum(lam, 1e-300))
+        # C is positive definite (eps I in both covariances); the floor only absorbs rounding
+        root = xp.sqrt(xp.maximum(lam, float(lam.max()) * 1e-14))
         dmu = mu - target["mean"]
         value = ((dmu * dmu).sum() + xp.trace(cov) + target["trace"] - 2.0 * root.sum()) / n
-        return dmu, value, xp.eye(n, dtype=cov.dtype) - S @ ((V / root) @ V.T) @ S
+        B = xp.eye(n) - S @ ((V / root) @ V.T) @ S
+        return dmu.astype(dtype), value.astype(dtype), B.astype(dtype)
 
     def value(self, stats, target):
         return self._transport(stats, target)[1]
@@ -529,6 +551,8 @@ class HistogramLoss(StyleLoss):
     Not exact under tiling: R needs each channel's ranks over the whole image (a global sort).
     Several artworks blend as the average of their quantile functions (the 1-D W2 barycentre).
     """
+
+    default_weight = 1e8
 
     def project(self, Fm):
         """The rows whose distributions are matched: the channels themselves."""
@@ -585,6 +609,8 @@ class SlicedWassersteinLoss(HistogramLoss):
     sees one deterministic function. Not exact under tiling (a global sort per direction).
     """
 
+    default_weight = 2e8
+
     def __init__(self, layer: str, directions: int | None = None, seed: int = 0):
         super().__init__(layer)
         if directions is not None and int(directions) < 1:
@@ -624,6 +650,8 @@ def style_loss_class(name: str):
         raise NstliteError(f"unknown style loss {name!r}; choose one of {', '.join(sorted(STYLE_LOSSES))}, "
                            "or give package.module:Class")
     module_name, _, class_name = name.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # a module in the current folder resolves from the console script too
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as e:

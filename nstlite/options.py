@@ -24,7 +24,6 @@ from .losses import parse_style_losses
 DEFAULT_SIZE = 512
 DEFAULT_ITERATIONS = 500
 DEFAULT_CONTENT_WEIGHT = 1.0      # alpha
-DEFAULT_STYLE_WEIGHT = 1e4        # beta: alpha / beta = 1e-4, one of the paper's Fig. 3 ratios
 DEFAULT_TV_WEIGHT = 0.0
 DEFAULT_LBFGS_HISTORY = 10
 DEFAULT_INIT = "content"
@@ -108,7 +107,9 @@ class StylizeOptions:
     ----------
     size : longest side of the result in pixels (no resampling when the content already is)
     iterations : L-BFGS iterations (per scale with ``scales``)
-    content_weight, style_weight : alpha and beta of eq. (7); 0 drops that term
+    content_weight, style_weight : alpha and beta of eq. (7); 0 drops that term. The default
+        beta (None) is the style loss's own (``StyleLoss.default_weight``: 1e4 for the paper's
+        Gram loss, alpha/beta = 1e-4; that of the first loss of a combination)
     content_layers : names, or a comma string
     style_layers : names, ``"conv1_1:0.2,..."`` or dict name -> w_l (default equal, sum 1)
     style_blend_weights : one weight per style image (normalised to sum 1), or a comma string
@@ -159,7 +160,7 @@ class StylizeOptions:
     size: int = DEFAULT_SIZE
     iterations: int = DEFAULT_ITERATIONS
     content_weight: float = DEFAULT_CONTENT_WEIGHT
-    style_weight: float = DEFAULT_STYLE_WEIGHT
+    style_weight: float | None = None
     content_layers: Any = DEFAULT_CONTENT_LAYERS
     style_layers: Any = DEFAULT_STYLE_LAYERS
     style_blend_weights: Any = None
@@ -210,7 +211,7 @@ class StylizeOptions:
         if iterations < 0:
             raise NstliteError("iterations must be >= 0")
         alpha, beta, tv = (_non_negative(name, v) for name, v in (
-            ("content weight", self.content_weight), ("style weight", self.style_weight),
+            ("content weight", self.content_weight), ("style weight", self._style_weight()),
             ("tv weight", self.tv_weight)))
         if self.original_colors not in (None,) + colors.METHODS:
             raise NstliteError(f"original colors must be one of {', '.join(colors.METHODS)}, "
@@ -236,6 +237,11 @@ class StylizeOptions:
         return replace(self, iterations=iterations, content_weight=alpha, style_weight=beta, tv_weight=tv,
                        tile=_tile(self.tile), scales=scales, content_layers=content_layers, style_layers=style_layers,
                        style_blend_weights=self._blend_weights(n_styles), checkpoint_prefix=self._prefix())
+
+    def _style_weight(self):
+        if self.style_weight is not None:
+            return self.style_weight
+        return parse_style_losses(self.style_loss)[0][0].default_weight
 
     def _blend_weights(self, n_styles):
         if self.style_blend_weights is None:

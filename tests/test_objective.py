@@ -1,4 +1,7 @@
 """The objective composed of loss terms, against the plain losses of the paper (eq. 7 by hand)."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,9 @@ from nstlite.gradient_check import check_directional
 from nstlite.objective import Objective, build_objective, style_targets
 from nstlite.vgg import VGG19
 from nstlite.weights import random_params
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "docs", "examples"))
+from mean_loss import MeanLoss  # noqa: E402  (the documented example of a user-written loss)
 
 STYLE = {"conv1_1": 0.5, "conv2_1": 0.3, "conv3_1": 0.2}
 
@@ -67,23 +73,6 @@ def test_a_layer_read_by_two_terms_gets_both_gradients(rng):
         results.append((float(total), to_host(dx)))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-10)
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-9, atol=1e-9 * np.abs(results[0][1]).max())
-
-
-class MeanLoss(losses.StyleLoss):
-    """The worked example of the protocol (nstlite.losses docstring): channel means."""
-
-    position_sums = ("sum", "positions")
-
-    def statistics(self, F):
-        return {"sum": F.reshape(F.shape[0], -1).sum(axis=1), "positions": F[0].size}
-
-    def value(self, stats, target):
-        d = stats["sum"] / stats["positions"] - target["sum"] / target["positions"]
-        return (d * d).sum() / (2 * d.size)
-
-    def gradient(self, F, stats, target):
-        d = stats["sum"] / stats["positions"] - target["sum"] / target["positions"]
-        return np.broadcast_to((d / (d.size * stats["positions"]))[:, None, None], F.shape).copy()
 
 
 @pytest.mark.parametrize("kernel", ["reference", "auto"])

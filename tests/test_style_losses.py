@@ -1,6 +1,6 @@
 """Style losses beyond the Gram matrix, each against an independent float64 oracle."""
+import os
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -150,35 +150,29 @@ def test_a_combination_is_the_weighted_sum_of_its_losses(rng):
     np.testing.assert_allclose(dx_ab, dx_a + 0.5 * dx_b, rtol=1e-8, atol=1e-10 * np.abs(dx_ab).max())
 
 
-USER_LOSS = '''
-    import numpy as np
-    from nstlite.losses import StyleLoss
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "docs", "examples")
+# the documented example (docs/examples/mean_loss.py) with its gradient scaled by FACTOR
+USER_LOSS = """
+import mean_loss
 
-    FACTOR = {factor}
+FACTOR = {factor}
 
-    class MeanLoss(StyleLoss):
-        position_sums = ("sum", "positions")
 
-        def statistics(self, F):
-            return {"sum": F.reshape(F.shape[0], -1).sum(axis=1), "positions": F[0].size}
-
-        def value(self, stats, target):
-            d = stats["sum"] / stats["positions"] - target["sum"] / target["positions"]
-            return (d * d).sum() / (2 * d.size)
-
-        def gradient(self, F, stats, target):
-            d = stats["sum"] / stats["positions"] - target["sum"] / target["positions"]
-            return np.broadcast_to((d / (d.size * stats["positions"]))[:, None, None], F.shape) * FACTOR
-'''
+class MeanLoss(mean_loss.MeanLoss):
+    def gradient(self, F, stats, target):
+        return super().gradient(F, stats, target) * FACTOR
+"""
 
 
 @pytest.mark.parametrize("factor, passes", [(1.0, True), (2.0, False)])
 def test_gradcheck_checks_a_user_written_loss(tmp_path, monkeypatch, factor, passes):
     module = f"my_losses_{int(factor)}"
-    (tmp_path / f"{module}.py").write_text(textwrap.dedent(USER_LOSS).replace("{factor}", str(factor)))
+    (tmp_path / f"{module}.py").write_text(USER_LOSS.replace("{factor}", str(factor)))
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(EXAMPLES)
     try:
         [check] = gradcheck(select=module, style_losses=[f"{module}:MeanLoss"])
     finally:
         sys.modules.pop(module, None)
+        sys.modules.pop("mean_loss", None)
     assert check.name == f"style loss term '{module}:MeanLoss' (MeanLoss)" and check.passed == passes
