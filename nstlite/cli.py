@@ -29,12 +29,13 @@ STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "con
 
 
 # --------------------------------------------------------------------------- shared options
-def add_run_options(p, size, iterations, what="the result", per="per scale with --scales"):
+def add_run_options(p, size, iterations, what="the result", per="per scale with --scales", lists=False):
     """The options every optimising command has, with that command's size and iteration defaults
-    (``what`` is sized; the iterations count ``per`` that)."""
+    (``what`` is sized; the iterations count ``per`` that; ``lists``: one count per scale allowed)."""
     p.add_argument("--size", type=int, default=size, help=f"longest side of {what} in pixels (default %(default)s)")
-    p.add_argument("--iterations", type=int, default=iterations,
-                   help=f"L-BFGS iterations ({per}; default %(default)s)")
+    p.add_argument("--iterations", type=str if lists else int, default=iterations,
+                   help=f"L-BFGS iterations ({per}" + (", or one per scale: 200,100,50" if lists else "")
+                        + "; default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start (default %(default)s)")
     p.add_argument("--weights", default=None, metavar="H5",
                    help="VGG19 weights file (default $NSTLITE_WEIGHTS or ~/.cache/nstlite/vgg19.h5)")
@@ -47,7 +48,7 @@ def add_run_options(p, size, iterations, what="the result", per="per scale with 
 
 def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS, style_weight=None):
     """The options of ``stylize`` beyond the images (``demo`` has them too, with its own defaults)."""
-    add_run_options(p, size, iterations)
+    add_run_options(p, size, iterations, lists=True)
     p.add_argument("--content-weight", type=float, default=O.DEFAULT_CONTENT_WEIGHT,
                    help="alpha of eq. 7 (default %(default)g)")
     p.add_argument("--style-weight", type=float, default=style_weight,
@@ -66,7 +67,8 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
                    help="L-BFGS memory (default %(default)s)")
     p.add_argument("--original-colors", choices=colors.METHODS, default=None,
                    help="keep the photograph's colours: luminance-only transfer, or match the style's colours")
-    p.add_argument("--scales", default=None, help="coarse to fine, e.g. 256,512 (overrides --size)")
+    p.add_argument("--scales", default=None,
+                   help="coarse to fine, e.g. 256,512 (overrides --size); auto: about 256 px to --size in 2x steps")
     p.add_argument("--save-every", type=int, default=0, metavar="N",
                    help="every N iterations write OUTPUT_<it>.<ext> and OUTPUT_<it>.npz (exact state)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a .npz checkpoint")

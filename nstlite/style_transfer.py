@@ -232,8 +232,8 @@ def _run_scales(net, opts, inputs, resume, reporter, estimate):
 
 
 def _optimise(problem, opts, reporter, first_iteration, estimate):
-    """L-BFGS-B on one scale's problem, from iteration ``first_iteration`` to ``opts.iterations``."""
-    todo = opts.iterations - first_iteration
+    """L-BFGS-B on one scale's problem, from iteration ``first_iteration`` to its scale's iterations."""
+    todo = opts.iterations_at(problem.index) - first_iteration
     reporter.begin_scale(problem, first_iteration, todo, estimate)
     evaluate = problem.evaluator()
     res = minimize_lbfgsb(evaluate, problem.x0.ravel(), problem.lower, problem.upper, max(todo, 0),
