@@ -19,13 +19,14 @@ from . import colors
 from . import options as O
 from .backend import DEVICES
 from .errors import NstliteError, run_parser
+from .image import JPEG_QUALITY
 
 # The keywords of ``stylize`` that ``nstlite stylize`` (and ``demo``) set from options of the same name.
 STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "content_layers", "style_layers",
                     "style_blend_weights", "style_scale", "init", "seed", "pooling", "tv_weight", "lbfgs_history",
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
                     "resume", "style_loss", "sw_directions", "tile", "region_map", "region_styles",
-                    "erode_regions")
+                    "erode_regions", "jpeg_quality")
 
 
 # --------------------------------------------------------------------------- shared options
@@ -85,6 +86,9 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
                                                     "(repeat per region; replaces --style)")
     p.add_argument("--erode-regions", action="store_true",
                    help="a position counts for a region only when its receptive field lies in it")
+    p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, metavar="Q",
+                   help="quality 1..100 of a .jpg output, written without chroma subsampling "
+                        "(default %(default)s; PNG is lossless)")
     p.add_argument("--tile", default=None, metavar="N|auto",
                    help="evaluate the exact objective by tiles of N pixels (a multiple of 16), or auto: "
                         "tiles only when the whole image does not fit in memory")
