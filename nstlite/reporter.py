@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -64,6 +65,13 @@ def format_duration(seconds: float) -> str:
         return f"{m}m{s:02d}s"
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m"
+
+
+def format_rate(iterations_per_second: float) -> str:
+    """2.5 -> '2.50 it/s'; 0.25 -> '4.0 s/it' (a slow run reads better in seconds per iteration)."""
+    if iterations_per_second >= 1 or iterations_per_second <= 0:
+        return f"{iterations_per_second:.2f} it/s"
+    return f"{1 / iterations_per_second:.1f} s/it"
 
 
 # --------------------------------------------------------------------------- run records
@@ -117,7 +125,7 @@ def run_header(opts: StylizeOptions, content, styles) -> dict:
         path = opts.weights if opts.weights is not None else default_weights_path()
         weights = file_record(path) if os.path.isfile(path) else {"path": os.fspath(path)}
     return {"kind": "header", "format": LOG_FORMAT, "version": LOG_VERSION, "nstlite": __version__,
-            "command": sys.argv[:] if _from_command_line() else None,
+            "command": shlex.join(["nstlite"] + sys.argv[1:]) if _from_command_line() else None,
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "options": options, "inputs": inputs, "weights": weights, "machine": _machine(opts.device)}
 
@@ -166,8 +174,9 @@ def check_resume(path, header: dict) -> None:
 
 
 def _short(value) -> str:
-    text = json.dumps(value)
-    return text[:12] + "..." if isinstance(value, str) and len(value) == 64 else text[:40]
+    if isinstance(value, str) and len(value) == 64:  # a sha256
+        return value[:12] + "..."
+    return json.dumps(value)[:40]
 
 
 def save_run_checkpoint(path, checkpoint: Checkpoint, header: dict | None) -> str:
@@ -334,7 +343,7 @@ class Reporter:
                 self._draw_bar(iteration, end, done, rate, eta)
                 self.bar_drawn = now
         elif iteration % every == 0 or iteration == end or done == 1:
-            print(f"{self.tag}it {iteration}/{end}  {self._losses(self.last, 3)}  {rate:.2f} it/s  "
+            print(f"{self.tag}it {iteration}/{end}  {self._losses(self.last, 3)}  {format_rate(rate)}  "
                   f"ETA {format_duration(eta)}", file=self.stream, flush=True)
 
     def _losses(self, losses, digits):
@@ -347,8 +356,9 @@ class Reporter:
         fraction = done / self.todo if self.todo else 1.0
         filled = int(round(BAR_WIDTH * fraction))
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        text = (f"{self.tag}[{bar}] {iteration}/{end}  {self._losses(self.last, 2)}  {rate:.2f} it/s  "
-                f"ETA {format_duration(eta)}")
+        # ETA first: a narrow terminal cuts the losses, not the time
+        text = f"{self.tag}[{bar}] {iteration}/{end}  {format_rate(rate)}  ETA {format_duration(eta)}  " \
+               f"{self._losses(self.last, 2)}"
         text = text[:shutil.get_terminal_size((100, 20)).columns - 1]
         self.stream.write("\r" + text.ljust(self.bar_width))
         self.stream.flush()
