@@ -11,7 +11,7 @@ and turns them into
   (a line-search step L-BFGS-B did not keep) or ``accepted`` (the iterate of that iteration);
 * checkpoints every ``save_every`` iterations, announced, carrying the header so that ``resume``
   can refuse a checkpoint made from other inputs or settings (``check_resume``);
-* a preview image rewritten every ``print_every`` iterations (``preview``);
+* a preview image rewritten every ``print_every`` iterations (``preview``; every 10 when 0);
 * the user's ``callback(info)``, whose True return stops the run.
 
 The ETA is (iterations left) x (evaluations per iteration) x (seconds per evaluation). The
@@ -38,7 +38,7 @@ from . import image as im
 from .atomic import atomic_write
 from .checkpoint import Checkpoint, checkpoint_stem, save_checkpoint
 from .errors import NstliteError
-from .options import StylizeOptions
+from .options import DEFAULT_PRINT_EVERY, StylizeOptions
 
 LOG_FORMAT = "nstlite-log"
 LOG_VERSION = 2
@@ -315,8 +315,8 @@ class Reporter:
             self._flush_pending()
         self.clock.iteration_done()
         self._progress(iteration, evaluation)
-        every = self.opts.print_every
-        if self.opts.preview is not None and every and iteration % every == 0:
+        every = self.opts.print_every or DEFAULT_PRINT_EVERY  # a preview even without progress lines
+        if self.opts.preview is not None and iteration % every == 0:
             self._write_image(self.opts.preview, x_flat)
         if self.opts.save_every and iteration % self.opts.save_every == 0:
             self._save_checkpoint(iteration, evaluation, x_flat)

@@ -240,7 +240,8 @@ def test_cli_end_to_end_with_log_and_checkpoints(files, tmp_path, capsys):
     rc = cli(files, tmp_path, "--log", log, "--save-every", 4, "--print-every", 2, output=tmp_path / "out.jpg")
     assert rc == 0
     err = capsys.readouterr().err
-    assert "it 2/8" in err and "ETA" in err and "final losses: total" in err and "out.jpg" in err.splitlines()[-1]
+    assert "it 2/8" in err and "ETA" in err and "final losses: total" in err and "out.jpg" in err.splitlines()[-2]
+    assert err.splitlines()[-1].endswith("out_losses.png")
     assert "checkpoint at iteration 4" in err
     out = Image.open(tmp_path / "out.jpg")
     assert out.format == "JPEG" and out.size == (48, 40) and out.mode == "RGB"
