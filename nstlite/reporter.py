@@ -131,7 +131,10 @@ def run_header(opts: StylizeOptions, content, styles) -> dict:
 
 
 def _from_command_line() -> bool:
-    return os.path.basename(sys.argv[0] if sys.argv else "") in ("nstlite", "__main__.py", "cli.py")
+    """Run as ``nstlite`` or ``python -m nstlite`` (not from a library caller or a test runner)."""
+    program = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return os.path.basename(program) == "nstlite" or (
+        os.path.basename(program) == "__main__.py" and os.path.basename(os.path.dirname(program)) == "nstlite")
 
 
 def _machine(device: str) -> dict:
