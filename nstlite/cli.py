@@ -153,8 +153,16 @@ def ensure_weights(args):
     from .download import fetch_default_weights
     from .weights import default_weights_path
 
-    if args.weights is None and not os.path.exists(default_weights_path()):
-        fetch_default_weights(say=lambda message: print(message, file=sys.stderr, flush=True))
+    if args.weights is not None or os.path.exists(default_weights_path()):
+        return
+    from .image import check_input_file, output_format
+
+    # the cheap checks first: a typo should not cost a download
+    if args.output:
+        output_format(args.output)
+    if args.content:
+        check_input_file(args.content, "content image")
+    fetch_default_weights(say=lambda message: print(message, file=sys.stderr, flush=True))
 
 
 def _cmd_stylize(args):

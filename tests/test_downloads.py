@@ -54,6 +54,15 @@ def test_demo_fetches_the_weights_before_the_photo_and_fails_in_one_line(tmp_pat
     assert not (tmp_path / "vgg19.h5").exists()
 
 
+def test_stylize_checks_its_arguments_before_fetching(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NSTLITE_WEIGHTS", str(tmp_path / "vgg19.h5"))
+    monkeypatch.setattr(sys, "executable", fake_python(tmp_path, "echo must not run; exit 1\n"))
+    assert main(["stylize", "--content", str(tmp_path / "missing.jpg"), "--style", "s.jpg",
+                 "--output", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "fetching" not in err and "missing.jpg" in err and len(err.strip().splitlines()) == 1
+
+
 def test_fetch_weights_command_keeps_a_valid_file(tmp_path, capsys):
     from nstlite.weights import random_params, write_weights
 
