@@ -150,6 +150,9 @@ class StylizeOptions:
         conv5_1) for the exact tiled evaluation of ``nstlite.tiled``, or "auto" (tiles only when
         the whole image does not fit in the memory available)
     check_memory_limit : refuse a CPU run whose peak estimate exceeds the memory available
+    preview : an image path rewritten with the current result every ``print_every`` iterations
+    jpeg_quality : 1..100, the quality of JPEG outputs and checkpoint pictures (written without
+        chroma subsampling); other formats are lossless or ignore it
 
     Notes
     -----
@@ -194,6 +197,8 @@ class StylizeOptions:
     region_map: Any = None
     region_styles: Any = None
     erode_regions: bool = False
+    jpeg_quality: int = im.JPEG_QUALITY
+    preview: Any = None
 
     @classmethod
     def from_keywords(cls, keywords: dict) -> StylizeOptions:
@@ -207,8 +212,9 @@ class StylizeOptions:
     def validated(self, n_styles: int) -> StylizeOptions:
         """The options in normal form, for ``n_styles`` style images; ``NstliteError`` (one
         line) for anything that cannot run. Nothing is read or loaded except the file checks."""
-        if self.output is not None:
-            im.output_format(self.output)
+        for path in (self.output, self.preview):
+            if path is not None:
+                im.output_format(path)
         scales = auto_scales(int(self.size)) if self.scales == "auto" else (
             parse_numbers(self.scales, "scales", int) if self.scales else [int(self.size)])
         iterations = _iterations(self.iterations, len(scales))
@@ -233,6 +239,8 @@ class StylizeOptions:
         parse_style_losses(self.style_loss)  # unknown names fail here, before any work
         if (self.region_map is None) != (self.region_styles is None):
             raise NstliteError("spatial control needs both a region map and the styles of its regions")
+        if not 1 <= int(self.jpeg_quality) <= 100:
+            raise NstliteError(f"jpeg quality must be 1..100, not {self.jpeg_quality}")
         if self.sw_directions is not None and int(self.sw_directions) < 1:
             raise NstliteError(f"sw directions must be >= 1, not {self.sw_directions}")
         return replace(self, iterations=iterations, content_weight=alpha, style_weight=beta, tv_weight=tv,
