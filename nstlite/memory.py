@@ -104,25 +104,48 @@ def check_memory(net, height: int, width: int, layers: Sequence[str], history: i
 
 
 def scale_tile(net, height: int, width: int, layers: Sequence[str], history: int = DEFAULT_LBFGS_HISTORY,
-               tile=None, available: int | None = None):
+               tile=None, available: int | None = None, content_layers: Sequence[str] = ()):
     """The tile size of one scale: None or a size as asked; for "auto", None when the whole image
     fits in the memory available (MemAvailable; unknown: untiled), else the largest tile whose
-    evaluation fits beside the optimiser's vectors (``nstlite.tiled.choose_tile``)."""
+    evaluation fits beside the optimiser's vectors (``nstlite.tiled.choose_tile``). A size that
+    does not fit even by tiles is refused in one line naming the largest size that would."""
     if tile != "auto":
         return tile
     if available is None:
         available = available_memory_bytes()
     if available is None or estimate_peak_bytes(net, height, width, layers, history) <= available:
         return None
+    chosen = _auto_tile(net, height, width, layers, history, available, content_layers)
+    if chosen is None:
+        biggest = largest_fitting_size(
+            lambda h, w: _auto_tile(net, h, w, layers, history, available, content_layers) is not None,
+            height, width, max(height, width))
+        raise NstliteError(f"{width}x{height} does not fit in the {available / 2**30:.1f} GiB available even by "
+                           f"tiles (the optimiser alone keeps {host_bytes(height, width, history) / 2**30:.1f} GiB): "
+                           + (f"use --size {biggest} or less" if biggest >= SMALLEST_SIZE else "free some memory")
+                           + (" or a smaller --lbfgs-history" if history > 3 else ""))
+    return chosen
+
+
+def _auto_tile(net, height, width, layers, history, available, content_layers):
+    """The largest tile that fits in ``available`` beside the full-size vectors, or None."""
     budget = (available - OVERHEAD_BYTES) / (1.0 + MARGIN) - host_bytes(height, width, history) \
-        - objective_bytes(net, height, width, layers)
-    return choose_tile(net, height, width, list(layers), list(layers), max(int(budget), 0))
+        - objective_bytes(net, height, width, list(content_layers))
+    if budget <= 0:
+        return None
+    try:
+        return choose_tile(net, height, width, list(layers), list(layers), int(budget))
+    except NstliteError:
+        return None
 
 
-def tiled_peak_bytes(net, height: int, width: int, layers: Sequence[str], history: int, tile: int) -> int:
-    """Estimated peak memory, in bytes, of an optimisation evaluated by tiles of ``tile`` pixels."""
+def tiled_peak_bytes(net, height: int, width: int, layers: Sequence[str], history: int, tile: int,
+                     content_layers: Sequence[str] = ()) -> int:
+    """Estimated peak memory, in bytes, of an optimisation evaluated by tiles of ``tile`` pixels:
+    one tile through the network, the content targets and the optimiser's vectors at full size."""
     layers = list(layers)
     network = tiled_bytes(net, height, width, layers, layers, tile)
-    rest = objective_bytes(net, height, width, layers) + host_bytes(height, width, history)
+    # at the image's size only the content targets (tiled_bytes has the tile's own maps)
+    rest = objective_bytes(net, height, width, list(content_layers)) + host_bytes(height, width, history)
     return int((1.0 + MARGIN) * (network + rest) + OVERHEAD_BYTES)
 

@@ -98,7 +98,8 @@ def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions):
     from the photograph and the artworks as the network sees them; evaluated by tiles when
     ``opts.tile`` asks for them (``memory.scale_tile``)."""
     style_xs = [net.preprocess(s) for s in style_rgbs] if opts.style_layers else []
-    tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile)
+    tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile,
+                      content_layers=opts.content_layers)
     regions = scale_regions(opts, content_x.shape[1:], style_xs) if opts.region_styles and style_xs else None
     return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,
                            opts.style_weight, opts.tv_weight, style_loss=opts.style_loss,

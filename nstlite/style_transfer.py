@@ -200,10 +200,11 @@ def _memory_estimate(net, opts, final_shape):
     """Peak bytes at the largest scale (refusing when it does not fit untiled); None off the CPU."""
     if not opts.check_memory_limit or net.device != "cpu":
         return None
-    tile = scale_tile(net, *final_shape, opts.loss_layers, opts.lbfgs_history, opts.tile)
+    tile = scale_tile(net, *final_shape, opts.loss_layers, opts.lbfgs_history, opts.tile,
+                      content_layers=opts.content_layers)
     if tile is None:
         return check_memory(net, *final_shape, opts.loss_layers, opts.lbfgs_history)
-    return tiled_peak_bytes(net, *final_shape, opts.loss_layers, opts.lbfgs_history, tile)
+    return tiled_peak_bytes(net, *final_shape, opts.loss_layers, opts.lbfgs_history, tile, opts.content_layers)
 
 
 def _resume_scale(checkpoint, shapes, opts):

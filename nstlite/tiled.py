@@ -28,6 +28,8 @@ each), on tiles enlarged by their margins.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .errors import NstliteError
 from .losses import INPUT, StyleLoss
 
@@ -224,8 +226,8 @@ def tiled_bytes(net, height, width, layers, loss_layers, tile, margin=None):
     tile, margin, _ = tile_plan(net.layer_names, layers, tile, margin)
     side_h, side_w = min(height, tile + 2 * margin), min(width, tile + 2 * margin)
     per_tile = net.memory_bytes(side_h, side_w, layers, loss_layers)
-    per_tile += sum(net.weights[_last_conv(net, n)][0].shape[0] * side_h * side_w * net.dtype.itemsize
-                    for n in loss_layers)  # the tile's gradient maps of the loss layers
+    per_tile += sum(net.weights[_last_conv(net, n)][0].shape[0] * int(np.prod(net.map_size(n, side_h, side_w)))
+                    * net.dtype.itemsize for n in loss_layers)  # the tile's gradient maps of the loss layers
     return per_tile + 3 * height * width * net.dtype.itemsize
 
 
@@ -234,13 +236,11 @@ def _last_conv(net, layer):
 
 
 def choose_tile(net, height, width, layers, loss_layers, budget_bytes, margin=None):
-    """The largest tile (a multiple of the deepest stride) whose tiled evaluation fits in
-    ``budget_bytes``; None when the untiled evaluation fits; a one-line error when no tile does."""
-    if net.memory_bytes(height, width, layers, loss_layers) <= budget_bytes:
-        return None
+    """The largest tile (a multiple of the deepest stride, at most the image's longest side
+    rounded up) whose tiled evaluation fits in ``budget_bytes``; a one-line error when none does."""
     _, stride = max(receptive_radius(net.layer_names, n) for n in layers)
     best = None
-    for tile in range(stride, max(height, width) + stride, stride):
+    for tile in range(stride, -(-max(height, width) // stride) * stride + 1, stride):
         if tiled_bytes(net, height, width, layers, loss_layers, tile, margin) > budget_bytes:
             break
         best = tile
@@ -248,4 +248,3 @@ def choose_tile(net, height, width, layers, loss_layers, budget_bytes, margin=No
         raise NstliteError(f"{width}x{height} does not fit in {budget_bytes / 2**30:.1f} GiB even by tiles; "
                            "use a smaller --size")
     return best
-

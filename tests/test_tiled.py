@@ -104,9 +104,23 @@ def test_choose_tile_fits_the_budget():
     net = tiny_net()
     layers = list(STYLE) + ["conv4_2"]
     whole = net.memory_bytes(512, 512, layers, layers)
-    assert choose_tile(net, 512, 512, layers, layers, whole) is None  # untiled fits: no tiles
+    assert choose_tile(net, 512, 512, layers, layers, 10 * whole) == 512  # at most one tile for the image
     tile = choose_tile(net, 512, 512, layers, layers, whole // 2)
     assert tile % 16 == 0 and tiled_bytes(net, 512, 512, layers, layers, tile) <= whole // 2
     assert tiled_bytes(net, 512, 512, layers, layers, tile + 16) > whole // 2
     with pytest.raises(NstliteError, match="does not fit"):
         choose_tile(net, 512, 512, layers, layers, 1000)
+
+
+def test_auto_tiles_from_the_memory_available():
+    from nstlite.memory import estimate_peak_bytes, scale_tile, tiled_peak_bytes
+
+    net = tiny_net()
+    layers = list(STYLE) + ["conv4_2"]
+    whole = estimate_peak_bytes(net, 1024, 1024, layers)
+    assert scale_tile(net, 1024, 1024, layers, tile="auto", available=whole) is None
+    assert scale_tile(net, 1024, 1024, layers, tile=64, available=1) == 64  # a size asked for is kept
+    tile = scale_tile(net, 1024, 1024, layers, tile="auto", available=whole - 1, content_layers=["conv4_2"])
+    assert tile % 16 == 0 and tiled_peak_bytes(net, 1024, 1024, layers, 10, tile, ["conv4_2"]) <= whole - 1
+    with pytest.raises(NstliteError, match=r"does not fit in the .* GiB available even by tiles .* use --size \d+ or"):
+        scale_tile(net, 8192, 8192, layers, tile="auto", available=whole)
