@@ -61,7 +61,8 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
     p.add_argument("--style-scale", type=float, default=1.0,
                    help="style images are resized to this times --size (default %(default)g)")
     p.add_argument("--init", default=O.DEFAULT_INIT,
-                   help="content | noise | style | PATH of an image (default %(default)s)")
+                   help="content | noise (mean pixel + Gaussian noise, sigma 20, the paper's code) | uniform "
+                        "(uniform noise 0..255) | style | PATH of an image (default %(default)s)")
     p.add_argument("--lbfgs-history", type=int, default=O.DEFAULT_LBFGS_HISTORY,
                    help="L-BFGS memory (default %(default)s)")
     p.add_argument("--original-colors", choices=colors.METHODS, default=None,
@@ -208,8 +209,9 @@ def _add_figure_commands(sub):
             p.add_argument("--ratios", default=",".join(f"{r:g}" for r in F.FIGURE3_RATIOS), metavar="R,R,...",
                            help="alpha/beta of the columns (default %(default)s)")
         if figure != 1:
-            p.add_argument("--init", choices=("noise", "content"), default="noise",
-                           help="start from white noise (the paper) or from the photograph")
+            p.add_argument("--init", choices=("noise", "uniform", "content"), default="noise",
+                           help="start from white noise (the mean pixel plus Gaussian noise, as the paper's "
+                                "code), uniform noise over 0..255, or the photograph")
         p.set_defaults(func=_cmd_figure, figure=figure)
 
 

@@ -30,7 +30,7 @@ DEFAULT_INIT = "content"
 DEFAULT_PRINT_EVERY = 10
 DEFAULT_CONTENT_LAYERS = ("conv4_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-INIT_KINDS = ("content", "noise", "style")
+INIT_KINDS = ("content", "noise", "uniform", "style")
 
 
 # --------------------------------------------------------------------------- parsers
@@ -114,8 +114,10 @@ class StylizeOptions:
     style_layers : names, ``"conv1_1:0.2,..."`` or dict name -> w_l (default equal, sum 1)
     style_blend_weights : one weight per style image (normalised to sum 1), or a comma string
     style_scale : style images are resized to style_scale * size (longest side)
-    init : "content", "noise" (white noise), "style", or a path/PIL image/array
-    seed : for the noise init
+    init : "content", "noise" (white noise as in the paper's code: the mean pixel plus Gaussian
+        noise, sigma ``problem.NOISE_SIGMA`` = 20 levels), "uniform" (uniform noise over 0..255),
+        "style", or a path/PIL image/array
+    seed : for the noise inits
     pooling : "avg" (the paper) or "max"
     tv_weight : total-variation weight (0: none, as in the paper)
     lbfgs_history : L-BFGS memory

@@ -82,7 +82,7 @@ def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, styl
     elif previous_x is not None:
         x0 = _to_network(net, im.resize(net.deprocess_float(previous_x), h, w))
     else:
-        init_rgb = initial_rgb(opts.init, net_content, style_rgbs, opts.seed)
+        init_rgb = initial_rgb(opts.init, net_content, style_rgbs, opts.seed, mean_rgb=mean_rgb(net))
         if opts.original_colors == "luminance":
             init_rgb = colors.grey_rgb(colors.luminance(init_rgb))
         x0 = _to_network(net, init_rgb)
@@ -135,15 +135,38 @@ def colour_control(method: str | None, content_rgb, style_rgbs):
     return content_rgb, list(style_rgbs)
 
 
-def initial_rgb(init, content_rgb, style_rgbs, seed: int) -> np.ndarray:
+# The white noise of --init noise: the network's mean pixel plus independent Gaussian noise of this
+# standard deviation (0..255 levels). Gatys' code starts from small Gaussian noise around the mean,
+# in the network's input space; 20 levels is small beside the image's range (the uniform noise of
+# "uniform" has a standard deviation of 74), so the start is a grey field with a fine grain: little
+# noise remains for the optimiser to remove where the content loss barely sees it (the pixels a
+# deep layer does not pin down), yet two seeds differ at every pixel.
+NOISE_SIGMA = 20.0
+
+
+def mean_rgb(net) -> np.ndarray:
+    """The RGB colour (3,) in 0..255 that the network sees as zero input: its mean pixel."""
+    return net.deprocess_float(np.zeros((3, 1, 1)))[0, 0]
+
+
+def initial_rgb(init, content_rgb, style_rgbs, seed: int, mean_rgb=None) -> np.ndarray:
     """The starting image (H x W x 3 float 0..255, the photograph's size) for one of
-    INIT_KINDS, a path, a PIL image or an array."""
+    INIT_KINDS, a path, a PIL image or an array.
+
+    "noise" is ``mean_rgb`` (default mid-grey 127.5) plus N(0, NOISE_SIGMA^2) per pixel and
+    channel, clipped to 0..255; "uniform" is independent uniform pixels over 0..255. Both are
+    seeded by ``seed``.
+    """
     h, w = content_rgb.shape[:2]
     if isinstance(init, str) and init in INIT_KINDS:
         if init == "content":
             return content_rgb.copy()
-        if init == "noise":  # the paper's white noise image: independent uniform pixels
-            return np.random.default_rng(seed).uniform(0.0, 255.0, size=(h, w, 3))
+        rng = np.random.default_rng(seed)
+        if init == "noise":  # the paper's code: small Gaussian noise around the mean image
+            centre = np.full(3, 127.5) if mean_rgb is None else np.asarray(mean_rgb, dtype=np.float64)
+            return np.clip(centre + rng.normal(0.0, NOISE_SIGMA, size=(h, w, 3)), 0.0, 255.0)
+        if init == "uniform":  # white noise over the whole range
+            return rng.uniform(0.0, 255.0, size=(h, w, 3))
         if not style_rgbs:
             raise NstliteError("init 'style' needs a style image")
         return im.resize(style_rgbs[0], h, w)

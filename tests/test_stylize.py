@@ -16,6 +16,7 @@ from nstlite.cli import main
 from nstlite.errors import NstliteError
 from nstlite.memory import check_memory, estimate_peak_bytes, largest_fitting_size
 from nstlite.options import parse_layer_weights
+from nstlite.problem import NOISE_SIGMA
 from nstlite.style_transfer import StylizeInterrupted, stylize
 from nstlite.vgg import VGG19, load_vgg19
 from nstlite.weights import VGG19_WIDTHS, default_weights_path, random_params, write_weights
@@ -122,7 +123,13 @@ def test_init_kinds(files, net):
     np.testing.assert_array_equal(content.image, np.asarray(Image.open(files / "content.png")))
     n0, n0b, n1 = (run(files, net, iterations=0, init="noise", seed=s) for s in (0, 0, 1))
     np.testing.assert_array_equal(n0.image, n0b.image)
-    assert np.abs(n0.image.astype(int) - n1.image.astype(int)).mean() > 40
+    assert np.abs(n0.image.astype(int) - n1.image.astype(int)).mean() > 15
+    # the paper's code: the network's mean pixel plus small Gaussian noise (sigma NOISE_SIGMA)
+    mean_rgb = net.deprocess_float(np.zeros((3, 1, 1)))[0, 0]
+    np.testing.assert_allclose(n0.image.reshape(-1, 3).mean(axis=0), mean_rgb, atol=1.5)
+    assert n0.image.std() == pytest.approx(NOISE_SIGMA, rel=0.1)
+    uniform = run(files, net, iterations=0, init="uniform", seed=0)
+    assert uniform.image.std() == pytest.approx(255 / 12 ** 0.5, rel=0.1)
     style = run(files, net, iterations=0, init="style")
     assert style.image.shape == (40, 48, 3) and not np.array_equal(style.image, content.image)
     from_path = run(files, net, iterations=0, init=files / "style2.png")
