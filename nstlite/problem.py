@@ -12,6 +12,7 @@ out, with one device-to-host copy per evaluation.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from .backend import to_device, to_host
 from .errors import NstliteError
 from .memory import scale_tile
 from .objective import Objective, Region, build_objective
-from .options import INIT_KINDS, StylizeOptions
+from .options import INIT_KINDS, REFERENCE_SIZE, StylizeOptions
 
 
 @dataclass
@@ -100,11 +101,32 @@ def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions):
     style_xs = [net.preprocess(s) for s in style_rgbs] if opts.style_layers else []
     tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile)
     regions = scale_regions(opts, content_x.shape[1:], style_xs) if opts.region_styles and style_xs else None
+    beta = opts.style_weight * style_weight_factor(net, opts, content_x.shape[1:])
     return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,
-                           opts.style_weight, opts.tv_weight, style_loss=opts.style_loss,
+                           beta, opts.tv_weight, style_loss=opts.style_loss,
                            blend_weights=opts.style_blend_weights, tile=tile, regions=regions,
                            erode=opts.erode_regions,
                            style_loss_options={"seed": opts.seed, "directions": opts.sw_directions})
+
+
+def style_weight_factor(net, opts: StylizeOptions, shape) -> float:
+    """What beta is multiplied by at a scale of ``shape`` (h, w): 1 for ``style_weight_scaling``
+    "paper" (eq. 7 as written) or without content layers; for "positions", the content layers'
+    positions M_l at this size over their positions for the same photo at REFERENCE_SIZE px.
+
+    The content loss (eq. 1) sums over the M_l positions and grows with the image, while E_l
+    (eq. 4) is normalised by M_l^2 and does not; scaling beta with M_l keeps their balance, so
+    the same options give the same look at every size (the paper's objective at REFERENCE_SIZE).
+    """
+    if opts.style_weight_scaling == "paper" or not opts.content_layers:
+        return 1.0
+    h, w = shape
+    reference = im.fit_longest(h, w, REFERENCE_SIZE)
+
+    def positions(hw):
+        return sum(math.prod(net.map_size(layer, *hw)) for layer in opts.content_layers)
+
+    return positions((h, w)) / max(1, positions(reference))
 
 
 def scale_regions(opts: StylizeOptions, shape, style_xs) -> list:

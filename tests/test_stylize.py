@@ -16,7 +16,8 @@ from nstlite.cli import main
 from nstlite.errors import NstliteError
 from nstlite.memory import check_memory, estimate_peak_bytes, largest_fitting_size
 from nstlite.options import parse_layer_weights
-from nstlite.problem import NOISE_SIGMA
+from nstlite.options import StylizeOptions
+from nstlite.problem import NOISE_SIGMA, style_weight_factor
 from nstlite.style_transfer import StylizeInterrupted, stylize
 from nstlite.vgg import VGG19, load_vgg19
 from nstlite.weights import VGG19_WIDTHS, default_weights_path, random_params, write_weights
@@ -63,9 +64,12 @@ def test_api_loss_falls_and_result_is_complete(files, net):
     assert all(set(h) == LOG_KEYS for h in r.history)
     assert r.final["total"] < 0.05 * r.history[0]["total"] or r.final["total"] < 0.05 * r.history[1]["total"]
     assert r.final["total"] == min(h["total"] for h in r.history)
-    # total = alpha content + beta style (+ tv) in the paper's normalisation
+    # total = alpha content + beta style (+ tv), beta scaled with the content positions (the
+    # default style_weight_scaling); content and style in the paper's normalisation
     f = r.final
-    assert f["total"] == pytest.approx(1.0 * f["content"] + 1e4 * f["style"] + f["tv"], rel=1e-4)
+    beta = 1e4 * style_weight_factor(net, StylizeOptions(size=48).validated(1), (40, 48))
+    assert beta < 1e4 / 10
+    assert f["total"] == pytest.approx(1.0 * f["content"] + beta * f["style"] + f["tv"], rel=1e-4)
     assert f["style"] == pytest.approx(sum(0.2 * e for e in f["style_layers"].values()), rel=1e-4)
     np.testing.assert_array_equal(r.image, net.deprocess(r.x))  # the image is the returned x
     lo, hi = net.input_bounds()
