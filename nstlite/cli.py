@@ -26,7 +26,7 @@ STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "con
                     "style_blend_weights", "style_scale", "init", "seed", "pooling", "tv_weight", "lbfgs_history",
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
                     "resume", "style_loss", "sw_directions", "tile", "region_map", "region_styles",
-                    "erode_regions", "jpeg_quality", "preview")
+                    "erode_regions", "jpeg_quality", "preview", "style_weight_scaling")
 
 
 # --------------------------------------------------------------------------- shared options
@@ -55,6 +55,7 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
     p.add_argument("--style-weight", type=float, default=style_weight,
                    help="beta of eq. 7 (default " + (f"{style_weight:g}" if style_weight is not None else
                                                      "the style loss's own: 1e4 for gram, alpha/beta = 1e-4") + ")")
+    add_style_weight_scaling_option(p)
     p.add_argument("--content-layers", default=",".join(O.DEFAULT_CONTENT_LAYERS),
                    help="comma-separated (default %(default)s)")
     p.add_argument("--style-layers", default=",".join(O.DEFAULT_STYLE_LAYERS),
@@ -63,7 +64,8 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
     p.add_argument("--style-scale", type=float, default=1.0,
                    help="style images are resized to this times --size (default %(default)g)")
     p.add_argument("--init", default=O.DEFAULT_INIT,
-                   help="content | noise | style | PATH of an image (default %(default)s)")
+                   help="content | noise (mean pixel + Gaussian noise, sigma 20, the paper's code) | uniform "
+                        "(uniform noise 0..255) | style | PATH of an image (default %(default)s)")
     p.add_argument("--lbfgs-history", type=int, default=O.DEFAULT_LBFGS_HISTORY,
                    help="L-BFGS memory (default %(default)s)")
     p.add_argument("--original-colors", choices=colors.METHODS, default=None,
@@ -103,6 +105,14 @@ def add_picture_options(p):
                    help="rewrite IMG with the current image every --print-every iterations (open it in a viewer)")
     p.add_argument("--loss-curve", default=None, metavar="PNG",
                    help="loss curves drawn at the end (default OUTPUT_losses.png beside the output; none: no curves)")
+
+
+def add_style_weight_scaling_option(p, default=O.DEFAULT_STYLE_WEIGHT_SCALING):
+    """--style-weight-scaling: what a --style-weight means across sizes."""
+    p.add_argument("--style-weight-scaling", choices=O.STYLE_WEIGHT_SCALINGS, default=default,
+                   help=f"positions: beta is scaled with the content layer's positions relative to the same "
+                        f"photo at {O.REFERENCE_SIZE} px, so a beta gives the same look at every size; paper: "
+                        "eq. 7 exactly, beta as given (default %(default)s)")
 
 
 # --------------------------------------------------------------------------- stylize and demo
@@ -248,6 +258,7 @@ def _add_figure_commands(sub):
         p.add_argument("--jobs", "-j", type=int, default=1,
                        help="worker processes running panels at once (default 1; use the number of cores)")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        add_style_weight_scaling_option(p, default="paper")
         if figure == 2:
             p.add_argument("--ratio", dest="ratios", default=None, metavar="R[,R...]",
                            help=f"alpha/beta, one value or one per style (default {F.FIGURE2_RATIO:g}; the paper "
@@ -256,8 +267,9 @@ def _add_figure_commands(sub):
             p.add_argument("--ratios", default=",".join(f"{r:g}" for r in F.FIGURE3_RATIOS), metavar="R,R,...",
                            help="alpha/beta of the columns (default %(default)s)")
         if figure != 1:
-            p.add_argument("--init", choices=("noise", "content"), default="noise",
-                           help="start from white noise (the paper) or from the photograph")
+            p.add_argument("--init", choices=("noise", "uniform", "content"), default="noise",
+                           help="start from white noise (the mean pixel plus Gaussian noise, as the paper's "
+                                "code), uniform noise over 0..255, or the photograph")
         p.set_defaults(func=_cmd_figure, figure=figure)
 
 
@@ -268,7 +280,7 @@ def _cmd_figure(args):
     figure = args.figure
     settings = F.Settings(size=args.size, iterations=args.iterations, seed=args.seed, weights=args.weights,
                           pooling=args.pooling, device=args.device, tv_weight=args.tv_weight,
-                          init=getattr(args, "init", "noise"))
+                          init=getattr(args, "init", "noise"), style_weight_scaling=args.style_weight_scaling)
     ratios = None
     if getattr(args, "ratios", None):
         ratios = O.parse_numbers(args.ratios, "--ratio" if figure == 2 else "--ratios")
@@ -299,6 +311,7 @@ def _figure_command_line(args):
     optional = [("--weights", args.weights, None), ("--pooling", args.pooling, "avg"),
                 ("--device", args.device, "cpu"), ("--tv-weight", args.tv_weight, 0.0),
                 ("--init", getattr(args, "init", "noise"), "noise"),
+                ("--style-weight-scaling", args.style_weight_scaling, "paper"),
                 ("--ratios" if args.figure == 3 else "--ratio", getattr(args, "ratios", None), None),
                 ("--layers", args.layers, ",".join(PAPER_LAYERS))]
     for flag, value, default in optional:

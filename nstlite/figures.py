@@ -28,6 +28,10 @@ Every panel is one call of ``nstlite.stylize`` (one optimiser for all of them). 
 is realised as ``content_weight = 1``, ``style_weight = beta/alpha`` (the convention of
 ``stylize``'s defaults, alpha = 1, beta = 1e3).
 
+The objective is eq. (7) as written (``style_weight_scaling="paper"``), so the ratios are the
+paper's; white noise is the paper code's (the mean pixel plus Gaussian noise of
+``nstlite.problem.NOISE_SIGMA`` levels).
+
 Independent panels run in worker processes (``jobs``); each starts from the same seeded white
 noise, so a panel's result does not depend on which process ran it or in which order.
 """
@@ -119,7 +123,8 @@ class Settings:
     pooling: str = "avg"
     device: str = "cpu"
     tv_weight: float = 0.0
-    init: str = "noise"
+    init: str = "noise"  # the paper code's white noise: the mean pixel plus Gaussian noise
+    style_weight_scaling: str = "paper"  # eq. (7) as written: the paper's alpha/beta ratios
 
 
 def layer_set_name(layers):
@@ -315,7 +320,7 @@ def run_panel(panel, images, settings):
     kwargs = dict(size=settings.size, iterations=settings.iterations, content_weight=panel.content_weight,
                   style_weight=panel.style_weight, init=settings.init, seed=settings.seed,
                   pooling=settings.pooling, tv_weight=settings.tv_weight, weights=settings.weights,
-                  net=net, device=settings.device, quiet=True)
+                  net=net, device=settings.device, quiet=True, style_weight_scaling=settings.style_weight_scaling)
     if panel.content_layers:
         kwargs["content_layers"] = panel.content_layers
     if panel.style_layers:

@@ -30,7 +30,14 @@ DEFAULT_INIT = "content"
 DEFAULT_PRINT_EVERY = 10
 DEFAULT_CONTENT_LAYERS = ("conv4_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-INIT_KINDS = ("content", "noise", "style")
+INIT_KINDS = ("content", "noise", "uniform", "style")
+# How beta is read (see docs/style_weight.md): "positions" scales it at each scale by the content
+# layers' positions relative to the same photo at REFERENCE_SIZE px (the content loss, eq. 1, is a
+# sum over positions and grows with the image, E_l does not), so a beta means the same balance at
+# every size, the paper's at REFERENCE_SIZE; "paper" is eq. (7) exactly, beta as given.
+STYLE_WEIGHT_SCALINGS = ("positions", "paper")
+DEFAULT_STYLE_WEIGHT_SCALING = "positions"
+REFERENCE_SIZE = 256
 
 
 # --------------------------------------------------------------------------- parsers
@@ -111,12 +118,18 @@ class StylizeOptions:
     content_weight, style_weight : alpha and beta of eq. (7); 0 drops that term. The default
         beta (None) is the style loss's own (``StyleLoss.default_weight``: 1e4 for the paper's
         Gram loss, alpha/beta = 1e-4; that of the first loss of a combination)
+    style_weight_scaling : "positions" (default: beta times the content layers' positions at this
+        scale over those of the same photo at ``REFERENCE_SIZE`` = 256 px, so that a beta gives the
+        same balance at every size) or "paper" (eq. 7 exactly). The log's content and style are
+        the paper's unweighted sums either way
     content_layers : names, or a comma string
     style_layers : names, ``"conv1_1:0.2,..."`` or dict name -> w_l (default equal, sum 1)
     style_blend_weights : one weight per style image (normalised to sum 1), or a comma string
     style_scale : style images are resized to style_scale * size (longest side)
-    init : "content", "noise" (white noise), "style", or a path/PIL image/array
-    seed : for the noise init
+    init : "content", "noise" (white noise as in the paper's code: the mean pixel plus Gaussian
+        noise, sigma ``problem.NOISE_SIGMA`` = 20 levels), "uniform" (uniform noise over 0..255),
+        "style", or a path/PIL image/array
+    seed : for the noise inits
     pooling : "avg" (the paper) or "max"
     tv_weight : total-variation weight (0: none, as in the paper)
     lbfgs_history : L-BFGS memory
@@ -166,6 +179,7 @@ class StylizeOptions:
     iterations: int = DEFAULT_ITERATIONS
     content_weight: float = DEFAULT_CONTENT_WEIGHT
     style_weight: float | None = None
+    style_weight_scaling: str = DEFAULT_STYLE_WEIGHT_SCALING
     content_layers: Any = DEFAULT_CONTENT_LAYERS
     style_layers: Any = DEFAULT_STYLE_LAYERS
     style_blend_weights: Any = None
@@ -236,6 +250,9 @@ class StylizeOptions:
             raise NstliteError("nothing to optimise: give a style image (or a style weight > 0) "
                                "or a content weight > 0")
         _check_init(self.init)
+        if self.style_weight_scaling not in STYLE_WEIGHT_SCALINGS:
+            raise NstliteError(f"style weight scaling must be one of {', '.join(STYLE_WEIGHT_SCALINGS)}, "
+                               f"not {self.style_weight_scaling!r}")
         parse_style_losses(self.style_loss)  # unknown names fail here, before any work
         if (self.region_map is None) != (self.region_styles is None):
             raise NstliteError("spatial control needs both a region map and the styles of its regions")

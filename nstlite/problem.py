@@ -12,6 +12,7 @@ out, with one device-to-host copy per evaluation.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from .backend import to_device, to_host
 from .errors import NstliteError
 from .memory import scale_tile
 from .objective import Objective, Region, build_objective
-from .options import INIT_KINDS, StylizeOptions
+from .options import INIT_KINDS, REFERENCE_SIZE, StylizeOptions
 
 
 @dataclass
@@ -82,7 +83,7 @@ def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, styl
     elif previous_x is not None:
         x0 = _to_network(net, im.resize(net.deprocess_float(previous_x), h, w))
     else:
-        init_rgb = initial_rgb(opts.init, net_content, style_rgbs, opts.seed)
+        init_rgb = initial_rgb(opts.init, net_content, style_rgbs, opts.seed, mean_rgb=mean_rgb(net))
         if opts.original_colors == "luminance":
             init_rgb = colors.grey_rgb(colors.luminance(init_rgb))
         x0 = _to_network(net, init_rgb)
@@ -101,11 +102,32 @@ def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions):
     tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile,
                       content_layers=opts.content_layers)
     regions = scale_regions(opts, content_x.shape[1:], style_xs) if opts.region_styles and style_xs else None
+    beta = opts.style_weight * style_weight_factor(net, opts, content_x.shape[1:])
     return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,
-                           opts.style_weight, opts.tv_weight, style_loss=opts.style_loss,
+                           beta, opts.tv_weight, style_loss=opts.style_loss,
                            blend_weights=opts.style_blend_weights, tile=tile, regions=regions,
                            erode=opts.erode_regions,
                            style_loss_options={"seed": opts.seed, "directions": opts.sw_directions})
+
+
+def style_weight_factor(net, opts: StylizeOptions, shape) -> float:
+    """What beta is multiplied by at a scale of ``shape`` (h, w): 1 for ``style_weight_scaling``
+    "paper" (eq. 7 as written) or without content layers; for "positions", the content layers'
+    positions M_l at this size over their positions for the same photo at REFERENCE_SIZE px.
+
+    The content loss (eq. 1) sums over the M_l positions and grows with the image, while E_l
+    (eq. 4) is normalised by M_l^2 and does not; scaling beta with M_l keeps their balance, so
+    the same options give the same look at every size (the paper's objective at REFERENCE_SIZE).
+    """
+    if opts.style_weight_scaling == "paper" or not opts.content_layers:
+        return 1.0
+    h, w = shape
+    reference = im.fit_longest(h, w, REFERENCE_SIZE)
+
+    def positions(hw):
+        return sum(math.prod(net.map_size(layer, *hw)) for layer in opts.content_layers)
+
+    return positions((h, w)) / max(1, positions(reference))
 
 
 def scale_regions(opts: StylizeOptions, shape, style_xs) -> list:
@@ -136,15 +158,38 @@ def colour_control(method: str | None, content_rgb, style_rgbs):
     return content_rgb, list(style_rgbs)
 
 
-def initial_rgb(init, content_rgb, style_rgbs, seed: int) -> np.ndarray:
+# The white noise of --init noise: the network's mean pixel plus independent Gaussian noise of this
+# standard deviation (0..255 levels). Gatys' code starts from small Gaussian noise around the mean,
+# in the network's input space; 20 levels is small beside the image's range (the uniform noise of
+# "uniform" has a standard deviation of 74), so the start is a grey field with a fine grain: little
+# noise remains for the optimiser to remove where the content loss barely sees it (the pixels a
+# deep layer does not pin down), yet two seeds differ at every pixel.
+NOISE_SIGMA = 20.0
+
+
+def mean_rgb(net) -> np.ndarray:
+    """The RGB colour (3,) in 0..255 that the network sees as zero input: its mean pixel."""
+    return net.deprocess_float(np.zeros((3, 1, 1)))[0, 0]
+
+
+def initial_rgb(init, content_rgb, style_rgbs, seed: int, mean_rgb=None) -> np.ndarray:
     """The starting image (H x W x 3 float 0..255, the photograph's size) for one of
-    INIT_KINDS, a path, a PIL image or an array."""
+    INIT_KINDS, a path, a PIL image or an array.
+
+    "noise" is ``mean_rgb`` (default mid-grey 127.5) plus N(0, NOISE_SIGMA^2) per pixel and
+    channel, clipped to 0..255; "uniform" is independent uniform pixels over 0..255. Both are
+    seeded by ``seed``.
+    """
     h, w = content_rgb.shape[:2]
     if isinstance(init, str) and init in INIT_KINDS:
         if init == "content":
             return content_rgb.copy()
-        if init == "noise":  # the paper's white noise image: independent uniform pixels
-            return np.random.default_rng(seed).uniform(0.0, 255.0, size=(h, w, 3))
+        rng = np.random.default_rng(seed)
+        if init == "noise":  # the paper's code: small Gaussian noise around the mean image
+            centre = np.full(3, 127.5) if mean_rgb is None else np.asarray(mean_rgb, dtype=np.float64)
+            return np.clip(centre + rng.normal(0.0, NOISE_SIGMA, size=(h, w, 3)), 0.0, 255.0)
+        if init == "uniform":  # white noise over the whole range
+            return rng.uniform(0.0, 255.0, size=(h, w, 3))
         if not style_rgbs:
             raise NstliteError("init 'style' needs a style image")
         return im.resize(style_rgbs[0], h, w)

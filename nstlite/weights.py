@@ -59,7 +59,7 @@ MAX_WIDTH = 1024
 MAX_KERNEL_VALUES = MAX_WIDTH * MAX_WIDTH * 9
 # The root attributes of the layout, a few scalars and triples.
 ROOT_ATTRS = ("format", "format_version", "channel_order", "input_scale", "mean", "std", "source",
-              "source_sha256")
+              "source_sha256", "normalisation")  # normalisation: weights_convert normalise's record (JSON)
 MAX_ATTR_VALUES = 64
 MAX_ATTR_BYTES = 1 << 16
 

@@ -140,6 +140,20 @@ def test_figure2_two_styles_with_one_ratio_each(inputs, tmp_path):
     assert grid.shape[1] >= 3 * 40
 
 
+def test_figures_use_the_papers_objective_and_noise_unless_told(inputs, tmp_path):
+    paper, scaled = tmp_path / "paper.png", tmp_path / "scaled.png"
+    assert run_cli(inputs, 2, paper) == 0
+    assert run_cli(inputs, 2, scaled, "--style-weight-scaling", "positions") == 0
+    doc_paper = json.loads((tmp_path / "paper.json").read_text())
+    doc_scaled = json.loads((tmp_path / "scaled.json").read_text())
+    assert doc_paper["settings"]["style_weight_scaling"] == "paper" and doc_paper["settings"]["init"] == "noise"
+    assert "--style-weight-scaling" not in doc_paper["command"]
+    assert doc_scaled["settings"]["style_weight_scaling"] == "positions"
+    assert "--style-weight-scaling positions" in doc_scaled["command"]
+    # at 40 px the scaled beta is far below the paper's: the result keeps more of the photo
+    assert doc_scaled["panels"][0]["psnr"] > doc_paper["panels"][0]["psnr"]
+
+
 def test_figure3_parallel_equals_serial(inputs, tmp_path):
     """Two workers and one process give the same pixels and numbers (each panel is seeded)."""
     extra = ["--ratios", "1e-3,1e-1", "--layers", "conv1_1,conv2_1"]

@@ -16,6 +16,8 @@ from nstlite.cli import main
 from nstlite.errors import NstliteError
 from nstlite.memory import check_memory, estimate_peak_bytes, largest_fitting_size
 from nstlite.options import parse_layer_weights
+from nstlite.options import StylizeOptions
+from nstlite.problem import NOISE_SIGMA, style_weight_factor
 from nstlite.style_transfer import StylizeInterrupted, stylize
 from nstlite.vgg import VGG19, load_vgg19
 from nstlite.weights import VGG19_WIDTHS, default_weights_path, random_params, write_weights
@@ -62,9 +64,12 @@ def test_api_loss_falls_and_result_is_complete(files, net):
     assert all(set(h) == LOG_KEYS for h in r.history)
     assert r.final["total"] < 0.05 * r.history[0]["total"] or r.final["total"] < 0.05 * r.history[1]["total"]
     assert r.final["total"] == min(h["total"] for h in r.history)
-    # total = alpha content + beta style (+ tv) in the paper's normalisation
+    # total = alpha content + beta style (+ tv), beta scaled with the content positions (the
+    # default style_weight_scaling); content and style in the paper's normalisation
     f = r.final
-    assert f["total"] == pytest.approx(1.0 * f["content"] + 1e4 * f["style"] + f["tv"], rel=1e-4)
+    beta = 1e4 * style_weight_factor(net, StylizeOptions(size=48).validated(1), (40, 48))
+    assert beta < 1e4 / 10
+    assert f["total"] == pytest.approx(1.0 * f["content"] + beta * f["style"] + f["tv"], rel=1e-4)
     assert f["style"] == pytest.approx(sum(0.2 * e for e in f["style_layers"].values()), rel=1e-4)
     np.testing.assert_array_equal(r.image, net.deprocess(r.x))  # the image is the returned x
     lo, hi = net.input_bounds()
@@ -122,7 +127,13 @@ def test_init_kinds(files, net):
     np.testing.assert_array_equal(content.image, np.asarray(Image.open(files / "content.png")))
     n0, n0b, n1 = (run(files, net, iterations=0, init="noise", seed=s) for s in (0, 0, 1))
     np.testing.assert_array_equal(n0.image, n0b.image)
-    assert np.abs(n0.image.astype(int) - n1.image.astype(int)).mean() > 40
+    assert np.abs(n0.image.astype(int) - n1.image.astype(int)).mean() > 15
+    # the paper's code: the network's mean pixel plus small Gaussian noise (sigma NOISE_SIGMA)
+    mean_rgb = net.deprocess_float(np.zeros((3, 1, 1)))[0, 0]
+    np.testing.assert_allclose(n0.image.reshape(-1, 3).mean(axis=0), mean_rgb, atol=1.5)
+    assert n0.image.std() == pytest.approx(NOISE_SIGMA, rel=0.1)
+    uniform = run(files, net, iterations=0, init="uniform", seed=0)
+    assert uniform.image.std() == pytest.approx(255 / 12 ** 0.5, rel=0.1)
     style = run(files, net, iterations=0, init="style")
     assert style.image.shape == (40, 48, 3) and not np.array_equal(style.image, content.image)
     from_path = run(files, net, iterations=0, init=files / "style2.png")

