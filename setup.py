@@ -32,6 +32,7 @@ setup(
         "gpu": ["cupy-cuda13x"],
         "test": ["pytest>=7", "ruff>=0.4"],
         "bench": ["torch==2.13.0"],
+        "distributed": ["distributed>=2024.1"],  # nstlite sweep / batch on Dask (nstlite.cluster)
     },
     entry_points={"console_scripts": ["nstlite=nstlite.cli:main"]},
 )
