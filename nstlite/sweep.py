@@ -354,6 +354,8 @@ def decode_image(data: bytes, path: str, what: str):
     """Image bytes -> a decoded PIL image; a one-line error naming ``path`` when they are not one."""
     from PIL import Image, UnidentifiedImageError
 
+    if not data:
+        raise NstliteError(f"{what} {path} is missing or empty")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
