@@ -15,9 +15,10 @@ them to the plan's count instead (with ``OPENBLAS_THREAD_TIMEOUT`` as nstlite se
 ``NSTLITE_TRANSFORM_THREADS``), and every task also sets its own thread's OpenBLAS count
 (``openblas_set_num_threads_local``), which holds on any worker.
 
-Inputs travel as bytes (scattered once per file, so the workers need no shared disk for
-them); the network is loaded once per worker thread from the worker's own weights file
-(``--weights`` must name a path that exists on the workers); results come back to this
+Inputs travel as bytes with each task (the workers need no shared disk for them, and a
+task whose worker dies can be rerun anywhere); the network is loaded once per worker
+thread from the worker's own weights file (``--weights`` must name a path that exists on the
+workers); results come back to this
 process, which writes every output atomically. A worker that dies mid-task has its task
 rerun on another (``retries``).
 """
@@ -213,7 +214,6 @@ class DaskExecutor:
         from .sweep import run_task
 
         pending = iter(tasks)
-        styles: dict = {}  # path -> scattered bytes, sent once for every task using it
         run_id = uuid.uuid4().hex[:8]
         window = 2 * self.total_threads()
         finished = as_completed(with_results=True, raise_errors=False)
@@ -222,11 +222,9 @@ class DaskExecutor:
             task = next(pending, None)
             if task is None:
                 return
-            content = self.client.scatter(read(task.content), hash=False)
-            for s in task.styles:
-                if s not in styles:
-                    styles[s] = self.client.scatter(read(s), hash=False)
-            future = self.client.submit(run_task, task, content, [styles[s] for s in task.styles],
+            # the bytes go with the task, so the scheduler can rerun it elsewhere when its worker
+            # dies (data scattered to that worker alone would be lost with it)
+            future = self.client.submit(run_task, task, read(task.content), [read(s) for s in task.styles],
                                         self.plan.blas_threads, key=f"stylize-{task.name}-{run_id}",
                                         retries=self.retries, pure=False)
             self._futures[future.key] = (future, task)
