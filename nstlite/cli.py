@@ -331,7 +331,7 @@ def _run_tasks(args, tasks, out_dir, what):
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    executor = None
+    executor = S.SerialExecutor(args.blas_threads)
     if not args.serial:
         from .cluster import DaskExecutor, plan_workers
 
@@ -344,7 +344,7 @@ def _run_tasks(args, tasks, out_dir, what):
     except ValueError:  # not the main thread
         pass
     try:
-        with executor if executor is not None else _no_engine() as engine:
+        with executor as engine:
             report = S.execute(tasks, out_dir, engine, progress=say, resume=not args.rerun,
                                command=shlex.join(["nstlite"] + sys.argv[1:]))
     except KeyboardInterrupt:
@@ -360,16 +360,6 @@ def _run_tasks(args, tasks, out_dir, what):
         if r["status"] != "ok":
             print(f"  failed {r['name']}: {r['reason']}")
     return 1 if report.failed else 0
-
-
-class _no_engine:
-    """``with`` for the serial path: ``execute`` then uses ``SerialExecutor``."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _add_sweep_commands(sub):

@@ -18,9 +18,8 @@ them to the plan's count instead (with ``OPENBLAS_THREAD_TIMEOUT`` as nstlite se
 Inputs travel as bytes with each task (the workers need no shared disk for them, and a
 task whose worker dies can be rerun anywhere); the network is loaded once per worker
 thread from the worker's own weights file (``--weights`` must name a path that exists on the
-workers); results come back to this
-process, which writes every output atomically. A worker that dies mid-task has its task
-rerun on another (``retries``).
+workers); results come back to this process, which writes every output atomically. A worker
+that dies mid-task has its task rerun on another (``retries``).
 """
 from __future__ import annotations
 

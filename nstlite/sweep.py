@@ -116,19 +116,30 @@ def parse_grid(items: Iterable[str]) -> dict:
     """``["style_weight=1e2,1e3", "style_layers=conv1_1;conv1_1,conv2_1"]`` -> dict name ->
     list of values (text). Values are separated by commas, except for the options whose one
     value is a comma list (``LIST_OPTIONS``: layers, scales, blend weights, style loss), whose
-    values are separated by ';'. Repeating an option adds values to its axis."""
+    values are separated by ';' (layer lists also by ':' where no weight is written).
+    Repeating an option adds values to its axis."""
     grid: dict = {}
     for item in items:
         name, sep, text = str(item).partition("=")
         if not sep:
             raise NstliteError(f"write a grid axis as OPTION=V1,V2,... (e.g. style_weight=1e3,1e4); not {item!r}")
         name = option_name(name)
-        separator = ";" if name in LIST_OPTIONS else ","
-        values = [v.strip() for v in text.split(separator) if v.strip()]
+        values = [v.strip() for v in text.split(_separator(name, text)) if v.strip()]
         if not values:
             raise NstliteError(f"grid axis {name} has no values")
         grid.setdefault(name, []).extend(values)
     return grid
+
+
+def _separator(name, text):
+    """',' between values; ';' for list options. A layer axis may also separate its values by
+    ':' when no part is a weight (``conv1_1:conv1_1,conv2_1``; ``conv1_1:0.2`` is a weight)."""
+    if name not in LIST_OPTIONS:
+        return ","
+    if name in ("content_layers", "style_layers") and ";" not in text and ":" in text \
+            and all(part.strip()[:1].isalpha() for part in text.split(":")):
+        return ":"
+    return ";"
 
 
 def parse_settings(items: Iterable[str]) -> dict:
@@ -421,6 +432,12 @@ class SerialExecutor:
     def __init__(self, blas_threads: int | None = None):
         self.blas_threads = blas_threads
 
+    def __enter__(self) -> SerialExecutor:
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
     def run(self, tasks: Sequence[Task], read: Callable[[str], bytes]) -> Iterator[tuple]:
         """Yield ``(task, record)`` as each task finishes."""
         for task in tasks:
@@ -507,6 +524,28 @@ def execute(tasks: Sequence[Task], out_dir, executor=None, progress: Callable[[s
     return SweepReport(ordered, ran=len(todo), skipped=len(tasks) - len(todo), failed=failed,
                        seconds=time.perf_counter() - started, results_json=ledger.json_path,
                        results_csv=ledger.csv_path)
+
+
+def run_sweep(contents, styles, grid: dict, out_dir, options: dict | None = None, scheduler: str | None = None,
+              workers: int | None = None, blas_threads: int | None = None, serial: bool = False,
+              resume: bool = True, progress: Callable[[str], None] | None = None) -> SweepReport:
+    """A whole sweep in one call: ``sweep_tasks`` then ``execute`` on Dask (``scheduler``, or an
+    embedded cluster of ``workers``) or, with ``serial``, in this process.
+
+    Example: ``run_sweep(["photo.jpg"], ["art.jpg"], {"style_weight": [1e3, 1e4]}, "runs",
+    {"size": 256})``. The other parameters are those of ``sweep_tasks``, ``execute`` and
+    ``nstlite.cluster.plan_workers``.
+    """
+    tasks = sweep_tasks(contents, styles, options or {}, grid, out_dir)
+    if serial:
+        executor = SerialExecutor(blas_threads)
+    else:
+        from .cluster import DaskExecutor, plan_workers
+
+        plan = plan_workers(len(tasks), workers=workers, blas_threads=blas_threads or (1 if scheduler else None))
+        executor = DaskExecutor(scheduler, plan, say=progress)
+    with executor:
+        return execute(tasks, out_dir, executor, progress=progress, resume=resume)
 
 
 def _finish(task, record, key):

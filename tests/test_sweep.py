@@ -51,6 +51,9 @@ def test_grid_is_the_cartesian_product_with_contents_and_styles_as_axes(files, t
     assert first.name == "photo__art__style_weight=1e2__style_layers=conv1_1__seed=0"
     assert tasks[3].name == "photo__art__style_weight=1e2__style_layers=conv1_1+conv2_1__seed=0"
     assert first.output == str(tmp_path / (first.name + ".png"))
+    # the layer lists of the example, ':' between values where no weight is written
+    assert S.parse_grid(["style_layers=conv1_1:conv1_1,conv2_1"]) == {"style_layers": ["conv1_1", "conv1_1,conv2_1"]}
+    assert S.parse_grid(["style_layers=conv1_1:0.2,conv2_1:0.8"]) == {"style_layers": ["conv1_1:0.2,conv2_1:0.8"]}
     # repeating an axis adds values
     assert S.parse_grid(["size=32", "size=48"]) == {"size": ["32", "48"]}
 
@@ -217,3 +220,20 @@ def test_missing_distributed_is_one_line_with_the_install_command(files, tmp_pat
                  str(tmp_path), "--weights", str(files / "tiny.h5"), "--size", "40"]) == 2
     err = capsys.readouterr().err
     assert "pip install nstlite[distributed]" in err and err.count("\n") == 1
+
+
+def test_ctrl_c_keeps_the_finished_tasks_and_a_rerun_goes_on(files, tmp_path):
+    tasks = S.sweep_tasks([files / "photo.png"], [files / "art.png"], fixed(files, iterations=2),
+                          {"seed": [0, 1, 2]}, tmp_path)
+
+    def interrupt(message):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        S.execute(tasks, tmp_path, progress=interrupt)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["tasks_total"] == 3 and doc["tasks_done"] == 1 and doc["tasks"][0]["status"] == "ok"
+    report = S.run_sweep([files / "photo.png"], [files / "art.png"], {"seed": [0, 1, 2]}, tmp_path,
+                         fixed(files, iterations=2), serial=True)
+    assert (report.ran, report.skipped, report.failed) == (2, 1, 0)
+    assert [r["name"] for r in report.records] == [t.name for t in tasks]
