@@ -68,12 +68,12 @@ class Task:
     axes: dict = field(default_factory=dict)
     output: str = ""
 
-    def key(self, read: Callable[[str], bytes]) -> str:
-        """A digest of everything that decides the result: the settings and the input bytes
-        (``read(path)``). A finished task with the same key is not run again."""
+    def key(self, file_digest: Callable[[str], str]) -> str:
+        """A digest of everything that decides the result: the settings and the input files
+        (``file_digest(path)``). A finished task with the same key is not run again."""
         h = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
         for path in [self.content] + list(self.styles):
-            h.update(hashlib.sha256(read(path)).digest())
+            h.update(file_digest(path).encode())
         return h.hexdigest()[:20]
 
 
@@ -491,15 +491,14 @@ def execute(tasks: Sequence[Task], out_dir, executor=None, progress: Callable[[s
     executor = executor or SerialExecutor()
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    cache: dict = {}
+    digests: dict = {}  # path -> digest of its bytes (a style shared by many tasks is read once)
 
-    def read(path):
-        if path not in cache:
-            cache[path] = read_input(path)
-        return cache[path]
+    def file_digest(path):
+        if path not in digests:
+            digests[path] = hashlib.sha256(read_input(path)).hexdigest()
+        return digests[path]
 
-    keys = {t.name: t.key(read) for t in tasks}
-    cache.clear()  # the bytes are read again when a task is sent: a batch holds one photo at a time
+    keys = {t.name: t.key(file_digest) for t in tasks}
     done = previous_records(out_dir) if resume else {}
     records = {}
     for t in tasks:

@@ -2,6 +2,7 @@
 resume, the results tables, and the one-line error when Dask is missing."""
 import csv
 import json
+import os
 import sys
 
 import numpy as np
@@ -18,6 +19,7 @@ from nstlite.weights import random_params, write_weights
 
 MEAN = (103.939, 116.779, 123.68)
 WIDTHS = (4, 4, 6, 6, 8)
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +239,14 @@ def test_ctrl_c_keeps_the_finished_tasks_and_a_rerun_goes_on(files, tmp_path):
                          fixed(files, iterations=2), serial=True)
     assert (report.ran, report.skipped, report.failed) == (2, 1, 0)
     assert [r["name"] for r in report.records] == [t.name for t in tasks]
+
+
+def test_the_documented_figure3_sweep_is_the_papers_grid(files, tmp_path):
+    spec = S.read_sweep_file(os.path.join(DOCS, "examples", "figure3_sweep.toml"))
+    tasks = S.sweep_tasks([files / "photo.png"], [files / "art.png"], spec["options"], spec["grid"], tmp_path)
+    assert len(tasks) == 20 and len({t.output for t in tasks}) == 20
+    ratios = {1 / t.settings["style_weight"] for t in tasks}
+    assert sorted(ratios) == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2])
+    assert {t.settings["style_layers"].count(",") + 1 for t in tasks} == {1, 2, 3, 4, 5}
+    assert all(t.settings["init"] == "noise" and t.settings["size"] == 256 for t in tasks)
+    assert tasks[5].name == "photo__art__style_layers=conv1_1+conv2_1__style_weight=10000"
