@@ -332,6 +332,9 @@ def _run_tasks(args, tasks, out_dir, what):
             print(message, file=sys.stderr, flush=True)
 
     executor = S.SerialExecutor(args.blas_threads)
+    if args.scheduler and (args.workers or args.threads_per_worker or args.in_process or args.serial):
+        raise NstliteError("--workers, --threads-per-worker, --in-process and --serial are for the embedded "
+                           "cluster; a --scheduler cluster has the workers `dask worker` started")
     if not args.serial:
         from .cluster import DaskExecutor, plan_workers
 
