@@ -79,6 +79,10 @@ def dask_cluster(tmp_path):
         workers = [_start(["worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
                            "--no-dashboard", "--name", f"w{i}"], env) for i in range(2)]
         processes += workers
+        from distributed import Client
+
+        with Client(address, timeout="20s") as client:  # both workers up before the sweep starts
+            client.wait_for_workers(2, timeout=30)
         yield address, workers
     finally:
         for p in processes:
