@@ -27,7 +27,7 @@ import importlib.util
 import logging
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .errors import NstliteError
@@ -205,35 +205,43 @@ class DaskExecutor:
     def total_threads(self) -> int:
         return max(1, sum(w["nthreads"] for w in self.client.scheduler_info()["workers"].values()))
 
-    def run(self, tasks: Sequence, read: Callable[[str], bytes]):
-        """Yield ``(task, record)`` as tasks finish; at most twice as many tasks are in flight
-        as the cluster has threads, so a batch of thousands holds a few photos at a time."""
+    def map(self, fn: Callable, calls: Iterable[tuple], name: Callable[[tuple], str] = str):
+        """Yield ``(args, outcome)`` for ``fn(*args)`` over ``calls`` as they finish: the result,
+        or the exception when the call could not finish on the cluster (its workers died
+        ``retries + 1`` times...). At most twice as many calls are in flight as the cluster has
+        threads, so ``calls`` may be a lazy iterator over thousands of inputs. ``name(args)``
+        labels each call on Dask's dashboard. Any independent work can go through here (a
+        figure's panels as well as a sweep's tasks)."""
         from distributed import as_completed
 
-        from .sweep import run_task
-
-        pending = iter(tasks)
+        pending = iter(calls)
         run_id = uuid.uuid4().hex[:8]
-        window = 2 * self.total_threads()
         finished = as_completed(with_results=True, raise_errors=False)
 
         def submit_next():
-            task = next(pending, None)
-            if task is None:
+            args = next(pending, None)
+            if args is None:
                 return
-            # the bytes go with the task, so the scheduler can rerun it elsewhere when its worker
-            # dies (data scattered to that worker alone would be lost with it)
-            future = self.client.submit(run_task, task, read(task.content), [read(s) for s in task.styles],
-                                        self.plan.blas_threads, key=f"stylize-{task.name}-{run_id}",
-                                        retries=self.retries, pure=False)
-            self._futures[future.key] = (future, task)
+            future = self.client.submit(fn, *args, key=f"{name(args)}-{run_id}", retries=self.retries, pure=False)
+            self._futures[future.key] = (future, args)
             finished.add(future)
 
-        for _ in range(window):
+        for _ in range(2 * self.total_threads()):
             submit_next()
         for future, outcome in finished:
-            _, task = self._futures.pop(future.key)
+            _, args = self._futures.pop(future.key)
             submit_next()
+            yield args, outcome
+
+    def run(self, tasks: Sequence, read: Callable[[str], bytes]):
+        """Yield ``(task, record)`` as sweep tasks finish (``nstlite.sweep.run_task`` on the
+        workers). The image bytes go with each task, so the scheduler can rerun it elsewhere
+        when its worker dies (data scattered to that worker alone would be lost with it), and
+        ``map``'s window keeps only a few photos in flight."""
+        from .sweep import run_task
+
+        calls = ((t, read(t.content), [read(s) for s in t.styles], self.plan.blas_threads) for t in tasks)
+        for (task, *_), outcome in self.map(run_task, calls, name=lambda args: f"stylize-{args[0].name}"):
             yield task, outcome if isinstance(outcome, dict) else _failure(task, outcome, self.retries)
 
     def running(self) -> int:

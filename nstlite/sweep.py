@@ -184,7 +184,8 @@ def read_sweep_file(path) -> dict:
     folder = os.path.dirname(os.path.abspath(path))
 
     def here(p):
-        return p if os.path.isabs(os.path.expanduser(p)) else os.path.join(folder, p)
+        p = os.path.expanduser(p)
+        return p if os.path.isabs(p) else os.path.join(folder, p)
 
     contents = doc.get("content", [])
     contents = [contents] if isinstance(contents, str) else list(contents)

@@ -52,6 +52,10 @@ def test_local_cluster_equals_serial_bit_for_bit(files, tmp_path):
     messages = []
     with DaskExecutor(plan=WorkerPlan(2, 1, 1), processes=False, say=messages.append) as engine:
         on_dask = S.execute(tasks_into(files, tmp_path / "dask", grid), tmp_path / "dask", engine)
+        # any independent calls go through the same engine; a call that raises gives its exception
+        outcomes = dict(engine.map(divmod, [(7, 2), (9, 0), (8, 3)], name=lambda args: f"divmod-{args[0]}"))
+    assert outcomes[(7, 2)] == (3, 1) and outcomes[(8, 3)] == (2, 2)
+    assert isinstance(outcomes[(9, 0)], ZeroDivisionError)
     assert on_dask.ran == 4 and on_dask.failed == 0
     assert_same_results(serial.records, on_dask.records)
     assert all(r["worker"].startswith("inproc://") for r in on_dask.records)  # run by Dask workers
