@@ -281,7 +281,9 @@ def add_engine_options(p):
     g.add_argument("--in-process", action="store_true",
                    help="embedded workers as threads of this process rather than processes")
     g.add_argument("--serial", action="store_true", help="no Dask: run the tasks one by one in this process")
-    g.add_argument("--retries", type=int, default=2, help="reruns of a task whose worker dies (default %(default)s)")
+    g.add_argument("--retries", type=int, default=2,
+                   help="reruns of a task whose worker dies (default %(default)s; with --scheduler, the "
+                        "scheduler's own allowed-failures)")
     g.add_argument("--rerun", action="store_true", help="run every task, also those already done in --out-dir")
     g.add_argument("--format", default="png", help="image format of the outputs (default %(default)s)")
 

@@ -19,7 +19,8 @@ Inputs travel as bytes with each task (the workers need no shared disk for them,
 task whose worker dies can be rerun anywhere); the network is loaded once per worker
 thread from the worker's own weights file (``--weights`` must name a path that exists on the
 workers); results come back to this process, which writes every output atomically. A worker
-that dies mid-task has its task rerun on another (``retries``).
+that dies mid-task has its task rerun on another (Dask's ``allowed-failures``: ``retries``
+in the embedded cluster, the scheduler's own setting on an existing one).
 """
 from __future__ import annotations
 
@@ -122,7 +123,9 @@ class DaskExecutor:
     plan : the embedded cluster's ``WorkerPlan`` (its ``blas_threads`` is set in each task on
         any cluster)
     processes : embedded workers as processes (the default) or as threads of this process
-    retries : times a task is rerun when the worker running it dies
+    retries : times a task is rerun when the worker running it dies (the embedded scheduler's
+        ``distributed.scheduler.allowed-failures``; an existing scheduler keeps its own, 3 by
+        default). A call that raises is not rerun: its exception is its outcome
     say : where the engine's one-line messages go (None: nowhere)
     """
 
@@ -151,10 +154,13 @@ class DaskExecutor:
         plan = self.plan
         # processes: their BLAS environment, on the loopback; threads talk in-process
         extra = {"env": plan.env(), "host": "127.0.0.1"} if self.processes else {}
-        self.cluster = distributed.LocalCluster(
-            n_workers=plan.workers, threads_per_worker=plan.threads_per_worker, processes=self.processes,
-            dashboard_address=":0",  # a free port: never a clash with another cluster
-            silence_logs=logging.ERROR, **extra)
+        import dask
+
+        with dask.config.set({"distributed.scheduler.allowed-failures": self.retries}):
+            self.cluster = distributed.LocalCluster(
+                n_workers=plan.workers, threads_per_worker=plan.threads_per_worker, processes=self.processes,
+                dashboard_address=":0",  # a free port: never a clash with another cluster
+                silence_logs=logging.ERROR, **extra)
         self.client = distributed.Client(self.cluster)
         kind = "processes" if self.processes else "threads of this process"
         self.description = f"embedded LocalCluster ({kind}): {plan.describe()}"
@@ -208,7 +214,7 @@ class DaskExecutor:
     def map(self, fn: Callable, calls: Iterable[tuple], name: Callable[[tuple], str] = str):
         """Yield ``(args, outcome)`` for ``fn(*args)`` over ``calls`` as they finish: the result,
         or the exception when the call could not finish on the cluster (its workers died
-        ``retries + 1`` times...). At most twice as many calls are in flight as the cluster has
+        more than ``retries`` times...). At most twice as many calls are in flight as the cluster has
         threads, so ``calls`` may be a lazy iterator over thousands of inputs. ``name(args)``
         labels each call on Dask's dashboard. Any independent work can go through here (a
         figure's panels as well as a sweep's tasks)."""
@@ -222,7 +228,7 @@ class DaskExecutor:
             args = next(pending, None)
             if args is None:
                 return
-            future = self.client.submit(fn, *args, key=f"{name(args)}-{run_id}", retries=self.retries, pure=False)
+            future = self.client.submit(fn, *args, key=f"{name(args)}-{run_id}", pure=False)
             self._futures[future.key] = (future, args)
             finished.add(future)
 
@@ -231,7 +237,7 @@ class DaskExecutor:
         for future, outcome in finished:
             _, args = self._futures.pop(future.key)
             submit_next()
-            yield args, outcome
+            yield args, outcome if future.status == "finished" else _exception(future)
 
     def run(self, tasks: Sequence, read: Callable[[str], bytes]):
         """Yield ``(task, record)`` as sweep tasks finish (``nstlite.sweep.run_task`` on the
@@ -255,11 +261,20 @@ class DaskExecutor:
         self._futures.clear()
 
 
+def _exception(future) -> BaseException:
+    """The exception of a future that erred or was cancelled."""
+    try:
+        future.result()
+    except BaseException as e:  # noqa: BLE001 - handed to the caller as the outcome
+        return e
+    return RuntimeError(f"task {future.key} ended as {future.status}")
+
+
 def _failure(task, error, retries) -> dict:
     """The record of a task that raised on the cluster (the worker died, or could not run it)."""
     name = type(error).__name__
     if name == "KilledWorker":
-        reason = f"the workers running it died {retries + 1} time(s) (out of memory?)"
+        reason = f"the workers running it kept dying ({retries + 1} times or more: out of memory?)"
     elif isinstance(error, ModuleNotFoundError):
         reason = f"the worker cannot import nstlite ({error}): install nstlite on every worker"
     else:
