@@ -293,8 +293,13 @@ def _sweep_fixed(args):
     sent: each task then gets stylize's own default)."""
     from .sweep import NOT_TASK_OPTIONS
 
-    return {name: getattr(args, name) for name in STYLIZE_KEYWORDS
-            if name not in NOT_TASK_OPTIONS and getattr(args, name) != args.stylize_defaults[name]}
+    given = {name: getattr(args, name) for name in STYLIZE_KEYWORDS
+             if getattr(args, name) != args.stylize_defaults[name]}
+    per_run = [name for name in given if name in NOT_TASK_OPTIONS and name != "quiet"]
+    if per_run:
+        raise NstliteError(f"--{per_run[0].replace('_', '-')} is for one stylize run, not the tasks of a "
+                           f"{args.command}: each task's numbers are in results.csv / results.json")
+    return {name: value for name, value in given.items() if name not in NOT_TASK_OPTIONS}
 
 
 def _cmd_sweep(args):

@@ -235,6 +235,8 @@ def sweep_tasks(contents: Sequence, styles: Sequence, fixed: dict, grid: dict, o
         if not list(values):
             raise NstliteError(f"grid axis {name} has no values")
     fixed = {option_name(k): convert_value(option_name(k), v) for k, v in fixed.items()}
+    if isinstance(fixed.get("weights"), (str, os.PathLike)) and os.path.exists(fixed["weights"]):
+        fixed["weights"] = os.path.abspath(fixed["weights"])  # workers may run in another folder
     im.output_format("x" + ext)
     if check_files:
         _check_files(contents, style_sets)

@@ -86,7 +86,8 @@ def test_bad_sweeps_on_the_command_line_are_one_line_errors(files, tmp_path, cap
     for extra, message in ([["--grid", "style_weight=1e3,x"], "style_weight must be a number"],
                            [["--grid", "iterationz=1,2"], "unknown option 'iterationz'"],
                            [["--content", str(files / "missing.png")], "content image not found"],
-                           [["--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "are for the embedded cluster"]):
+                           [["--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "are for the embedded cluster"],
+                           [["--log", "x.jsonl"], "--log is for one stylize run"]):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
