@@ -24,15 +24,39 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
+    license_files=["LICENSE"],
     python_requires=">=3.9",
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Environment :: Console",
+        "Environment :: GPU :: NVIDIA CUDA",
+        "Intended Audience :: Education",
+        "Intended Audience :: Science/Research",
+        "Operating System :: OS Independent",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Topic :: Multimedia :: Graphics",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Processing",
+    ],
+    keywords=["neural style transfer", "gatys", "vgg19", "numpy", "cupy", "l-bfgs"],
+    # The paper the code implements; the source and issue addresses go here with the public repository.
+    project_urls={"Paper": "https://arxiv.org/abs/1508.06576",
+                  "Paper (CVPR 2016 version)": "https://openaccess.thecvf.com/content_cvpr_2016/html/"
+                                               "Gatys_Image_Style_Transfer_CVPR_2016_paper.html"},
     packages=find_packages(include=["nstlite", "nstlite.*", "weights_convert", "weights_convert.*"]),
     install_requires=["numpy>=1.22", "scipy>=1.8", "h5py>=3.0", "pillow>=9.0"],
     extras_require={
-        # Pick the CuPy wheel that matches your CUDA (cupy-cuda11x / cupy-cuda12x / cupy-cuda13x).
-        "gpu": ["cupy-cuda13x"],
+        # CuPy is built per CUDA major version: pick the extra of the CUDA your driver runs
+        # (`nvidia-smi` shows it). CuPy 14 dropped CUDA 11, so that extra stays on CuPy 13.
+        "gpu-cuda11": ["cupy-cuda11x>=13,<14"],
+        "gpu-cuda12": ["cupy-cuda12x>=13"],
+        "gpu-cuda13": ["cupy-cuda13x>=14"],
+        "gpu": ["cupy-cuda13x>=14"],  # the same as gpu-cuda13, the CUDA nstlite's GPU checks run on
         "test": ["pytest>=7", "ruff>=0.4"],
         "bench": ["torch==2.13.0"],
         "distributed": ["distributed>=2024.1"],  # nstlite sweep / batch on Dask (nstlite.cluster)
     },
-    entry_points={"console_scripts": ["nstlite=nstlite.cli:main"]},
+    entry_points={"console_scripts": ["nstlite=nstlite.cli:main",
+                                      "nstlite-weights=weights_convert.cli:main"]},
 )

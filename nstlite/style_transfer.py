@@ -27,7 +27,7 @@ from .memory import check_memory, scale_tile, tiled_peak_bytes
 from .optimize import StopReason, minimize_lbfgsb
 from .options import StylizeOptions, parse_region_styles
 from .problem import build_problem, min_side, scale_shapes, scaled_inputs
-from .reporter import Reporter
+from .reporter import Reporter, check_resume, run_header
 
 
 class StylizeInterrupted(KeyboardInterrupt):
@@ -110,12 +110,15 @@ def stylize(content, styles, **keywords) -> StylizeResult:
     content_img = im.load_image(content, "content image")
     style_imgs = [im.load_image(s, f"style image {i + 1}" if len(styles) > 1 else "style image")
                   for i, s in enumerate(styles)]
+    header = run_header(opts, content, styles) if opts.log or opts.save_every or resume else None
+    if resume is not None:
+        check_resume(opts.resume, header)
     opts = _with_region_map(opts, content_img)
     net = _network(opts)
-    with Reporter(opts, started, append_log=resume is not None) as reporter:
+    with Reporter(opts, started, append_log=resume is not None, header=header) as reporter:
         shapes = _checked_shapes(net, opts, content_img.rgb.shape)
         estimate = _memory_estimate(net, opts, shapes[-1])
-        first = _resume_scale(resume, shapes, opts.resume)
+        first = _resume_scale(resume, shapes, opts)
         if resume is not None:
             reporter.evaluation_offset = resume.evaluations
             reporter.say(f"resuming from {opts.resume}: iteration {resume.iteration}")
@@ -125,7 +128,8 @@ def stylize(content, styles, **keywords) -> StylizeResult:
         result = _result(outcomes, reporter, time.perf_counter() - started)
     if opts.output is not None:
         image = result.image
-        im.save_image(opts.output, image[..., :3], image[..., 3] if image.shape[2] == 4 else None)
+        im.save_image(opts.output, image[..., :3], image[..., 3] if image.shape[2] == 4 else None,
+                      jpeg_quality=opts.jpeg_quality)
         result.output = os.fspath(opts.output)
     reporter.summary(result)
     if result.stop_reason == StopReason.INTERRUPTED:
@@ -202,14 +206,17 @@ def _memory_estimate(net, opts, final_shape):
     return tiled_peak_bytes(net, *final_shape, opts.loss_layers, opts.lbfgs_history, tile)
 
 
-def _resume_scale(checkpoint, shapes, path):
+def _resume_scale(checkpoint, shapes, opts):
     """The scale a checkpoint continues (0 without one); an error when it does not fit."""
     if checkpoint is None:
         return 0
-    index, x = checkpoint.scale_index, checkpoint.x
+    index, x, path = checkpoint.scale_index, checkpoint.x, opts.resume
     if index >= len(shapes) or tuple(x.shape) != (3,) + tuple(shapes[index]):
         raise NstliteError(f"checkpoint {path} holds a {x.shape[2]}x{x.shape[1]} image, "
                            "which does not match this content image and size")
+    if checkpoint.iteration > opts.iterations_at(index):
+        raise NstliteError(f"checkpoint {path} is already at iteration {checkpoint.iteration}, past the "
+                           f"{opts.iterations_at(index)} iterations asked for: ask for more to continue it")
     return index
 
 
@@ -232,8 +239,8 @@ def _run_scales(net, opts, inputs, resume, reporter, estimate):
 
 
 def _optimise(problem, opts, reporter, first_iteration, estimate):
-    """L-BFGS-B on one scale's problem, from iteration ``first_iteration`` to ``opts.iterations``."""
-    todo = opts.iterations - first_iteration
+    """L-BFGS-B on one scale's problem, from iteration ``first_iteration`` to its scale's iterations."""
+    todo = opts.iterations_at(problem.index) - first_iteration
     reporter.begin_scale(problem, first_iteration, todo, estimate)
     evaluate = problem.evaluator()
     res = minimize_lbfgsb(evaluate, problem.x0.ravel(), problem.lower, problem.upper, max(todo, 0),

@@ -22,7 +22,7 @@ from nstlite.weights import VGG19_WIDTHS, default_weights_path, random_params, w
 
 MEAN = (103.939, 116.779, 123.68)
 WIDTHS = (4, 4, 6, 6, 8)
-LOG_KEYS = {"iteration", "evaluation", "seconds", "total", "content", "style", "tv", "style_layers"}
+LOG_KEYS = {"iteration", "kind", "evaluation", "seconds", "total", "content", "style", "tv", "style_layers"}
 
 
 @pytest.fixture(scope="module")
@@ -240,11 +240,16 @@ def test_cli_end_to_end_with_log_and_checkpoints(files, tmp_path, capsys):
     rc = cli(files, tmp_path, "--log", log, "--save-every", 4, "--print-every", 2, output=tmp_path / "out.jpg")
     assert rc == 0
     err = capsys.readouterr().err
-    assert "it     2/8" in err and "ETA" in err and "final losses: total" in err and "out.jpg" in err.splitlines()[-1]
+    assert "it 2/8" in err and "ETA" in err and "final losses: total" in err and "out.jpg" in err.splitlines()[-2]
+    assert err.splitlines()[-1].endswith("out_losses.png")
+    assert "checkpoint at iteration 4" in err
     out = Image.open(tmp_path / "out.jpg")
     assert out.format == "JPEG" and out.size == (48, 40) and out.mode == "RGB"
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    header, *rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert header["kind"] == "header" and header["options"]["iterations"] == 8
     assert all(set(r) == LOG_KEYS for r in rows)
+    # one accepted iterate per iteration, numbered as the progress lines number them
+    assert [r["iteration"] for r in rows if r["kind"] == "accepted"] == list(range(1, 9))
     assert [r["evaluation"] for r in rows] == list(range(1, len(rows) + 1))
     assert set(rows[0]["style_layers"]) == {"conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"}
     assert rows[-1]["iteration"] <= 8 and min(r["total"] for r in rows) < rows[0]["total"]
@@ -257,13 +262,14 @@ def test_cli_end_to_end_with_log_and_checkpoints(files, tmp_path, capsys):
     rc = cli(files, tmp_path, "--resume", tmp_path / "out_4.npz", "--iterations", 12, "--log", log, "--quiet",
              output=tmp_path / "resumed.png")
     assert rc == 0
-    rows2 = [json.loads(line) for line in log.read_text().splitlines()][len(rows):]
-    assert rows2[0]["iteration"] == 4 and rows2[-1]["iteration"] <= 12
+    header2, *rows2 = [json.loads(line) for line in log.read_text().splitlines()][len(rows) + 1:]
+    assert header2["kind"] == "header" and header2["options"]["resume"] == str(tmp_path / "out_4.npz")
+    assert rows2[0]["iteration"] == 4 and rows2[0]["kind"] == "start" and rows2[-1]["iteration"] <= 12
     with np.load(tmp_path / "out_4.npz") as z:
         meta = json.loads(str(z["meta"]))
     assert rows2[0]["evaluation"] == meta["evaluations"] + 1
-    at_checkpoint = [r["total"] for r in rows if r["iteration"] <= 4 and r["evaluation"] <= meta["evaluations"]]
-    assert rows2[0]["total"] == pytest.approx(min(at_checkpoint), rel=1e-5)  # the exact float state
+    at_checkpoint = next(r["total"] for r in rows if r["iteration"] == 4 and r["kind"] == "accepted")
+    assert rows2[0]["total"] == pytest.approx(at_checkpoint, rel=1e-5)  # the exact float state
     assert min(r["total"] for r in rows2) < rows2[0]["total"]
 
 

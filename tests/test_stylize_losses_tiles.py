@@ -119,3 +119,20 @@ def test_a_region_map_of_another_size_is_refused(files, region_map, tmp_path):
     with pytest.raises(NstliteError, match="the region map is 50x40 but the content image is 112x96"):
         stylize(files / "content.png", [], region_map=small, region_styles={"#87ceeb": files / "style.png"},
                 net=VGG19(random_params(0, widths=WIDTHS)), quiet=True)
+
+
+# ----------------------------------------------------------------------------- coarse to fine
+def test_auto_scales_double_up_to_the_size():
+    from nstlite.options import auto_scales
+
+    assert auto_scales(2048) == [256, 512, 1024, 2048]
+    assert auto_scales(700) == [350, 700]
+    assert auto_scales(511) == [511] and auto_scales(512) == [256, 512]
+
+
+def test_iterations_per_scale(files):
+    result = run(files, scales="56,112", iterations="3,1")
+    assert {h.get("scale") for h in result.history} == {56, 112}
+    assert max(h["iteration"] for h in result.history if h["scale"] == 56) <= 3
+    with pytest.raises(NstliteError, match="3 iteration counts for 2 scales"):
+        run(files, scales="56,112", iterations="3,2,1")

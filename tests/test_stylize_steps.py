@@ -127,11 +127,12 @@ def test_reporter_progress_lines_and_log(tmp_path):
             assert reporter.on_iteration(it, it, np.zeros(60)) is False
         reporter.end_scale(4)
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("stylizing 5x4: 4 iterations, 1 style image(s), alpha=1 beta=10000 tv=0, init=content")
-    assert lines[0].endswith("~3.00 GiB peak estimate")
+    # TV is off: no tv anywhere
+    assert lines[0].startswith("stylizing 5x4: 4 iterations, 1 style image(s), alpha=1 beta=10000, init=content")
+    assert lines[0].endswith("~3.00 GiB peak estimate") and not any(" tv" in line for line in lines)
     # the first iteration, then every second one (the last is one of them)
     assert [line.split()[1] for line in lines[1:]] == ["1/4", "2/4", "4/4"]
-    assert "total 5.0000e+00" in lines[2] and "ETA" in lines[2]
+    assert "total 5.000e+00" in lines[2] and "ETA" in lines[2]
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["evaluation"] for r in rows] == [1, 2, 3, 4] and rows == reporter.history
     assert reporter.evaluation_offset == 4 and reporter.log_file is None  # closed on exit
@@ -144,12 +145,14 @@ def test_reporter_checkpoints_and_callback(tmp_path):
         seen.append(info)
         return info["iteration"] == 2
 
-    reporter, _ = reporter_for(tmp_path, save_every=2, output=tmp_path / "o.png", callback=callback, quiet=True)
+    reporter, stream = reporter_for(tmp_path, save_every=2, output=tmp_path / "o.png", callback=callback,
+                                    print_every=0)
     reporter.begin_scale(fake_problem(), 0, 3)
     reporter.on_evaluation(0, 1, 1.0, {"total": 1.0})
     assert reporter.on_iteration(1, 1, np.arange(60.0)) is False
     assert reporter.on_iteration(2, 2, np.arange(60.0)) is True  # the callback asked to stop
     assert reporter.checkpoints == [str(tmp_path / "o_2.png"), str(tmp_path / "o_2.npz")]
+    assert "checkpoint at iteration 2" in stream.getvalue()
     np.testing.assert_array_equal(load_checkpoint(tmp_path / "o_2.npz").x, np.arange(60.0).reshape(3, 4, 5))
     assert Image.open(tmp_path / "o_2.png").size == (5, 4)
     assert [s["iteration"] for s in seen] == [1, 2] and seen[0]["size"] == (4, 5)
