@@ -344,6 +344,7 @@ def _sweep_fixed(args):
     given = {name: getattr(args, name) for name in STYLIZE_KEYWORDS
              if getattr(args, name) != args.stylize_defaults[name]}
     per_run = [name for name in given if name in NOT_TASK_OPTIONS and name != "quiet"]
+    per_run += ["loss_curve"] if getattr(args, "loss_curve", None) else []
     if per_run:
         raise NstliteError(f"--{per_run[0].replace('_', '-')} is for one stylize run, not the tasks of a "
                            f"{args.command}: each task's numbers are in results.csv / results.json")
@@ -386,6 +387,12 @@ def _run_tasks(args, tasks, out_dir, what):
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
+    if not args.scheduler and args.weights is None:
+        from .download import fetch_default_weights
+        from .weights import default_weights_path
+
+        if not os.path.exists(default_weights_path()):  # the tasks are valid: fetch them once, here
+            fetch_default_weights(say=say)
     executor = S.SerialExecutor(args.blas_threads)
     if args.scheduler and (args.workers or args.threads_per_worker or args.in_process or args.serial):
         raise NstliteError("--workers, --threads-per-worker, --in-process and --serial are for the embedded "

@@ -44,10 +44,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 # stylize keywords a task cannot take: objects of this process, or per-run files and output
 NOT_TASK_OPTIONS = ("net", "callback", "stream", "output", "log", "checkpoint_prefix", "resume", "save_every",
-                    "quiet", "print_every")
+                    "quiet", "print_every", "preview")
 TASK_OPTIONS = tuple(f.name for f in fields(StylizeOptions) if f.name not in NOT_TASK_OPTIONS)
 # options whose one value is itself a comma list: their grid values are separated by ';'
-LIST_OPTIONS = ("content_layers", "style_layers", "style_blend_weights", "scales", "style_loss")
+LIST_OPTIONS = ("content_layers", "style_layers", "style_blend_weights", "scales", "style_loss", "iterations")
 _FIELD_TYPES = {f.name: str(f.type) for f in fields(StylizeOptions)}
 
 
@@ -95,6 +95,8 @@ def convert_value(name: str, value):
         return value
     kind = _FIELD_TYPES[name]
     text = value.strip()
+    if name in LIST_OPTIONS and "," in text:
+        return text  # a list (e.g. iterations per scale), read by the options' own parser
     if "None" in kind and text.lower() in ("none", "default"):
         return None
     try:
@@ -556,7 +558,8 @@ def _finish(task, record, key):
     image = record.pop("image", None)
     if record.get("status") == "ok" and image is not None:
         try:
-            im.save_image(task.output, image[..., :3], image[..., 3] if image.shape[2] == 4 else None)
+            im.save_image(task.output, image[..., :3], image[..., 3] if image.shape[2] == 4 else None,
+                          jpeg_quality=task.settings.get("jpeg_quality", im.JPEG_QUALITY))
         except NstliteError as e:
             record.update(status="failed", reason=str(e))
     record.update(key=key, content=task.content, styles=list(task.styles), axes=dict(task.axes),

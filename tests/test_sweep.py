@@ -56,6 +56,9 @@ def test_grid_is_the_cartesian_product_with_contents_and_styles_as_axes(files, t
     # the layer lists of the example, ':' between values where no weight is written
     assert S.parse_grid(["style_layers=conv1_1:conv1_1,conv2_1"]) == {"style_layers": ["conv1_1", "conv1_1,conv2_1"]}
     assert S.parse_grid(["style_layers=conv1_1:0.2,conv2_1:0.8"]) == {"style_layers": ["conv1_1:0.2,conv2_1:0.8"]}
+    # iterations per scale: one list is one value
+    assert S.parse_grid(["iterations=100,50;200,100"]) == {"iterations": ["100,50", "200,100"]}
+    assert S.convert_value("iterations", "100,50") == "100,50" and S.convert_value("iterations", "7") == 7
     # repeating an axis adds values
     assert S.parse_grid(["size=32", "size=48"]) == {"size": ["32", "48"]}
 
@@ -87,7 +90,8 @@ def test_bad_sweeps_on_the_command_line_are_one_line_errors(files, tmp_path, cap
                            [["--grid", "iterationz=1,2"], "unknown option 'iterationz'"],
                            [["--content", str(files / "missing.png")], "content image not found"],
                            [["--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "are for the embedded cluster"],
-                           [["--log", "x.jsonl"], "--log is for one stylize run"]):
+                           [["--log", "x.jsonl"], "--log is for one stylize run"],
+                           [["--preview", "p.png"], "--preview is for one stylize run"]):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
