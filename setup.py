@@ -53,8 +53,9 @@ setup(
         "gpu-cuda12": ["cupy-cuda12x>=13"],
         "gpu-cuda13": ["cupy-cuda13x>=14"],
         "gpu": ["cupy-cuda13x>=14"],  # the same as gpu-cuda13, the CUDA nstlite's GPU checks run on
-        "test": ["pytest>=7", "ruff>=0.4"],
+        "test": ["pytest>=7", "ruff>=0.4", "distributed>=2024.1"],  # the sweep tests start a local Dask cluster
         "bench": ["torch==2.13.0"],
+        "distributed": ["distributed>=2024.1"],  # nstlite sweep / batch on Dask (nstlite.cluster)
     },
     entry_points={"console_scripts": ["nstlite=nstlite.cli:main",
                                       "nstlite-weights=weights_convert.cli:main"]},

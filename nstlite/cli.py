@@ -328,6 +328,156 @@ def _short(value):
     return str(value)
 
 
+# --------------------------------------------------------------------------- sweep and batch
+def add_engine_options(p):
+    """Where the tasks of ``sweep`` and ``batch`` run (nstlite.cluster) and how they resume."""
+    g = p.add_argument_group("engine (Dask distributed: pip install nstlite[distributed])")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (default $DASK_SCHEDULER_ADDRESS, "
+                        "else an embedded local cluster)")
+    g.add_argument("--workers", type=int, default=None, help="embedded workers (default: cores / BLAS threads)")
+    g.add_argument("--threads-per-worker", type=int, default=None, help="tasks at once per worker (default 1)")
+    g.add_argument("--blas-threads", type=int, default=None,
+                   help="BLAS threads per task (default: the cores left per task; 1 on a remote cluster)")
+    g.add_argument("--in-process", action="store_true",
+                   help="embedded workers as threads of this process rather than processes")
+    g.add_argument("--serial", action="store_true", help="no Dask: run the tasks one by one in this process")
+    g.add_argument("--retries", type=int, default=2,
+                   help="reruns of a task whose worker dies (default %(default)s; with --scheduler, the "
+                        "scheduler's own allowed-failures)")
+    g.add_argument("--rerun", action="store_true", help="run every task, also those already done in --out-dir")
+    g.add_argument("--format", default="png", help="image format of the outputs (default %(default)s)")
+
+
+def _sweep_fixed(args):
+    """The stylize options given on the command line (those left at their defaults are not
+    sent: each task then gets stylize's own default)."""
+    from .sweep import NOT_TASK_OPTIONS
+
+    given = {name: getattr(args, name) for name in STYLIZE_KEYWORDS
+             if getattr(args, name) != args.stylize_defaults[name]}
+    per_run = [name for name in given if name in NOT_TASK_OPTIONS and name != "quiet"]
+    per_run += ["loss_curve"] if getattr(args, "loss_curve", None) else []
+    if per_run:
+        raise NstliteError(f"--{per_run[0].replace('_', '-')} is for one stylize run, not the tasks of a "
+                           f"{args.command}: each task's numbers are in results.csv / results.json")
+    return {name: value for name, value in given.items() if name not in NOT_TASK_OPTIONS}
+
+
+def _cmd_sweep(args):
+    from . import sweep as S
+
+    spec = S.read_sweep_file(args.from_file) if args.from_file else {"content": [], "style": [], "options": {},
+                                                                      "grid": {}, "out_dir": None}
+    contents = args.content or spec["content"]
+    styles = [s.split(",") for s in args.style] if args.style else spec["style"]
+    fixed = {**spec["options"], **_sweep_fixed(args), **S.parse_settings(args.set or [])}
+    grid = {**spec["grid"], **S.parse_grid(args.grid or [])}
+    out_dir = args.out_dir or spec["out_dir"]
+    if not contents:
+        raise NstliteError("give --content PHOTO (repeat for a content axis) or a --from file with content")
+    if not out_dir:
+        raise NstliteError("give --out-dir FOLDER (or out_dir in the --from file)")
+    tasks = S.sweep_tasks(contents, styles, fixed, grid, out_dir, "." + args.format.lstrip("."))
+    return _run_tasks(args, tasks, out_dir, "sweep")
+
+
+def _cmd_batch(args):
+    from . import sweep as S
+
+    photos = S.photos_in(args.photos)
+    styles = [s.split(",") for s in args.style]
+    fixed = {**_sweep_fixed(args), **S.parse_settings(args.set or [])}
+    tasks = S.batch_tasks(photos, styles, fixed, args.out_dir, "." + args.format.lstrip("."))
+    return _run_tasks(args, tasks, args.out_dir, "batch")
+
+
+def _run_tasks(args, tasks, out_dir, what):
+    """Run the tasks on the chosen engine; a summary line; exit 1 when a task failed, 130 on Ctrl-C."""
+    from . import sweep as S
+
+    def say(message):
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    if not args.scheduler and args.weights is None:
+        from .download import fetch_default_weights
+        from .weights import default_weights_path
+
+        if not os.path.exists(default_weights_path()):  # the tasks are valid: fetch them once, here
+            fetch_default_weights(say=say)
+    executor = S.SerialExecutor(args.blas_threads)
+    if args.scheduler and (args.workers or args.threads_per_worker or args.in_process or args.serial):
+        raise NstliteError("--workers, --threads-per-worker, --in-process and --serial are for the embedded "
+                           "cluster; a --scheduler cluster has the workers `dask worker` started")
+    if not args.serial:
+        from .cluster import DaskExecutor, plan_workers
+
+        plan = plan_workers(len(tasks), workers=args.workers, threads_per_worker=args.threads_per_worker,
+                            blas_threads=args.blas_threads or (1 if args.scheduler else None))
+        executor = DaskExecutor(args.scheduler, plan, processes=not args.in_process, retries=args.retries, say=say)
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        with executor as engine:
+            report = S.execute(tasks, out_dir, engine, progress=say, resume=not args.rerun,
+                               command=shlex.join(["nstlite"] + sys.argv[1:]))
+    except KeyboardInterrupt:
+        print(f"nstlite: interrupted; the finished tasks are in {out_dir} (run the same command again to "
+              "go on where it stopped)", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"{what}: {len(tasks)} tasks: {report.ran} run, {report.skipped} already done, {report.failed} failed, "
+          f"in {report.seconds:.1f} s; results in {report.results_csv} and {report.results_json}")
+    for r in report.records:
+        if r["status"] != "ok":
+            print(f"  failed {r['name']}: {r['reason']}")
+    return 1 if report.failed else 0
+
+
+def _add_sweep_commands(sub):
+    p = sub.add_parser(
+        "sweep", help="many stylize runs: the product of option values (a grid), contents and styles",
+        description="Run stylize for every combination of the --grid values (any stylize option), of the "
+                    "--content photos and of the --style images, as tasks on Dask (an embedded local cluster, "
+                    "or --scheduler). One output per task, named from its settings, and results.csv/.json in "
+                    "--out-dir. Re-running into the same folder skips the finished tasks. See docs/sweeps.md.")
+    p.add_argument("--content", action="append", default=None, help="photograph; repeat for a content axis")
+    p.add_argument("--style", action="append", default=None,
+                   help="artwork; repeat for a style axis (A.jpg,B.jpg blends both in one task)")
+    p.add_argument("--grid", action="append", default=None, metavar="OPTION=V1,V2",
+                   help="an axis, e.g. style_weight=1e2,1e3,1e4 or style_layers='conv1_1;conv1_1,conv2_1' (';' "
+                        "separates the values of layer and number-list options)")
+    p.add_argument("--set", action="append", default=None, metavar="OPTION=VALUE",
+                   help="a fixed stylize option by name (e.g. max_evaluations=100)")
+    p.add_argument("--from", dest="from_file", default=None, metavar="FILE",
+                   help="the sweep in a TOML or JSON file (content, style, options, grid, out_dir)")
+    p.add_argument("--out-dir", default=None, help="folder of the outputs and the results tables")
+    add_stylize_options(p)
+    add_engine_options(p)
+    p.set_defaults(func=_cmd_sweep, stylize_defaults={n: p.get_default(n) for n in STYLIZE_KEYWORDS})
+
+    p = sub.add_parser(
+        "batch", help="stylise every photo of a folder (or a list) with one or more styles",
+        description="Run stylize on every photo (folders, list files with one path per line, or images) with "
+                    "each --style, the same options, as tasks on Dask. A photo that fails (corrupt, too small) "
+                    "gets a one-line reason in results.csv and the batch goes on.")
+    p.add_argument("photos", nargs="+", metavar="PHOTOS", help="folders, .txt lists or image files")
+    p.add_argument("--style", action="append", required=True,
+                   help="artwork; repeat for several (each photo with each; A.jpg,B.jpg blends)")
+    p.add_argument("--set", action="append", default=None, metavar="OPTION=VALUE",
+                   help="a fixed stylize option by name")
+    p.add_argument("--out-dir", required=True, help="folder of the outputs and the results tables")
+    add_stylize_options(p)
+    add_engine_options(p)
+    p.set_defaults(func=_cmd_batch, stylize_defaults={n: p.get_default(n) for n in STYLIZE_KEYWORDS})
+
+
 # --------------------------------------------------------------------------- gradcheck
 def _add_fetch_weights_command(sub):
     p = sub.add_parser("fetch-weights", help="download the VGG19 weights once (the same as "
@@ -410,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_stylize_commands(sub)
     _add_figure_commands(sub)
+    _add_sweep_commands(sub)
     _add_gradcheck_command(sub)
     _add_plot_command(sub)
     _add_fetch_weights_command(sub)
