@@ -54,6 +54,12 @@ class StopReason(str, Enum):  # noqa: UP042  (enum.StrEnum needs Python 3.11; se
         return format(self.value, spec)
 
 
+def _all_finite(g) -> bool:
+    """True when every element of ``g`` is finite: min and max carry any NaN or infinity, so
+    two reductions decide it without a map-sized boolean array per evaluation."""
+    return g.size == 0 or (math.isfinite(g.min()) and math.isfinite(g.max()))
+
+
 class _NonFinite(Exception):
     """Raised inside the objective wrapper to leave SciPy when f or its gradient is not finite."""
 
@@ -146,7 +152,7 @@ class _Run:
         self.evaluation += 1
         if self.on_evaluation is not None:
             self.on_evaluation(self.iteration, self.evaluation, f, info)
-        if not (math.isfinite(f) and np.all(np.isfinite(g))):
+        if not (math.isfinite(f) and _all_finite(g)):
             self.nonfinite += 1
             if not math.isfinite(self.best_f) or self.nonfinite > self.max_nonfinite:
                 raise _NonFinite()
@@ -154,8 +160,9 @@ class _Run:
             # towards the last good point, as it does for any step that overshoots.
             return abs(self.best_f) * 2.0 + 1.0, np.zeros_like(g)
         self.nonfinite = 0
-        if f < self.best_f:
-            self.best_f, self.best_x, self.best_info = f, x.copy(), info
+        if f < self.best_f:  # the best point is copied into one buffer kept for the run
+            np.copyto(self.best_x, x)
+            self.best_f, self.best_info = f, info
         return f, g
 
     def iteration_done(self, xk):
