@@ -40,7 +40,9 @@ sys.path.insert(0, ROOT)
 
 import nstlite  # noqa: E402
 
-IMAGES = os.path.join(ROOT, "..", "shared", "images")
+# the example images: shared/images beside the checkout (or beside the folder of worktrees)
+_CANDIDATES = [os.path.join(ROOT, *[".."] * k, "shared", "images") for k in (1, 2)]
+IMAGES = os.environ.get("NSTLITE_IMAGES") or next((d for d in _CANDIDATES if os.path.isdir(d)), _CANDIDATES[0])
 # (file name, function name) -> part; cumulative times, so nested parts are subtracted below
 MARKS = {
     "forward": ("vgg.py", "forward"), "backward": ("vgg.py", "backward"),
@@ -107,19 +109,23 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--json", help="write the split to this file")
     ap.add_argument("--top", type=int, default=0, help="also print the N functions of most own time")
+    ap.add_argument("--profiled-only", action="store_true", help="skip the warm-up and the unprofiled run")
     a = ap.parse_args(argv)
-    run(a.size, 1)  # warm-up: weights mapped, buffers and Winograd kernels made
-    with tempfile.TemporaryDirectory() as tmp:
-        log = os.path.join(tmp, "run.jsonl")
-        t0 = time.perf_counter()
-        result = run(a.size, a.iterations, log)
-        plain = {"seconds": time.perf_counter() - t0, "evaluations": result.evaluations,
-                 "per_evaluation_s": per_evaluation_seconds(log)}
+    plain = None
+    if not a.profiled_only:
+        run(a.size, 1)  # warm-up: weights mapped, buffers and Winograd kernels made
+        with tempfile.TemporaryDirectory() as tmp:
+            log = os.path.join(tmp, "run.jsonl")
+            t0 = time.perf_counter()
+            result = run(a.size, a.iterations, log)
+            plain = {"seconds": time.perf_counter() - t0, "evaluations": result.evaluations,
+                     "per_evaluation_s": per_evaluation_seconds(log)}
     profiler = cProfile.Profile()
     result = profiler.runcall(run, a.size, a.iterations)
     stats = pstats.Stats(profiler)
     parts = split(stats, result.evaluations)
-    report = {"size": a.size, "iterations": a.iterations, "profiled": parts, "unprofiled": plain}
+    report = {"size": a.size, "iterations": a.iterations, "load": os.getloadavg()[0], "profiled": parts,
+              "unprofiled": plain}
     print(json.dumps(report, indent=1))
     if a.top:
         stats.sort_stats("tottime").print_stats(a.top)

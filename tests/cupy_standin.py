@@ -76,7 +76,7 @@ def _caller():
     """file:line of the innermost frame outside this module and NumPy."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         if frame.filename != __file__ and "/numpy/" not in frame.filename:
-            return f"{frame.filename.rsplit('/', 2)[-2]}/{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
+            return "/".join(frame.filename.split("/")[-2:]) + f":{frame.lineno}"
     return "?"
 
 
@@ -112,9 +112,11 @@ def _device_call(fn, name, host_ok=False):
     def call(*args, **kwargs):
         if name not in _VIEWS:
             COUNTS.launches += 1
+        out = kwargs.get("out")
         args = _unwrap(args, host_ok)
         kwargs = {k: _unwrap(v, host_ok and k != "out") for k, v in kwargs.items()}
-        return _wrap(fn(*args, **kwargs))
+        result = fn(*args, **kwargs)
+        return out if isinstance(out, ndarray) and result is out._a else _wrap(result)  # out= gives out back
     call.__name__ = name
     return call
 
@@ -337,7 +339,8 @@ def matmul(a, b, out=None):
             isinstance(x, ndarray) and numpy.may_share_memory(out._a, x._a) for x in (a, b))):
         COUNTS.copy(out._a.nbytes)
     COUNTS.launches += 1
-    return _wrap(numpy.matmul(_unwrap(a), _unwrap(b), out=_unwrap(out)))
+    result = numpy.matmul(_unwrap(a), _unwrap(b), out=_unwrap(out))
+    return out if isinstance(out, ndarray) else _wrap(result)
 
 
 def __getattr__(name):  # everything else: NumPy's functions on device arrays, NumPy's dtypes
