@@ -9,7 +9,8 @@ them) under cProfile and splits the optimisation loop by the cumulative time of 
 functions (the profiler times the main thread, which also waits for the worker threads, so
 the split covers the threaded work too):
 
-* kernels: ``VGG19.forward`` + ``VGG19.backward`` (convolutions, ReLU, pooling, hand-outs);
+* kernels: ``VGG19.forward`` + ``VGG19.backward`` called by the objective (convolutions, ReLU,
+  pooling, hand-outs);
 * losses: ``Objective.__call__`` less the kernels (the fused loss terms, their sums, TV);
 * boundary: ``Evaluator.__call__`` less the objective (host<->device copies, float64 casts);
 * optimiser: SciPy's ``minimize`` less the evaluations and the iteration callback (L-BFGS-B's
@@ -70,10 +71,21 @@ def cumulative(stats, mark):
                if name == function and os.path.basename(path) == filename)
 
 
+def called_from(stats, mark, caller):
+    """Cumulative seconds of ``mark`` in the calls made by ``caller`` (both (file, function))."""
+    total = 0.0
+    for (path, _, name), (_, _, _, _, callers) in stats.stats.items():
+        if name == mark[1] and os.path.basename(path) == mark[0]:
+            total += sum(ct for (cpath, _, cname), (_, _, _, ct) in callers.items()
+                         if cname == caller[1] and os.path.basename(cpath) == caller[0])
+    return total
+
+
 def split(stats, evaluations):
     """The parts (seconds) of one profiled run."""
     c = {k: cumulative(stats, m) for k, m in MARKS.items()}
-    kernels = c["forward"] + c["backward"]
+    # the network's passes inside the objective only (the targets' forwards run before the loop)
+    kernels = sum(called_from(stats, MARKS[k], MARKS["objective"]) for k in ("forward", "backward"))
     loop = c["minimize"]
     parts = {
         "kernels": kernels,
