@@ -2,33 +2,57 @@
 
 Every array operation in nstlite goes through the module returned here (called ``xp`` by
 convention, as in Chainer and CuPy's own docs), so the same lines run on NumPy (CPU) and
-CuPy (GPU). This is the only module that imports cupy; the import is guarded so that the
-package imports and runs on machines without CUDA.
+CuPy (GPU). This is the only module that imports cupy, and only when the GPU is asked for
+(``xp_for("gpu")``, ``gpu_available()``): a CPU run never imports CuPy nor initialises CUDA,
+even where CuPy is installed. The import is guarded, so that the package runs on machines
+without CUDA.
 """
+import sys
+
 import numpy
 
 from .errors import NstliteError
 
-try:  # pragma: no cover - depends on the machine
-    import cupy  # noqa: F401
-    try:
-        _GPU_OK = cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        _GPU_OK = False
-except Exception:  # ImportError, or a CUDA library that fails to load
-    cupy = None
-    _GPU_OK = False
-
 DEVICES = ("cpu", "gpu")
+
+_gpu_module = None      # the GPU's array module once resolved: cupy, or what set_gpu_module gave
+_gpu_resolved = False   # whether CuPy was looked for (or a module set)
 
 
 class BackendError(NstliteError):
     """Raised when a requested device is not available."""
 
 
+def _gpu():
+    """The GPU array module, looked for on first use: cupy when it imports and sees a CUDA
+    device, else None."""
+    global _gpu_module, _gpu_resolved
+    if not _gpu_resolved:
+        _gpu_resolved = True
+        try:  # pragma: no cover - depends on the machine
+            import cupy
+            _gpu_module = cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+        except Exception:  # ImportError, or a CUDA library that fails to load
+            _gpu_module = None
+    return _gpu_module
+
+
+def _known_gpu_module():
+    """The GPU module if it is already resolved or imported, without importing anything: an
+    array can only be a CuPy array if CuPy was imported."""
+    return _gpu_module if _gpu_resolved else sys.modules.get("cupy")
+
+
+def set_gpu_module(module) -> None:
+    """Make the device 'gpu' mean ``module``, a CuPy-compatible array module (the test suite's
+    NumPy-backed stand-in for CuPy); None: look for CuPy again on the next use."""
+    global _gpu_module, _gpu_resolved
+    _gpu_module, _gpu_resolved = module, module is not None
+
+
 def gpu_available():
-    """True when CuPy imports and sees at least one CUDA device."""
-    return _GPU_OK
+    """True when CuPy imports and sees at least one CUDA device (imports CuPy on first call)."""
+    return _gpu() is not None
 
 
 def xp_for(device):
@@ -36,17 +60,19 @@ def xp_for(device):
     if device == "cpu":
         return numpy
     if device == "gpu":
-        if not _GPU_OK:
+        xp = _gpu()
+        if xp is None:
             raise BackendError("device 'gpu' requested but CuPy with a CUDA device is not available "
                                "(install nstlite[gpu] with the CuPy wheel for your CUDA)")
-        return cupy
+        return xp
     raise BackendError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
 
 
 def get_array_module(x):
     """numpy or cupy, whichever owns ``x`` (numpy for anything that is not a CuPy array)."""
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        return cupy
+    gpu = _known_gpu_module()
+    if gpu is not None and isinstance(x, gpu.ndarray):
+        return gpu
     return numpy
 
 
@@ -61,8 +87,9 @@ def to_device(a, device, dtype=None):
 
 def to_host(a):
     """A NumPy array for ``a`` (a device->host copy for CuPy arrays; no copy for NumPy)."""
-    if cupy is not None and isinstance(a, cupy.ndarray):
-        return cupy.asnumpy(a)
+    gpu = _known_gpu_module()
+    if gpu is not None and isinstance(a, gpu.ndarray):
+        return gpu.asnumpy(a)
     return numpy.asarray(a)
 
 

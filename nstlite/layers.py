@@ -139,8 +139,9 @@ def max_pool_winner(x, out, winner, spatial=CHW):
     pooled ``out`` of x: ties go to the first tap in row-major window order."""
     winner[...] = 3
     taps = pool_taps(x, *_output_size(out, spatial), spatial)
-    for k in (2, 1, 0):
-        winner[taps[k] == out] = k
+    xp = get_array_module(x)
+    for k in (2, 1, 0):  # copyto with where=, not a boolean-mask assignment (a host sync on CuPy)
+        xp.copyto(winner, k, where=taps[k] == out)
     return winner
 
 

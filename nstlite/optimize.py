@@ -54,8 +54,21 @@ class StopReason(str, Enum):  # noqa: UP042  (enum.StrEnum needs Python 3.11; se
         return format(self.value, spec)
 
 
+def _all_finite(g) -> bool:
+    """True when every element of ``g`` is finite: min and max carry any NaN or infinity, so
+    two reductions decide it without a map-sized boolean array per evaluation."""
+    return g.size == 0 or (math.isfinite(g.min()) and math.isfinite(g.max()))
+
+
 class _NonFinite(Exception):
     """Raised inside the objective wrapper to leave SciPy when f or its gradient is not finite."""
+
+
+class _StopRequested(Exception):
+    """Raised inside the iteration callback to leave SciPy when the caller asked to stop.
+
+    Our own exception rather than ``StopIteration``: SciPy < 1.11 does not catch
+    ``StopIteration`` from a callback, and this one means the same on every version."""
 
 
 @dataclass
@@ -125,14 +138,13 @@ def minimize_lbfgsb(fun: Callable, x0, lower, upper, iterations: int, history: i
 
 
 class _Run:
-    """The state of one ``minimize_lbfgsb`` call: counts, the best point, the stop request."""
+    """The state of one ``minimize_lbfgsb`` call: counts and the best point."""
 
     def __init__(self, fun, x0, start_iteration, on_evaluation, on_iteration, max_nonfinite):
         self.fun, self.on_evaluation, self.on_iteration = fun, on_evaluation, on_iteration
         self.max_nonfinite = max_nonfinite
         self.iteration, self.evaluation, self.nonfinite = start_iteration, 0, 0
         self.best_f, self.best_x, self.best_info = math.inf, x0.copy(), None
-        self.stop_requested = False
 
     def evaluate(self, x):
         """SciPy's objective: ``fun`` with NaN/Inf kept out of L-BFGS-B's memory."""
@@ -140,7 +152,7 @@ class _Run:
         self.evaluation += 1
         if self.on_evaluation is not None:
             self.on_evaluation(self.iteration, self.evaluation, f, info)
-        if not (math.isfinite(f) and np.all(np.isfinite(g))):
+        if not (math.isfinite(f) and _all_finite(g)):
             self.nonfinite += 1
             if not math.isfinite(self.best_f) or self.nonfinite > self.max_nonfinite:
                 raise _NonFinite()
@@ -148,17 +160,19 @@ class _Run:
             # towards the last good point, as it does for any step that overshoots.
             return abs(self.best_f) * 2.0 + 1.0, np.zeros_like(g)
         self.nonfinite = 0
-        if f < self.best_f:
-            self.best_f, self.best_x, self.best_info = f, x.copy(), info
+        if f < self.best_f:  # the best point is copied into one buffer kept for the run
+            np.copyto(self.best_x, x)
+            self.best_f, self.best_info = f, info
         return f, g
 
-    def iteration_done(self, intermediate_result):
-        """SciPy's callback after each iteration."""
+    def iteration_done(self, xk):
+        """SciPy's callback after each iteration, called with the current point ``xk``.
+
+        The one-argument form: every SciPy this package allows passes ``xk`` to it (from 1.11 on,
+        only a parameter named ``intermediate_result`` would get an ``OptimizeResult``)."""
         self.iteration += 1
-        if self.on_iteration is not None and self.on_iteration(self.iteration, self.evaluation,
-                                                               intermediate_result.x):
-            self.stop_requested = True
-            raise StopIteration  # SciPy ends the run at this iteration
+        if self.on_iteration is not None and self.on_iteration(self.iteration, self.evaluation, xk):
+            raise _StopRequested()
 
     def until_done(self, bounds, end_iteration, max_evaluations, max_restarts, options):
         """Run L-BFGS-B, restarting from the best point after abnormal ends, until a reason to stop."""
@@ -186,6 +200,9 @@ class _Run:
                     stop_reason = StopReason.NONFINITE
                 start = self.best_x
                 continue
+            except _StopRequested:
+                stop_reason, message = StopReason.CALLBACK, "stopped by the iteration callback"
+                break
             except KeyboardInterrupt:
                 stop_reason = StopReason.INTERRUPTED
                 break
@@ -202,8 +219,6 @@ class _Run:
 
     def _reason(self, status, end_iteration):
         """The stop reason of a SciPy run that returned ``status`` (None: restart)."""
-        if self.stop_requested:
-            return StopReason.CALLBACK
         if status == 0:
             return StopReason.CONVERGED
         if status == 1:

@@ -241,23 +241,45 @@ def _to_network(net, rgb):
 class Evaluator:
     """The SciPy boundary: float64 host vector -> (loss, float64 gradient, losses dict).
 
-    One device->host copy per evaluation: the gradient and the loss terms travel together.
+    Per evaluation: one host->device copy of x (as the network's dtype, into a buffer kept
+    between evaluations), and one device->host copy on the GPU, the gradient and the loss terms
+    packed together (one transfer, one sync). The float64 gradient SciPy needs is written into
+    a host buffer kept between evaluations (SciPy copies what it keeps). On NumPy nothing is
+    packed: the float32 gradient goes straight into that buffer. The loss values are rounded to
+    the gradient's dtype on both paths, so the two report the same numbers.
     """
 
     def __init__(self, objective, net, shape, style_names):
         self.objective, self.net, self.shape, self.style_names = objective, net, shape, style_names
+        self._x = None         # the network input, on the device, in the network's dtype
+        self._gradient = None  # the float64 host gradient handed to SciPy
 
     def __call__(self, x_flat):
         xp = self.net.xp
-        x = to_device(x_flat.reshape(self.shape), self.net.device, self.net.dtype)
+        x = self._device_input(x_flat)
         _, dx, parts = self.objective(x)
         terms = [parts["total"], parts["content"], parts["style"], parts["tv"]]
         terms += [parts["style_layers"][n] for n in self.style_names]
-        scalars = xp.stack([xp.asarray(t, dtype=dx.dtype) for t in terms])
-        packed = to_host(xp.concatenate([dx.ravel(), scalars]))  # the one device->host copy
-        n = dx.size
-        gradient = packed[:n].astype(np.float64)
-        values = [float(v) for v in packed[n:]]
+        if self._gradient is None or self._gradient.size != dx.size:
+            self._gradient = np.empty(dx.size, dtype=np.float64)
+        if xp is np:
+            np.copyto(self._gradient, dx.reshape(-1))
+            values = [float(np.asarray(t, dtype=dx.dtype)) for t in terms]
+        else:
+            scalars = xp.stack([xp.asarray(t, dtype=dx.dtype) for t in terms])
+            packed = to_host(xp.concatenate([dx.reshape(-1), scalars]))  # the one device->host copy
+            np.copyto(self._gradient, packed[:dx.size])
+            values = packed[dx.size:].tolist()
         info = {"total": values[0], "content": values[1], "style": values[2], "tv": values[3],
                 "style_layers": dict(zip(self.style_names, values[4:]))}
-        return values[0], gradient, info
+        return values[0], self._gradient, info
+
+    def _device_input(self, x_flat):
+        """x as the network's input: (3, H, W) in its dtype on its device, in a kept buffer."""
+        x = np.reshape(x_flat, self.shape)
+        if self.net.xp is not np:
+            return to_device(x, self.net.device, self.net.dtype)
+        if self._x is None or self._x.shape != x.shape:
+            self._x = np.empty(x.shape, dtype=self.net.dtype)
+        np.copyto(self._x, x, casting="same_kind")
+        return self._x

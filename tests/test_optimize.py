@@ -74,6 +74,7 @@ def test_callback_stops_and_counts_continue_from_start_iteration():
     its = []
 
     def on_iteration(it, ev, x):
+        assert isinstance(x, np.ndarray) and x.shape == (N,)  # the point, on every SciPy (1.10 too)
         its.append(it)
         return it >= 14
 

@@ -100,7 +100,7 @@ def shifted_gemm_conv(xpad, wk, out, h, w, bias=None, relu=False, mask=None, ws=
     return out
 
 
-def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_block=None):
+def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_block=None, taps_t=None):
     """Input gradient of ``shifted_gemm_conv`` with the *same* weights ``wk`` (3, 3*C_in, C_out).
 
     ``dx[y, x] = sum_{i,j} dpad[y + i, x + j] @ w[:, :, 2-i, 2-j]`` (the conv with the flipped
@@ -109,6 +109,9 @@ def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_b
     copy of the kernel).
 
     dpad : (Hp, Wp, C_out) padded output gradient; dx : (h, w, C_in); mask : as above.
+    taps_t : None, or the taps transposed, (3, 3, C_out, C_in) in C order
+        (``ConvPlan.adjoint_weights``): on the GPU, where matmul copies a transposed operand,
+        kept once per layer instead of copied nine times per block.
     """
     xp = get_array_module(dpad)
     hp, wp, c_out = dpad.shape
@@ -127,7 +130,8 @@ def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_b
             for j in range(3):
                 start = (y0 + i) * wp + j
                 rows = min(m, nflat - start)  # past the end only the dropped padding columns
-                tap = wk[2 - i, (2 - j) * c_in:(3 - j) * c_in].T  # (C_out, C_in) view
+                tap = (wk[2 - i, (2 - j) * c_in:(3 - j) * c_in].T if taps_t is None  # (C_out, C_in) view
+                       else taps_t[2 - i, 2 - j])
                 xp.matmul(flat[start:start + rows], tap, out=part[:rows])
                 xp.add(acc[:rows], part[:rows], out=acc[:rows])
         dst = dx[y0:y0 + rb]
@@ -218,7 +222,7 @@ def im2col_conv(x, wk, out, ws=None, relu=True, rows_per_block=None):
     return out
 
 
-def im2col_conv_adjoint(dpad, wk, h, w, ws=None, rows_per_block=None):
+def im2col_conv_adjoint(dpad, wk, h, w, ws=None, rows_per_block=None, taps_t=None):
     """Input gradient of ``im2col_conv`` with the same weights: dpad (Hp, Wp, C_out) padded
     output gradient -> dx (C_in, h, w), channel-major like the image.
 
@@ -226,7 +230,8 @@ def im2col_conv_adjoint(dpad, wk, h, w, ws=None, rows_per_block=None):
     in this orientation OpenBLAS runs it several times faster than W^T dY^T), then each of
     its 27 columns is added back where the forward read that column row from (into the
     channel-major padded gradient). dY at flat position p is ``dpad.flat[p + Wp + 1]``; the
-    dropped positions read the buffer's zero border, so they add nothing."""
+    dropped positions read the buffer's zero border, so they add nothing. ``taps_t``: None,
+    or the taps' transpose (C_out, 9 C_in) in C order (``ConvPlan.adjoint_weights``, GPU)."""
     xp = get_array_module(dpad)
     hp, wp, c_out = dpad.shape
     c_in = (wk.shape[0] - 1) // 9
@@ -243,7 +248,7 @@ def im2col_conv_adjoint(dpad, wk, h, w, ws=None, rows_per_block=None):
         m = rb * wp
         dy = gflat[(y0 + 1) * wp + 1:(y0 + 1) * wp + 1 + m]   # (m, C_out)
         d = dcols[:m]
-        ws.parallel_gemms(lambda r: xp.matmul(dy[r], taps.T, out=d[r]), m)
+        ws.parallel_gemms(lambda r: xp.matmul(dy[r], taps.T if taps_t is None else taps_t, out=d[r]), m)
 
         def add_back(cs):
             # channels are independent; the 9 taps of one channel overlap, so they stay in order

@@ -5,6 +5,8 @@ Kernel names (the ``kernel`` argument everywhere): ``"reference"`` is the plain 
 ``"auto"`` (the default) picks per layer and map size (``use_winograd``), and reads the image
 of conv1_1 by im2col.
 """
+import numpy as np
+
 from .. import layers
 from ..backend import get_array_module
 from ..errors import NstliteError
@@ -99,6 +101,29 @@ class ConvPlan:
             self._weights[form] = wk
         return wk
 
+    def adjoint_weights(self, form: str):
+        """The transposed kernel the input-gradient GEMMs read, in C order, or None.
+
+        On NumPy None: BLAS reads the transposed views of ``weights(form)`` for free. On CuPy,
+        whose matmul copies every operand that is not C-contiguous, one transposed copy per
+        layer, made on first use, instead of a copy of the kernel in every block:
+        Winograd (36, C_out, C_in), shifted GEMM (3, 3, C_out, C_in), im2col (C_out, 9 C_in)."""
+        wk = self.weights(form)
+        xp = get_array_module(wk)
+        if xp is np:
+            return None
+        key = form + " transposed"
+        wt = self._weights.get(key)
+        if wt is None:
+            if form == "winograd":
+                wt = xp.ascontiguousarray(wk.transpose(0, 2, 1))
+            elif form == "im2col":  # the taps without the bias row
+                wt = xp.ascontiguousarray(wk[:9 * self.c_in].T)
+            else:  # (3, 3 C_in, C_out) -> (3, 3, C_in, C_out) -> (3, 3, C_out, C_in)
+                wt = xp.ascontiguousarray(wk.reshape(3, 3, self.c_in, self.c_out).transpose(0, 1, 3, 2))
+            self._weights[key] = wt
+        return wt
+
     def workspace_shapes(self, h: int, w: int, itemsize: int):
         """The workspace views (shapes) the forward and the backward pass take on an h x w map,
         as two lists (the largest block's; the workspace holds the larger of the two sums)."""
@@ -121,7 +146,7 @@ class ConvPlan:
 
     def backward_image(self, dpad, h, w, ws):
         """The image's gradient (C_in, h, w) for the output gradient in padded ``dpad``."""
-        return im2col_conv_adjoint(dpad, self.weights("im2col"), h, w, ws=ws)
+        return im2col_conv_adjoint(dpad, self.weights("im2col"), h, w, ws=ws, taps_t=self.adjoint_weights("im2col"))
 
     def forward(self, xpad, out, h, w, ws, relu=True):
         """out (h, w, C_out) <- relu(conv(x) + b), x the map in the padded buffer ``xpad``."""
@@ -133,8 +158,10 @@ class ConvPlan:
         """dx (h, w, C_in) <- the input gradient for the output gradient in the padded buffer
         ``dpad`` (times ``mask > 0`` when a mask is given)."""
         method = self.method_for(h, w)
-        run = winograd_conv_adjoint if method == "winograd" else shifted_gemm_conv_adjoint
-        return run(dpad, self.weights(method), dx, h, w, mask=mask, ws=ws)
+        transposed = self.adjoint_weights(method)
+        if method == "winograd":
+            return winograd_conv_adjoint(dpad, self.weights(method), dx, h, w, mask=mask, ws=ws, Ut=transposed)
+        return shifted_gemm_conv_adjoint(dpad, self.weights(method), dx, h, w, mask=mask, ws=ws, taps_t=transposed)
 
 
 # ----------------------------------------------------------------------------- the registry

@@ -302,7 +302,7 @@ def _add_tile_tails(xp, M, S, tw, t):
             xp.add(dst, M[i, j, t], out=dst)
 
 
-def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None):
+def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None, Ut=None):
     """Input gradient of ``winograd_conv`` with the *same* transformed kernel U: the adjoint
     of every step of the forward algorithm, in reverse order.
 
@@ -316,6 +316,9 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None)
     dpad : (Hp, Wp, C_out) padded buffer of the output gradient (zeros outside h x w)
     U : (36, C_in, C_out) from ``winograd_weights`` of the forward kernel
     dx : (h, w, C_in) destination; mask : as ``shifted_gemm_conv``
+    Ut : None, or U transposed to (36, C_out, C_in) in C order (``ConvPlan.adjoint_weights``):
+        CuPy's matmul copies an operand that is not C-contiguous, so on the GPU the transpose
+        is kept once per layer instead of copied in every block
     """
     xp = get_array_module(dpad)
     c_in, c_out = U.shape[1], U.shape[2]
@@ -324,7 +327,8 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None)
     ws = ws or Workspace(xp)
     if tile_rows is None:
         tile_rows = winograd_tile_rows(h, w, c_in, c_out, dpad.itemsize)
-    Ut = U.transpose(0, 2, 1)  # (36, C_out, C_in): a view, the GEMM reads it transposed
+    if Ut is None:
+        Ut = U.transpose(0, 2, 1)  # (36, C_out, C_in): a view, the GEMM reads it transposed
     # flat parts sized for the largest block, so the carried rows keep their place in memory
     largest = winograd_adjoint_scratch(min(tile_rows, th), w, c_in, c_out)
     flats = ws.take(dpad.dtype, *[(int(np.prod(sh)),) for sh in largest])
