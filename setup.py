@@ -45,7 +45,7 @@ setup(
                   "Paper (CVPR 2016 version)": "https://openaccess.thecvf.com/content_cvpr_2016/html/"
                                                "Gatys_Image_Style_Transfer_CVPR_2016_paper.html"},
     packages=find_packages(include=["nstlite", "nstlite.*", "weights_convert", "weights_convert.*"]),
-    install_requires=["numpy>=1.22", "scipy>=1.8", "h5py>=3.0", "pillow>=9.0"],
+    install_requires=["numpy>=2.0", "scipy>=1.9", "h5py>=3.0", "pillow>=9.0"],
     extras_require={
         # CuPy is built per CUDA major version: pick the extra of the CUDA your driver runs
         # (`nvidia-smi` shows it). CuPy 14 dropped CUDA 11, so that extra stays on CuPy 13.
