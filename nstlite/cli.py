@@ -25,7 +25,7 @@ STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "con
                     "style_blend_weights", "style_scale", "init", "seed", "pooling", "tv_weight", "lbfgs_history",
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
                     "resume", "style_loss", "sw_directions", "tile", "region_map", "region_styles",
-                    "erode_regions")
+                    "erode_regions", "overwrite")
 
 
 # --------------------------------------------------------------------------- shared options
@@ -85,6 +85,8 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
                                                     "(repeat per region; replaces --style)")
     p.add_argument("--erode-regions", action="store_true",
                    help="a position counts for a region only when its receptive field lies in it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output, log or checkpoint (never one of the inputs)")
     p.add_argument("--tile", default=None, metavar="N|auto",
                    help="evaluate the exact objective by tiles of N pixels (a multiple of 16), or auto: "
                         "tiles only when the whole image does not fit in memory")
@@ -94,7 +96,8 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
 def run_stylize(args, content, styles, output):
     """Run ``stylize`` for a command: SIGTERM behaves like Ctrl-C, whose best image is saved."""
     from .optimize import StopReason  # here, not at the top: --help need not load SciPy
-    from .style_transfer import StylizeInterrupted, stylize
+    from .paths import shown
+    from .style_transfer import StylizeFailed, StylizeInterrupted, stylize
 
     keywords = {name: getattr(args, name) for name in STYLIZE_KEYWORDS}
     previous = None
@@ -105,12 +108,23 @@ def run_stylize(args, content, styles, output):
     try:
         result = stylize(content, styles, output=output, **keywords)
     except StylizeInterrupted as e:
-        print(f"nstlite: interrupted after {e.result.iterations} iterations; best image so far saved to "
-              f"{e.result.output}", file=sys.stderr)
+        if e.result.output:
+            print(f"nstlite: interrupted after {e.result.iterations} iterations; best image so far saved to "
+                  f"{shown(e.result.output)}", file=sys.stderr)
+        else:
+            print(f"nstlite: interrupted before the first iteration; nothing written"
+                  f"{f' ({shown(output)} left as it was)' if output and os.path.exists(output) else ''}",
+                  file=sys.stderr)
         return 130
+    except StylizeFailed as e:
+        print(f"nstlite: error: the run failed: {' '.join(str(e).split())}; nothing written", file=sys.stderr)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if result.log_error:
+        print(f"nstlite: error: {result.log_error}; the image was saved to {shown(result.output)}", file=sys.stderr)
+        return 1
     if result.stop_reason not in (StopReason.ITERATIONS, StopReason.CONVERGED, StopReason.CALLBACK):
         print(f"nstlite: note: stopped after {result.iterations} iterations ({result.stop_reason}); "
               "the best image found was saved", file=sys.stderr)

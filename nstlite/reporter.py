@@ -17,6 +17,7 @@ from . import image as im
 from .checkpoint import Checkpoint, checkpoint_stem, save_checkpoint
 from .errors import NstliteError
 from .options import StylizeOptions
+from .paths import file_kind, shown
 
 
 def format_duration(seconds: float) -> str:
@@ -47,6 +48,8 @@ class Reporter:
         self.evaluation_offset = 0     # evaluations of earlier scales (and of a resumed run)
         self.last = {}                 # the latest evaluation's record
         self.problem = None
+        self.fingerprint = None        # what the run is made of, stored in checkpoints
+        self.log_error = None          # why the log stopped being written (a full disk ...)
         self.scale_started, self.first_iteration, self.todo = started, 0, 0
         self.log_file = _open_log(opts.log, append_log)
 
@@ -98,8 +101,21 @@ class Reporter:
         self.history.append(record)
         self.last = record
         if self.log_file is not None:
-            self.log_file.write(json.dumps(record) + "\n")
+            self._write_log(json.dumps(record) + "\n")
+
+    def _write_log(self, line):
+        """One log line; a failed write (a full disk) stops the log, not the run, and is said once."""
+        try:
+            self.log_file.write(line)
             self.log_file.flush()
+        except OSError as e:
+            self.log_error = f"cannot write log {shown(self.opts.log)}: {e.strerror or e}"
+            try:
+                self.log_file.close()
+            except OSError:
+                pass
+            self.log_file = None
+            self.say(f"nstlite: warning: {self.log_error}; the run goes on without it")
 
     def on_iteration(self, iteration: int, evaluation: int, x_flat) -> bool:
         """The optimiser's hook after every iteration; True stops the run (the callback said so)."""
@@ -133,10 +149,15 @@ class Reporter:
         stem = checkpoint_stem(self.opts.checkpoint_prefix, iteration, self.problem.size, self.multi_scale)
         picture = stem + self.opts.checkpoint_ext
         image = self.problem.image(x)
-        im.save_image(picture, image[..., :3], image[..., 3] if image.shape[2] == 4 else None)
-        save_checkpoint(stem + ".npz", Checkpoint(x=x, iteration=iteration,
-                                                  evaluations=evaluation + self.evaluation_offset,
-                                                  scale_index=self.problem.index, size=self.problem.size))
+        try:
+            im.save_image(picture, image[..., :3], image[..., 3] if image.shape[2] == 4 else None)
+            save_checkpoint(stem + ".npz", Checkpoint(x=x, iteration=iteration,
+                                                      evaluations=evaluation + self.evaluation_offset,
+                                                      scale_index=self.problem.index, size=self.problem.size,
+                                                      fingerprint=self.fingerprint))
+        except (OSError, NstliteError) as e:  # a full disk: the run goes on, the output is still written
+            self.say(f"nstlite: warning: checkpoint {shown(stem)} not written ({e})")
+            return
         self.checkpoints.extend([picture, stem + ".npz"])
 
     # ----------------------------------------------------------------- the end
@@ -148,6 +169,8 @@ class Reporter:
                  f"{format_duration(result.seconds)} ({result.stop_reason})")
         self.say(f"final losses: total {final.get('total', nan):.4e}  content {final.get('content', nan):.4e}  "
                  f"style {final.get('style', nan):.4e}  tv {final.get('tv', nan):.4e}")
+        if result.log_error:
+            self.say(f"note: {result.log_error}; the log is incomplete")
         if result.output:
             image = result.image
             mode = "RGBA" if image.shape[2] == 4 else "RGB"
@@ -157,7 +180,10 @@ class Reporter:
 def _open_log(path, append):
     if path is None:
         return None
+    kind = file_kind(path)
+    if kind is not None:  # opening a FIFO blocks until a reader comes
+        raise NstliteError(f"log {shown(path)} is {kind}, not a regular file")
     try:
         return open(os.fspath(path), "a" if append else "w", encoding="utf-8")
     except OSError as e:
-        raise NstliteError(f"cannot open log file {path}: {e.strerror}") from None
+        raise NstliteError(f"cannot open log file {shown(path)}: {e.strerror}") from None
