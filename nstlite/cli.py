@@ -96,6 +96,8 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
 def run_stylize(args, content, styles, output):
     """Run ``stylize`` for a command: SIGTERM behaves like Ctrl-C, whose best image is saved."""
     from .optimize import StopReason  # here, not at the top: --help need not load SciPy
+    import numpy as np
+
     from .paths import shown
     from .style_transfer import StylizeFailed, StylizeInterrupted, stylize
 
@@ -106,7 +108,9 @@ def run_stylize(args, content, styles, output):
     except ValueError:  # not the main thread
         pass
     try:
-        result = stylize(content, styles, output=output, **keywords)
+        # NaN/Inf are handled by the optimiser and reported in one line: no NumPy warnings besides
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            result = stylize(content, styles, output=output, **keywords)
     except StylizeInterrupted as e:
         if e.result.output:
             print(f"nstlite: interrupted after {e.result.iterations} iterations; best image so far saved to "
@@ -145,7 +149,10 @@ def _cmd_demo(args):
     from . import demo
     from .image import output_format
 
+    from .paths import check_outputs
+
     output_format(args.output)  # before any download
+    check_outputs({"output": args.output}, {}, args.overwrite)
     content = args.content or demo.fetch_photo()
     style = args.style or demo.style_image()
     if not args.quiet:

@@ -230,6 +230,8 @@ def _checkpoint_stems(opts, shapes, first, resume) -> list:
 
 def _failure(result, opts, resume, shapes) -> str | None:
     """Why a finished run is a failure (it made no progress), or None."""
+    if result.stop_reason == StopReason.INTERRUPTED:
+        return None  # an interrupt is reported as one (and writes only an improvement)
     if not math.isfinite(result.final.get("total", math.nan)):
         return f"the loss is not finite ({result.stop_reason}): check the weights and inputs"
     asked = opts.iterations - (resume.iteration if resume is not None else 0) > 0 or len(shapes) > 1
@@ -368,7 +370,12 @@ def _optimise(problem, opts, reporter, first_iteration, estimate):
                           start_iteration=first_iteration)
     reporter.end_scale(res.evaluations)
     # nothing was evaluated (0 iterations): evaluate the start once
-    final = dict(res.info) if res.info is not None else evaluate(res.x)[2]
+    if res.info is not None:
+        final = dict(res.info)
+    elif res.stop_reason == StopReason.INTERRUPTED:  # during the first evaluation: none to report
+        final = {}
+    else:
+        final = evaluate(res.x)[2]
     if res.restarts:
         reporter.say(f"{reporter.tag}note: L-BFGS-B restarted {res.restarts} time(s) from the best point "
                      f"({res.message})")
