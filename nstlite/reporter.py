@@ -174,7 +174,7 @@ class Reporter:
         if result.output:
             image = result.image
             mode = "RGBA" if image.shape[2] == 4 else "RGB"
-            self.say(f"wrote {result.output} ({image.shape[1]}x{image.shape[0]} {mode})")
+            self.say(f"wrote {shown(result.output)} ({image.shape[1]}x{image.shape[0]} {mode})")
 
 
 def _open_log(path, append):
