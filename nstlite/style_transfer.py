@@ -234,7 +234,8 @@ def _failure(result, opts, resume, shapes) -> str | None:
         return None  # an interrupt is reported as one (and writes only an improvement)
     if not math.isfinite(result.final.get("total", math.nan)):
         return f"the loss is not finite ({result.stop_reason}): check the weights and inputs"
-    asked = opts.iterations - (resume.iteration if resume is not None else 0) > 0 or len(shapes) > 1
+    later_scales = resume is not None and resume.scale_index < len(shapes) - 1
+    asked = opts.iterations > (resume.iteration if resume is not None else 0) or (later_scales and opts.iterations > 0)
     if asked and result.iterations == 0 and result.stop_reason not in (StopReason.CONVERGED,
                                                                        StopReason.INTERRUPTED,
                                                                        StopReason.CALLBACK):
