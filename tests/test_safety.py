@@ -246,6 +246,14 @@ def test_write_read_only_folder(work, capsys):
         os.chmod(work / "ro", 0o755)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_write_folder_that_takes_no_files(work, capsys):
+    """A folder no one (not even root) can create files in: /proc."""
+    args = stylize_args(work)
+    args[args.index("--output") + 1] = "/proc/out.png"
+    refused(capsys, work, args, ["cannot write", "/proc/out.png"])
+
+
 def test_write_trial_leaves_nothing(tmp_path):
     check_writable(tmp_path / "a.png", 5, 7, alpha=True)
     check_writable(tmp_path / "a.jpg", 5, 7, alpha=True)
@@ -336,7 +344,7 @@ def test_cost_checkpoint_declaring_more_than_it_holds(work, capsys):
 
 def test_cost_compressed_checkpoint_bomb(work, capsys):
     path = work / "bomb.npz"
-    shape = (3, 4000, 4000)  # 384 MB of float64 zeros, about 400 kB deflated
+    shape = (3, 3000, 3000)  # 216 MB of float64 zeros, about 210 kB deflated
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
         with z.open("x.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": shape})
