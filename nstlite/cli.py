@@ -26,7 +26,7 @@ STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "con
                     "style_blend_weights", "style_scale", "init", "seed", "pooling", "tv_weight", "lbfgs_history",
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
                     "resume", "style_loss", "sw_directions", "tile", "region_map", "region_styles",
-                    "erode_regions", "jpeg_quality", "preview", "style_weight_scaling")
+                    "erode_regions", "jpeg_quality", "preview", "style_weight_scaling", "overwrite")
 
 
 # --------------------------------------------------------------------------- shared options
@@ -94,6 +94,8 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
                    help="quality 1..100 of a .jpg output, written without chroma subsampling "
                         "(default %(default)s; PNG is lossless)")
     add_picture_options(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output, log or checkpoint (never one of the inputs)")
     p.add_argument("--tile", default=None, metavar="N|auto",
                    help="evaluate the exact objective by tiles of N pixels (a multiple of 16), or auto: "
                         "tiles only when the whole image does not fit in memory")
@@ -119,7 +121,10 @@ def add_style_weight_scaling_option(p, default=O.DEFAULT_STYLE_WEIGHT_SCALING):
 def run_stylize(args, content, styles, output):
     """Run ``stylize`` for a command: SIGTERM behaves like Ctrl-C, whose best image is saved."""
     from .optimize import StopReason  # here, not at the top: --help need not load SciPy
-    from .style_transfer import StylizeInterrupted, stylize
+    import numpy as np
+
+    from .paths import shown
+    from .style_transfer import StylizeFailed, StylizeInterrupted, stylize
 
     keywords = {name: getattr(args, name) for name in STYLIZE_KEYWORDS}
     previous = None
@@ -128,14 +133,27 @@ def run_stylize(args, content, styles, output):
     except ValueError:  # not the main thread
         pass
     try:
-        result = stylize(content, styles, output=output, **keywords)
+        # NaN/Inf are handled by the optimiser and reported in one line: no NumPy warnings besides
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            result = stylize(content, styles, output=output, **keywords)
     except StylizeInterrupted as e:
-        print(f"nstlite: interrupted after {e.result.iterations} iterations; best image so far saved to "
-              f"{e.result.output}", file=sys.stderr)
+        if e.result.output:
+            print(f"nstlite: interrupted after {e.result.iterations} iterations; best image so far saved to "
+                  f"{shown(e.result.output)}", file=sys.stderr)
+        else:
+            print(f"nstlite: interrupted before the first iteration; nothing written"
+                  f"{f' ({shown(output)} left as it was)' if output and os.path.exists(output) else ''}",
+                  file=sys.stderr)
         return 130
+    except StylizeFailed as e:
+        print(f"nstlite: error: the run failed: {' '.join(str(e).split())}; nothing written", file=sys.stderr)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if result.log_error:
+        print(f"nstlite: error: {result.log_error}; the image was saved to {shown(result.output)}", file=sys.stderr)
+        return 1
     if result.stop_reason not in (StopReason.ITERATIONS, StopReason.CONVERGED, StopReason.CALLBACK):
         print(f"nstlite: note: stopped after {result.iterations} iterations ({result.stop_reason}); "
               "the best image found was saved", file=sys.stderr)
@@ -188,7 +206,10 @@ def _cmd_demo(args):
     from . import demo
     from .image import output_format
 
+    from .paths import check_outputs
+
     output_format(args.output)  # before any download
+    check_outputs({"output": args.output}, {}, args.overwrite)
     ensure_weights(args)  # before the photo: without weights the photo is no use
     content = args.content or demo.fetch_photo()
     style = args.style or demo.style_image()

@@ -37,5 +37,7 @@ def run_parser(parser, argv, prog, user_errors, out_of_memory="out of memory", d
         if describe_unexpected is None:
             raise
         message = describe_unexpected(e)
-    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    # one line, and no terminal control sequence from a file name reaches the terminal
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(message.split()))
+    print(f"{prog}: error: {line}", file=sys.stderr)
     return 2

@@ -19,7 +19,13 @@ Decisions, so that nothing is damaged silently:
 * CMYK, YCbCr, LAB and HSV go through Pillow's own converters to RGB.
 * Transparency: the network sees the colour composited over white (hidden colours under
   alpha 0 are often garbage and would leak into the result); the alpha channel itself is kept
-  and given back to the output of a content image.
+  and given back to the output of a content image, whose colour is turned back into straight
+  (not premultiplied, not composited) colour by ``straight_colour``, so that a viewer's own
+  compositing over white shows what the network saw - not white composited twice.
+* Float pixels that are NaN or infinite are refused (there is no honest value to give them).
+* Before decoding, the memory the decoded image will take (from the size the file declares) is
+  checked against the memory available: a small file declaring a huge image is refused, not
+  allocated.
 """
 import os
 import warnings
@@ -27,8 +33,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_write, trial_write
 from .errors import NstliteError
+from .paths import file_kind, shown
 
 Image = namedtuple("Image", "rgb alpha")
 
@@ -38,6 +45,9 @@ _TO_RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 _TO_RGBA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 # Most pixels we decode (a decompression-bomb guard; Pillow's default warning threshold).
 MAX_PIXELS = 89_478_485
+# Bytes per pixel a decode takes at its peak: Pillow's own buffer (up to 4 bytes), its RGB(A)
+# conversion (4) and the float64 colour and alpha planes (32).
+DECODE_BYTES_PER_PIXEL = 40
 
 
 class ImageError(NstliteError):
@@ -53,15 +63,17 @@ def _pil():
 
 # --------------------------------------------------------------------------- reading
 def check_input_file(path, what="file"):
-    """``path`` as a string when it names a non-empty file; else an ``ImageError`` (one line)
-    saying it is missing, a folder or empty. Every input file is checked by this one function."""
+    """``path`` as a string when it names a non-empty regular file; else an ``ImageError`` (one
+    line) saying it is missing, a folder, a FIFO or device, or empty. Every input file is
+    checked by this one function."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise ImageError(f"{what} not found: {path}")
-    if os.path.isdir(path):
-        raise ImageError(f"{what} {path} is a folder, not a file")
+        raise ImageError(f"{what} not found: {shown(path)}")
+    kind = file_kind(path)
+    if kind is not None:  # a FIFO or a device would block or never end
+        raise ImageError(f"{what} {shown(path)} is {kind}, not a regular file")
     if os.path.getsize(path) == 0:
-        raise ImageError(f"{what} {path} is an empty file")
+        raise ImageError(f"{what} {shown(path)} is an empty file")
     return path
 
 
@@ -80,21 +92,36 @@ def open_image(path, what="image"):
             with PILImage.open(path) as im:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
-                    raise ImageError(f"{what} {path} is {w}x{h} pixels, more than the {MAX_PIXELS} "
+                    raise ImageError(f"{what} {shown(path)} is {w}x{h} pixels, more than the {MAX_PIXELS} "
                                      "accepted (a decompression bomb?); scale it down first")
+                check_decode_memory(w, h, f"{what} {shown(path)}")
                 im.load()  # decode now: truncated files fail here, not later
                 im = ImageOps.exif_transpose(im)
                 return im
     except ImageError:
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-        raise ImageError(f"{what} {path} is too large to decode safely (a decompression bomb?); "
+        raise ImageError(f"{what} {shown(path)} is too large to decode safely (a decompression bomb?); "
                          "scale it down first") from None
     except PILImage.UnidentifiedImageError:
-        raise ImageError(f"{what} {path} is not an image file Pillow can read") from None
+        raise ImageError(f"{what} {shown(path)} is not an image file Pillow can read") from None
+    except MemoryError:
+        raise ImageError(f"{what} {shown(path)}: not enough memory to decode it; scale it down first") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError(f"{what} {path} is truncated or damaged ({msg})") from None
+        raise ImageError(f"{what} {shown(path)} is truncated or damaged ({shown(msg)})") from None
+
+
+def check_decode_memory(width: int, height: int, what: str) -> None:
+    """Refuse (one line) an image whose decode would not fit in the memory available
+    (``nstlite.memory.available_memory_bytes``: MemAvailable and the address-space limit)."""
+    from .memory import available_memory_bytes  # memory imports this module
+
+    need = int(width) * int(height) * DECODE_BYTES_PER_PIXEL
+    available = available_memory_bytes()
+    if available is not None and need > available:
+        raise ImageError(f"{what} is {width}x{height} pixels; decoding it needs about {need / 2**30:.1f} GiB "
+                         f"but only {available / 2**30:.1f} GiB is available; scale it down first")
 
 
 def _scale_integer_mode(a, mode):
@@ -108,9 +135,14 @@ def _scale_integer_mode(a, mode):
     return np.clip(a, 0, None) * (255.0 / top)
 
 
-def _scale_float(a):
-    """Float pixel values -> 0..255: read as 0..1 when the maximum is at most 1, else as 0..255."""
-    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+def _scale_float(a, what):
+    """Float pixel values -> 0..255: read as 0..1 when the maximum is at most 1, else as 0..255.
+    NaN or infinite values are refused: any number put in their place would be made up."""
+    a = a.astype(np.float64)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise ImageError(f"{what} has {int(bad.sum())} NaN or infinite pixel value(s); "
+                         "replace them before using it")
     if a.max(initial=0.0) <= 1.0:
         a = a * 255.0
     return np.clip(a, 0.0, 255.0)
@@ -131,7 +163,7 @@ def _from_pil(im, what):
         grey = _scale_integer_mode(np.asarray(im), mode)
         return Image(np.repeat(grey[..., None], 3, axis=2), None)
     if mode == "F":
-        grey = _scale_float(np.asarray(im))
+        grey = _scale_float(np.asarray(im), what)
         return Image(np.repeat(grey[..., None], 3, axis=2), None)
     try:  # anything newer Pillow may add
         return Image(np.asarray(im.convert("RGB"), dtype=np.float64), None)
@@ -156,7 +188,7 @@ def _from_array(a, what):
     elif np.issubdtype(a.dtype, np.integer):
         a = np.clip(a.astype(np.float64), 0, 255)
     elif np.issubdtype(a.dtype, np.floating):
-        a = _scale_float(a)
+        a = _scale_float(a, what)
     else:
         raise ImageError(f"{what}: unsupported array dtype {a.dtype}")
     colour, alpha = (a[..., :-1], a[..., -1]) if a.shape[2] in (2, 4) else (a, None)
@@ -175,7 +207,7 @@ def load_image(src, what="image"):
     if isinstance(src, Image):
         return src
     if isinstance(src, (str, os.PathLike)):
-        img = _from_pil(open_image(src, what), f"{what} {os.fspath(src)}")
+        img = _from_pil(open_image(src, what), f"{what} {shown(src)}")
     elif isinstance(src, PILImage.Image):
         try:
             src.load()
@@ -242,13 +274,13 @@ def output_format(path):
     ext = os.path.splitext(path)[1].lower()
     fmt = PILImage.registered_extensions().get(ext)
     if not ext or fmt is None or fmt not in PILImage.SAVE:
-        raise ImageError(f"cannot tell the image format of output {path!r} from its extension "
+        raise ImageError(f"cannot tell the image format of output {shown(path)!r} from its extension "
                          "(use .png, .jpg, .webp, .tif, .bmp ...)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ImageError(f"output folder does not exist: {folder}")
+        raise ImageError(f"output folder does not exist: {shown(folder)}")
     if os.path.isdir(path):
-        raise ImageError(f"output {path} is a folder")
+        raise ImageError(f"output {shown(path)} is a folder")
     return fmt
 
 
@@ -260,29 +292,26 @@ def to_uint8(a):
 JPEG_QUALITY = 95  # with no chroma subsampling: Pillow's defaults (75, 4:2:0) smear brush strokes
 
 
-def save_image(path, rgb, alpha=None, jpeg_quality=JPEG_QUALITY):
-    """Write an H x W x 3 image (uint8, or floats 0..255) to ``path`` atomically, in the format
-    its extension names. ``alpha`` (H x W) is kept where the format can hold it; otherwise the
-    image is composited over white. JPEG is written at ``jpeg_quality`` with full-resolution
-    colour (4:4:4); PNG and the other lossless formats are unaffected. Returns the path."""
+def straight_colour(composite, alpha):
+    """The straight colour whose compositing over white with ``alpha`` is ``composite`` (the
+    inverse of what ``load_image`` does; H x W x 3 and H x W floats 0..255). Fully transparent
+    pixels keep ``composite`` (any colour is right there)."""
+    a = np.asarray(alpha, dtype=np.float64)[..., None] / 255.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rgb = (np.asarray(composite, dtype=np.float64) - 255.0 * (1.0 - a)) / a
+    return np.where(a > 0, np.clip(rgb, 0.0, 255.0), composite)
+
+
+def _writer(fmt, rgb8, a8, jpeg_quality=JPEG_QUALITY):
+    """``write(tmp)``: the image in ``fmt``, with alpha where the format holds it, else over white;
+    JPEG at ``jpeg_quality`` with full-resolution colour (4:4:4)."""
     PILImage, _ = _pil()
-    fmt = output_format(path)
     params = {"quality": int(jpeg_quality), "subsampling": 0} if fmt == "JPEG" else {}
-    rgb = np.asarray(rgb)
-    if alpha is not None:
-        alpha = np.asarray(alpha)
-        if alpha.shape != rgb.shape[:2]:
-            raise ImageError(f"alpha of shape {alpha.shape} does not fit an image of shape {rgb.shape}")
-    rgb8 = rgb if rgb.dtype == np.uint8 else to_uint8(rgb)
-    if alpha is not None:
-        a8 = alpha if alpha.dtype == np.uint8 else to_uint8(alpha)
-        rgba = PILImage.fromarray(np.dstack([rgb8, a8]), mode="RGBA")
-    flat = PILImage.fromarray(rgb8, mode="RGB")
 
     def write(tmp):
-        if alpha is not None:
+        if a8 is not None:
             try:
-                rgba.save(tmp, format=fmt, **params)
+                PILImage.fromarray(np.dstack([rgb8, a8]), mode="RGBA").save(tmp, format=fmt, **params)
                 return
             except (OSError, ValueError, KeyError):  # the format has no alpha (e.g. JPEG)
                 pass
@@ -290,9 +319,47 @@ def save_image(path, rgb, alpha=None, jpeg_quality=JPEG_QUALITY):
             over_white = to_uint8(rgb8 * a + 255.0 * (1.0 - a))
             PILImage.fromarray(over_white, mode="RGB").save(tmp, format=fmt, **params)
         else:
-            flat.save(tmp, format=fmt, **params)
+            PILImage.fromarray(rgb8, mode="RGB").save(tmp, format=fmt, **params)
 
+    return write
+
+
+def _write_failure(path, e):
+    if isinstance(e, OSError) and e.strerror:
+        return ImageError(f"cannot write {shown(path)}: {e.strerror}")
+    return ImageError(f"cannot write {shown(path)}: {shown(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
+
+
+def save_image(path, rgb, alpha=None, jpeg_quality=JPEG_QUALITY):
+    """Write an H x W x 3 image (uint8, or floats 0..255) to ``path`` atomically, in the format
+    its extension names. ``alpha`` (H x W) is kept where the format can hold it; otherwise the
+    image is composited over white. JPEG is written at ``jpeg_quality`` with full-resolution
+    colour (4:4:4); PNG and the other lossless formats are unaffected. Returns the path."""
+    fmt = output_format(path)
+    rgb = np.asarray(rgb)
+    a8 = None
+    if alpha is not None:
+        alpha = np.asarray(alpha)
+        if alpha.shape != rgb.shape[:2]:
+            raise ImageError(f"alpha of shape {alpha.shape} does not fit an image of shape {rgb.shape}")
+        a8 = alpha if alpha.dtype == np.uint8 else to_uint8(alpha)
+    rgb8 = rgb if rgb.dtype == np.uint8 else to_uint8(rgb)
     try:
-        return atomic_write(path, write)
-    except (OSError, ValueError) as e:
-        raise ImageError(f"cannot write {path}: {e}".splitlines()[0]) from None
+        return atomic_write(path, _writer(fmt, rgb8, a8, jpeg_quality))
+    except (OSError, ValueError, KeyError) as e:
+        raise _write_failure(path, e) from None
+
+
+def check_writable(path, height: int, width: int, alpha: bool = False) -> None:
+    """Before any work: write a blank ``height`` x ``width`` image in ``path``'s format under the
+    temporary name ``save_image`` will use, and remove it. An ``ImageError`` (one line) for
+    anything that would make the real write fail - a format Pillow registers but cannot write
+    in this mode (``.xbm``, ``.msp``, stub plugins such as ``.h5``), a size the format cannot
+    hold, a name too long for the file system, a read-only folder. ``path`` is never touched."""
+    fmt = output_format(path)
+    rgb8 = np.zeros((int(height), int(width), 3), dtype=np.uint8)
+    a8 = np.full((int(height), int(width)), 255, dtype=np.uint8) if alpha else None
+    try:
+        trial_write(path, _writer(fmt, rgb8, a8))
+    except Exception as e:  # whatever a plugin's encoder raises, the real write would raise too
+        raise _write_failure(path, e) from None

@@ -16,6 +16,7 @@ measured peaks the estimate is checked against are in the README's memory sectio
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 from . import image as im
@@ -30,15 +31,36 @@ SMALLEST_SIZE = 16             # below this, suggesting a --size is pointless (V
 
 
 def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo, or None where that cannot be read."""
+    """The memory this process may still take: MemAvailable from /proc/meminfo, lowered to what
+    the address-space limit (``ulimit -v``, RLIMIT_AS) leaves; None where neither can be read."""
+    available = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
+        available = None
+    left = _address_space_left()
+    if left is not None:
+        available = left if available is None else min(available, left)
+    return available
+
+
+def _address_space_left() -> int | None:
+    """RLIMIT_AS minus the address space in use; None without a limit (or off Linux)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError, IndexError):
         return None
-    return None
+    return max(soft - used, 0)
 
 
 def host_bytes(height: int, width: int, history: int = DEFAULT_LBFGS_HISTORY) -> int:
@@ -149,3 +171,34 @@ def tiled_peak_bytes(net, height: int, width: int, layers: Sequence[str], histor
     rest = objective_bytes(net, height, width, list(content_layers)) + host_bytes(height, width, history)
     return int((1.0 + MARGIN) * (network + rest) + OVERHEAD_BYTES)
 
+
+
+def style_peak_bytes(net, height: int, width: int, layers: Sequence[str]) -> int:
+    """Estimated peak memory, in bytes, of computing a height x width style image's targets: the
+    network's forward at that size (no optimiser vectors)."""
+    layers = list(layers)
+    return int((1.0 + MARGIN) * net.memory_bytes(height, width, layers, layers) + OVERHEAD_BYTES)
+
+
+def check_run_memory(net, shapes, style_shapes, layers: Sequence[str], history: int = DEFAULT_LBFGS_HISTORY,
+                     tiles=None, available: int | None = None, content_layers: Sequence[str] = ()) -> int:
+    """The peak estimate of a whole run, every scale and every style image at its scaled size
+    counted (the largest scale need not be the last; ``--style-scale`` can make the artworks the
+    largest images of the run); an ``NstliteError`` when one does not fit. ``tiles`` : per scale,
+    None (untiled) or a tile size. Returns the largest estimate."""
+    if available is None:
+        available = available_memory_bytes()
+    tiles = tiles or [None] * len(shapes)
+    peak = 0
+    for (h, w), tile in zip(shapes, tiles):
+        if tile is None:
+            peak = max(peak, check_memory(net, h, w, layers, history, available))
+        else:
+            peak = max(peak, tiled_peak_bytes(net, h, w, layers, history, tile, content_layers))
+    for h, w in style_shapes:
+        estimate = style_peak_bytes(net, h, w, layers)
+        if available is not None and estimate > available:
+            raise NstliteError(f"a style image at {w}x{h} needs about {estimate / 2**30:.1f} GiB but only "
+                               f"{available / 2**30:.1f} GiB is available; use a smaller --style-scale or --size")
+        peak = max(peak, estimate)
+    return peak

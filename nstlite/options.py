@@ -38,6 +38,10 @@ INIT_KINDS = ("content", "noise", "uniform", "style")
 STYLE_WEIGHT_SCALINGS = ("positions", "paper")
 DEFAULT_STYLE_WEIGHT_SCALING = "positions"
 REFERENCE_SIZE = 256
+# Bounds that keep a run meaningful: a weight above MAX_WEIGHT overflows float32 losses (about
+# 3.4e38) for any image; a side above MAX_SIDE is more than any image format holds.
+MAX_WEIGHT = 1e15
+MAX_SIDE = 65535
 
 
 # --------------------------------------------------------------------------- parsers
@@ -166,6 +170,9 @@ class StylizeOptions:
     preview : an image path rewritten with the current result every ``print_every`` iterations
     jpeg_quality : 1..100, the quality of JPEG outputs and checkpoint pictures (written without
         chroma subsampling); other formats are lossless or ignore it
+    overwrite : replace an existing ``output``, ``log`` or checkpoint file. The default (False)
+        refuses them before any work, as the command line does without ``--overwrite``; an
+        output that is one of the run's inputs is refused either way
 
     Notes
     -----
@@ -213,6 +220,7 @@ class StylizeOptions:
     erode_regions: bool = False
     jpeg_quality: int = im.JPEG_QUALITY
     preview: Any = None
+    overwrite: bool = False
 
     @classmethod
     def from_keywords(cls, keywords: dict) -> StylizeOptions:
@@ -229,10 +237,10 @@ class StylizeOptions:
         for path in (self.output, self.preview):
             if path is not None:
                 im.output_format(path)
-        scales = auto_scales(int(self.size)) if self.scales == "auto" else (
-            parse_numbers(self.scales, "scales", int) if self.scales else [int(self.size)])
+        scales = auto_scales(_integer("size", self.size, 1)) if self.scales == "auto" else (
+            parse_numbers(self.scales, "scales", int) if self.scales else [_integer("size", self.size, 1)])
         iterations = _iterations(self.iterations, len(scales))
-        alpha, beta, tv = (_non_negative(name, v) for name, v in (
+        alpha, beta, tv = (_weight(name, v) for name, v in (
             ("content weight", self.content_weight), ("style weight", self._style_weight()),
             ("tv weight", self.tv_weight)))
         if self.original_colors not in (None,) + colors.METHODS:
@@ -240,10 +248,10 @@ class StylizeOptions:
                                f"not {self.original_colors!r}")
         if self.device not in DEVICES:
             raise NstliteError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
-        if any(s < 1 for s in scales):
-            raise NstliteError("sizes must be positive")
-        if not self.style_scale > 0:
-            raise NstliteError("style scale must be > 0")
+        if any(s < 1 or s > MAX_SIDE for s in scales):
+            raise NstliteError(f"sizes must be positive and at most {MAX_SIDE} pixels, "
+                               f"not {','.join(map(str, scales))}")
+        self._check_counts()
         content_layers = parse_layers(self.content_layers, DEFAULT_CONTENT_LAYERS) if alpha > 0 else []
         style_layers = parse_layer_weights(self.style_layers, DEFAULT_STYLE_LAYERS) if beta > 0 and n_styles else {}
         if not content_layers and not style_layers:
@@ -262,7 +270,24 @@ class StylizeOptions:
             raise NstliteError(f"sw directions must be >= 1, not {self.sw_directions}")
         return replace(self, iterations=iterations, content_weight=alpha, style_weight=beta, tv_weight=tv,
                        tile=_tile(self.tile), scales=scales, content_layers=content_layers, style_layers=style_layers,
+                       lbfgs_history=_integer("lbfgs history", self.lbfgs_history, 1),
+                       seed=_integer("seed", self.seed, 0), style_scale=float(self.style_scale),
                        style_blend_weights=self._blend_weights(n_styles), checkpoint_prefix=self._prefix())
+
+    def _check_counts(self):
+        """The numbers that are not weights: style scale, history, seed, print/save intervals."""
+        try:
+            style_scale = float(self.style_scale)
+        except (TypeError, ValueError):
+            raise NstliteError(f"style scale must be a number, not {self.style_scale!r}") from None
+        if not (math.isfinite(style_scale) and style_scale > 0):
+            raise NstliteError(f"style scale must be finite and > 0, not {self.style_scale}")
+        _integer("lbfgs history", self.lbfgs_history, 1)
+        _integer("seed", self.seed, 0)
+        _integer("print every", self.print_every, 0)
+        _integer("save every", self.save_every, 0)
+        if self.max_evaluations is not None:
+            _integer("max evaluations", self.max_evaluations, 1)
 
     def _style_weight(self):
         if self.style_weight is not None:
@@ -275,6 +300,9 @@ class StylizeOptions:
         blend = parse_numbers(self.style_blend_weights, "style blend weights")
         if len(blend) != n_styles:
             raise NstliteError(f"{len(blend)} style blend weights for {n_styles} style images")
+        if not all(math.isfinite(b) and b >= 0 for b in blend) or not sum(blend) > 0:
+            raise NstliteError(f"style blend weights must be finite, >= 0 and not all 0, not "
+                               f"{','.join(f'{b:g}' for b in blend)}")
         return blend
 
     def _prefix(self):
@@ -346,9 +374,8 @@ def auto_scales(size: int) -> list:
 
 def _iterations(spec, n_scales: int):
     """One number of iterations for every scale, or one per scale (coarse to fine)."""
-    values = parse_numbers(spec, "iterations", int) if isinstance(spec, (str, list, tuple)) else [int(spec)]
-    if any(v < 0 for v in values):
-        raise NstliteError("iterations must be >= 0")
+    values = parse_numbers(spec, "iterations", int) if isinstance(spec, (str, list, tuple)) else [spec]
+    values = [_integer("iterations", v, 0) for v in values]
     if len(values) == 1:
         return values[0]
     if len(values) != n_scales:
@@ -371,11 +398,29 @@ def _tile(tile):
     return tile or None
 
 
-def _non_negative(name, value):
-    value = float(value)
-    if value < 0 or not math.isfinite(value):
-        raise NstliteError(f"{name} must be finite and >= 0, not {value}")
+def _weight(name, value):
+    """A loss weight: a number in [0, MAX_WEIGHT]."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise NstliteError(f"{name} must be a number, not {value!r}") from None
+    if not 0 <= value <= MAX_WEIGHT:  # NaN fails both comparisons
+        raise NstliteError(f"{name} must be between 0 and {MAX_WEIGHT:g}, not {value:g}")
     return value
+
+
+def _integer(name, value, minimum):
+    """A whole number >= ``minimum`` (floats that are whole are accepted, 2.0 -> 2)."""
+    try:
+        number = int(value)
+        whole = float(value) == number
+    except (TypeError, ValueError, OverflowError):
+        raise NstliteError(f"{name} must be a whole number, not {value!r}") from None
+    if not whole:
+        raise NstliteError(f"{name} must be a whole number, not {value!r}")
+    if number < minimum:
+        raise NstliteError(f"{name} must be >= {minimum}, not {number}")
+    return number
 
 
 def _check_init(init):

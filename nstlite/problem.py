@@ -55,15 +55,16 @@ class ScaleProblem:
         return Evaluator(self.objective, self.net, self.x0.shape, self.style_names)
 
     def image(self, x) -> np.ndarray:
-        """Network input -> H x W x 3 uint8 (x 4 with the photograph's alpha), colours restored
-        in luminance mode."""
+        """Network input -> H x W x 3 uint8 (x 4 with the photograph's alpha, the colour then
+        straight: ``image.straight_colour``), colours restored in luminance mode."""
         rgb = self.net.deprocess_float(np.reshape(x, self.x0.shape))
         if self.original_colors == "luminance":
             rgb = colors.combine_luminance(rgb, self.content.rgb)
-        rgb8 = im.to_uint8(rgb)
         if self.content.alpha is None:
-            return rgb8
-        return np.dstack([rgb8, im.to_uint8(self.content.alpha)])
+            return im.to_uint8(rgb)
+        # the network saw the photograph over white: give back the straight colour under its alpha
+        alpha = self.content.alpha
+        return np.dstack([im.to_uint8(im.straight_colour(rgb, alpha)), im.to_uint8(alpha)])
 
 
 def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, style_rgbs, start_x=None,

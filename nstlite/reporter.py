@@ -9,8 +9,9 @@ and turns them into
 * the JSON-lines log: a header record (``run_header``: settings, inputs with sizes and sha256,
   versions, weights file, machine), then one record per evaluation marked ``start``, ``trial``
   (a line-search step L-BFGS-B did not keep) or ``accepted`` (the iterate of that iteration);
-* checkpoints every ``save_every`` iterations, announced, carrying the header so that ``resume``
-  can refuse a checkpoint made from other inputs or settings (``check_resume``);
+* checkpoints every ``save_every`` iterations, announced, carrying the run's fingerprint
+  (``nstlite.checkpoint.run_fingerprint``) so that ``resume`` refuses a checkpoint made from
+  other inputs or settings; a checkpoint that cannot be written is announced and skipped;
 * a preview image rewritten every ``print_every`` iterations (``preview``; every 10 when 0);
 * the user's ``callback(info)``, whose True return stops the run.
 
@@ -35,10 +36,10 @@ from statistics import median
 import numpy as np
 
 from . import image as im
-from .atomic import atomic_write
 from .checkpoint import Checkpoint, checkpoint_stem, save_checkpoint
 from .errors import NstliteError
 from .options import DEFAULT_PRINT_EVERY, StylizeOptions
+from .paths import file_kind, shown
 
 LOG_FORMAT = "nstlite-log"
 LOG_VERSION = 2
@@ -47,10 +48,6 @@ PRIOR_ITERATIONS = 2         # pseudo-iterations at one evaluation each that sta
 BAR_WIDTH = 24
 BAR_REDRAW_SECONDS = 0.1
 
-# Options that change what is optimised: a checkpoint made with other values is refused.
-OBJECTIVE_OPTIONS = ("scales", "content_weight", "style_weight", "content_layers", "style_layers",
-                     "style_blend_weights", "style_scale", "pooling", "tv_weight", "original_colors", "style_loss",
-                     "sw_directions", "region_styles", "erode_regions")
 # Options that say nothing about the run or cannot be written down.
 UNRECORDED_OPTIONS = ("net", "callback", "stream", "quiet", "print_every")
 
@@ -144,54 +141,6 @@ def _machine(device: str) -> dict:
             "platform": platform.platform(), "cpus": os.cpu_count(), "device": device}
 
 
-def run_fingerprint(header: dict) -> dict:
-    """What must be equal for a checkpoint to continue a run: input and weights hashes, and the
-    options that change the objective (``OBJECTIVE_OPTIONS``). Name -> value."""
-    inputs = header.get("inputs", {})
-    found = {"content image": inputs.get("content", {}).get("sha256")}
-    for i, style in enumerate(inputs.get("styles", [])):
-        found[f"style image {i + 1}"] = style.get("sha256")
-    found["number of style images"] = len(inputs.get("styles", []))
-    found["weights file"] = (header.get("weights") or {}).get("sha256")
-    options = header.get("options", {})
-    found.update({name.replace("_", " "): options.get(name) for name in OBJECTIVE_OPTIONS})
-    return found
-
-
-def check_resume(path, header: dict) -> None:
-    """A one-line error when the checkpoint at ``path`` was made from other inputs or settings
-    than ``header`` describes. Checkpoints written before nstlite recorded runs pass."""
-    try:
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            saved = json.loads(str(z["run"])) if "run" in z.files else None
-    except (OSError, ValueError):
-        return  # load_checkpoint has already said what is wrong with the file
-    if saved is None:
-        return
-    then, now = run_fingerprint(saved), run_fingerprint(header)
-    differ = [name for name in now if then.get(name) != now[name]]
-    if differ:
-        shown = ", ".join(f"{name} ({_short(then.get(name))} then, {_short(now[name])} now)" for name in differ[:3])
-        raise NstliteError(f"checkpoint {os.fspath(path)} was made from other inputs or settings: {shown}; "
-                           "run with the same ones, or start afresh without --resume")
-
-
-def _short(value) -> str:
-    if isinstance(value, str) and len(value) == 64:  # a sha256
-        return value[:12] + "..."
-    return json.dumps(value)[:40]
-
-
-def save_run_checkpoint(path, checkpoint: Checkpoint, header: dict | None) -> str:
-    """``save_checkpoint`` plus the run's header as a third entry ``run`` (``load_checkpoint``
-    reads only ``x`` and ``meta``, so the file stays a plain checkpoint)."""
-    if header is None:
-        return save_checkpoint(path, checkpoint)
-    meta, run = json.dumps(checkpoint.meta), json.dumps(header)
-    x = np.asarray(checkpoint.x, dtype=np.float64)
-    return atomic_write(path, lambda tmp: np.savez(tmp, x=x, meta=meta, run=run))
-
-
 # --------------------------------------------------------------------------- the ETA
 class EtaClock:
     """Times one scale's evaluations and iterations for the ETA (see the module docstring)."""
@@ -242,6 +191,8 @@ class Reporter:
         self.last = {}                 # the latest evaluation's record
         self.pending = None            # the latest record, written once its kind is known
         self.problem, self.clock = None, EtaClock(started)
+        self.fingerprint = None        # what the run is made of, stored in checkpoints
+        self.log_error = None          # why the log stopped being written (a full disk ...)
         self.scale_started, self.first_iteration, self.todo = started, 0, 0
         self.log_file = _open_log(opts.log, append_log)
         if self.log_file is not None and header is not None:
@@ -311,6 +262,20 @@ class Reporter:
         self.history.append(record)
         self.last = self.pending = record
 
+    def _write_log(self, line):
+        """One log line; a failed write (a full disk) stops the log, not the run, and is said once."""
+        try:
+            self.log_file.write(line)
+            self.log_file.flush()
+        except OSError as e:
+            self.log_error = f"cannot write log {shown(self.opts.log)}: {e.strerror or e}"
+            try:
+                self.log_file.close()
+            except OSError:
+                pass
+            self.log_file = None
+            self.say(f"nstlite: warning: {self.log_error}; the run goes on without it")
+
     def on_iteration(self, iteration: int, evaluation: int, x_flat) -> bool:
         """The optimiser's hook after every iteration; True stops the run (the callback said so)."""
         if self.pending is not None:
@@ -377,8 +342,7 @@ class Reporter:
     # ----------------------------------------------------------------- files
     def _write(self, record):
         if self.log_file is not None:
-            self.log_file.write(json.dumps(record) + "\n")
-            self.log_file.flush()
+            self._write_log(json.dumps(record) + "\n")
 
     def _flush_pending(self):
         if self.pending is not None:
@@ -394,11 +358,15 @@ class Reporter:
         x = x_flat.reshape(self.problem.shape)
         stem = checkpoint_stem(self.opts.checkpoint_prefix, iteration, self.problem.size, self.multi_scale)
         picture = stem + self.opts.checkpoint_ext
-        self._write_image(picture, x_flat)
-        save_run_checkpoint(stem + ".npz", Checkpoint(x=x, iteration=iteration,
+        try:
+            self._write_image(picture, x_flat)
+            save_checkpoint(stem + ".npz", Checkpoint(x=x, iteration=iteration,
                                                       evaluations=evaluation + self.evaluation_offset,
-                                                      scale_index=self.problem.index, size=self.problem.size),
-                            self.header)
+                                                      scale_index=self.problem.index, size=self.problem.size,
+                                                      fingerprint=self.fingerprint))
+        except (OSError, NstliteError) as e:  # a full disk: the run goes on, the output is still written
+            self.say(f"nstlite: warning: checkpoint {shown(stem)} not written ({e})")
+            return
         self.checkpoints.extend([picture, stem + ".npz"])
         self.say(f"{self.tag}checkpoint at iteration {iteration}: {stem}.npz and {picture}")
 
@@ -408,10 +376,12 @@ class Reporter:
         self.say(f"done: {result.iterations} iterations, {result.evaluations} evaluations in "
                  f"{format_duration(result.seconds)} ({result.stop_reason})")
         self.say(f"final losses: {self._losses(result.final, 4)}")
+        if result.log_error:
+            self.say(f"note: {result.log_error}; the log is incomplete")
         if result.output:
             image = result.image
             mode = "RGBA" if image.shape[2] == 4 else "RGB"
-            self.say(f"wrote {result.output} ({image.shape[1]}x{image.shape[0]} {mode})")
+            self.say(f"wrote {shown(result.output)} ({image.shape[1]}x{image.shape[0]} {mode})")
 
 
 def _is_terminal(stream) -> bool:
@@ -425,7 +395,10 @@ def _is_terminal(stream) -> bool:
 def _open_log(path, append):
     if path is None:
         return None
+    kind = file_kind(path)
+    if kind is not None:  # opening a FIFO blocks until a reader comes
+        raise NstliteError(f"log {shown(path)} is {kind}, not a regular file")
     try:
         return open(os.fspath(path), "a" if append else "w", encoding="utf-8")
     except OSError as e:
-        raise NstliteError(f"cannot open log file {path}: {e.strerror}") from None
+        raise NstliteError(f"cannot open log file {shown(path)}: {e.strerror}") from None

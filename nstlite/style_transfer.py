@@ -14,6 +14,7 @@ deprocess -> save atomically.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -21,13 +22,25 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import image as im
-from .checkpoint import load_checkpoint
+from .atomic import trial_write
+from .checkpoint import checkpoint_stem, fingerprint_differences, load_checkpoint, run_fingerprint
 from .errors import NstliteError
-from .memory import check_memory, scale_tile, tiled_peak_bytes
+from .memory import check_run_memory, scale_tile
 from .optimize import StopReason, minimize_lbfgsb
-from .options import StylizeOptions, parse_region_styles
-from .problem import build_problem, min_side, scale_shapes, scaled_inputs
-from .reporter import Reporter, check_resume, run_header
+from .options import INIT_KINDS, MAX_SIDE, StylizeOptions, parse_region_styles
+from .paths import check_outputs, shown
+from .problem import build_problem, min_side, scale_shapes, scaled_inputs, style_side
+from .reporter import Reporter, run_header
+from .weights import default_weights_path
+
+
+class StylizeFailed(NstliteError):
+    """The run made no progress (no iteration completed, or a loss that is not finite): nothing
+    was written to the output; ``.result`` holds what there is."""
+
+    def __init__(self, message, result):
+        super().__init__(message)
+        self.result = result
 
 
 class StylizeInterrupted(KeyboardInterrupt):
@@ -46,7 +59,8 @@ class StylizeResult:
     image : H x W x 3 uint8 (H x W x 4 when the content had alpha); x : final network input,
     (3, H, W) float64 host array; history : one dict per evaluation (the --log lines); final :
     the losses of the returned image; iterations, evaluations, seconds, stop_reason; output :
-    the path written (or None); checkpoints : paths of checkpoint files written.
+    the path written (or None); checkpoints : paths of checkpoint files written; log_error :
+    why the log stopped being written (e.g. a full disk), or None.
     """
 
     image: np.ndarray
@@ -59,6 +73,7 @@ class StylizeResult:
     stop_reason: StopReason
     output: str | None = None
     checkpoints: list[str] = field(default_factory=list)
+    log_error: str | None = None
 
     def __repr__(self):
         return (f"StylizeResult(image={self.image.shape}, iterations={self.iterations}, "
@@ -106,35 +121,135 @@ def stylize(content, styles, **keywords) -> StylizeResult:
     styles = _as_list(styles)
     keywords, styles = _region_styles_as_styles(keywords, styles)
     opts = StylizeOptions.from_keywords(keywords).validated(len(styles))
+    sources = _input_files(content, styles, opts)
     resume = load_checkpoint(opts.resume) if opts.resume is not None else None
     content_img = im.load_image(content, "content image")
     style_imgs = [im.load_image(s, f"style image {i + 1}" if len(styles) > 1 else "style image")
                   for i, s in enumerate(styles)]
     header = run_header(opts, content, styles) if opts.log or opts.save_every or resume else None
-    if resume is not None:
-        check_resume(opts.resume, header)
-    opts = _with_region_map(opts, content_img)
+    region_source, opts = opts.region_map, _with_region_map(opts, content_img)
     net = _network(opts)
+    shapes = _checked_shapes(net, opts, content_img.rgb.shape)
+    first = _resume_scale(resume, shapes, opts)
+    fingerprint = _fingerprint(opts, content, styles, region_source, resume)
+    estimate = _memory_estimate(net, opts, shapes, [s.rgb.shape for s in style_imgs], first)
+    check_run_outputs(opts, sources, shapes, first, resume, content_img.alpha is not None)
     with Reporter(opts, started, append_log=resume is not None, header=header) as reporter:
-        shapes = _checked_shapes(net, opts, content_img.rgb.shape)
-        estimate = _memory_estimate(net, opts, shapes[-1])
-        first = _resume_scale(resume, shapes, opts)
+        reporter.fingerprint = fingerprint
         if resume is not None:
             reporter.evaluation_offset = resume.evaluations
-            reporter.say(f"resuming from {opts.resume}: iteration {resume.iteration}")
+            reporter.say(f"resuming from {shown(opts.resume)}: iteration {resume.iteration}")
         inputs = scaled_inputs(content_img, style_imgs, opts, first)
         del content_img, style_imgs  # the full-resolution decodes (see ``scaled_inputs``)
         outcomes = _run_scales(net, opts, inputs, resume, reporter, estimate)
         result = _result(outcomes, reporter, time.perf_counter() - started)
-    if opts.output is not None:
+    failure = _failure(result, opts, resume, shapes)
+    if opts.output is not None and failure is None and _improved(result, opts):
         image = result.image
         im.save_image(opts.output, image[..., :3], image[..., 3] if image.shape[2] == 4 else None,
                       jpeg_quality=opts.jpeg_quality)
         result.output = os.fspath(opts.output)
+    result.log_error = reporter.log_error
     reporter.summary(result)
+    if failure is not None:
+        raise StylizeFailed(failure, result)
     if result.stop_reason == StopReason.INTERRUPTED:
         raise StylizeInterrupted(result)
     return result
+
+
+def _input_files(content, styles, opts) -> dict:
+    """role -> path of every file the run reads (images given as arrays are not files)."""
+    def path(src):
+        return os.fspath(src) if isinstance(src, (str, os.PathLike)) else None
+
+    files = {"content image": path(content), "region map": path(opts.region_map), "checkpoint": path(opts.resume)}
+    files.update({f"style image {i + 1}": path(s) for i, s in enumerate(styles)})
+    if not (isinstance(opts.init, str) and opts.init in INIT_KINDS):
+        files["init image"] = path(opts.init)
+    if opts.net is None:
+        files["weights file"] = os.fspath(opts.weights) if opts.weights is not None else default_weights_path()
+    return files
+
+
+def _fingerprint(opts, content, styles, region_source, resume):
+    """What the run's objective is made of (``checkpoint.run_fingerprint``), when a checkpoint is
+    written or resumed (hashing the weights file costs a second for the real VGG19); a resumed
+    checkpoint made of anything else is refused here."""
+    if resume is None and not opts.save_every:
+        return None
+    inputs = {"content image": content, "region map": region_source,
+              "weights file": None if opts.net is not None else (opts.weights or default_weights_path())}
+    inputs.update({f"style image {i + 1}": s for i, s in enumerate(styles)})
+    fingerprint = run_fingerprint(opts, inputs)
+    if resume is not None:
+        name = shown(opts.resume)
+        if resume.fingerprint is None:
+            raise NstliteError(f"checkpoint {name} does not record the inputs and options it was made with "
+                               "(an older nstlite?), so resuming it cannot be checked; start a new run")
+        differences = fingerprint_differences(resume.fingerprint, fingerprint)
+        if differences:
+            raise NstliteError(f"checkpoint {name} belongs to another run: {'; '.join(differences)}; "
+                               "resume with the same inputs and options, or start a new run")
+    return fingerprint
+
+
+def check_run_outputs(opts, sources, shapes, first, resume, alpha) -> None:
+    """Before any evaluation, refuse every write that would lose a file or fail after the work:
+    an output (``output``, ``log``, every checkpoint name) that is an input or exists without
+    ``overwrite`` (``nstlite.paths.check_outputs``), and a trial write of the output image and of
+    the longest checkpoint names under their real temporary names (``image.check_writable``)."""
+    outputs = {"output": opts.output, "log": opts.log}
+    stems = _checkpoint_stems(opts, shapes, first, resume)
+    for stem, _ in stems:
+        outputs[f"checkpoint {stem}{opts.checkpoint_ext}"] = stem + opts.checkpoint_ext
+        outputs[f"checkpoint {stem}.npz"] = stem + ".npz"
+    check_outputs(outputs, sources, opts.overwrite, append=("log",) if resume is not None else ())
+    if opts.output is not None:
+        im.check_writable(opts.output, *shapes[-1], alpha=alpha)
+    if stems:
+        stem, (h, w) = max(stems, key=lambda item: len(item[0]))
+        im.check_writable(stem + opts.checkpoint_ext, h, w, alpha=alpha)
+        try:
+            trial_write(stem + ".npz", lambda tmp: np.savez(tmp, x=np.zeros((3, 1, 1)), meta="{}"))
+        except OSError as e:
+            raise NstliteError(f"cannot write checkpoint {shown(stem)}.npz: {e.strerror or e}") from None
+
+
+def _checkpoint_stems(opts, shapes, first, resume) -> list:
+    """(stem, (h, w)) of every checkpoint the run will write."""
+    if not opts.save_every:
+        return []
+    stems = []
+    for index in range(first, len(shapes)):
+        start = resume.iteration if resume is not None and index == first else 0
+        every = opts.save_every
+        for iteration in range((start // every + 1) * every, opts.iterations_at(index) + 1, every):
+            stems.append((checkpoint_stem(opts.checkpoint_prefix, iteration, opts.scales[index], len(shapes) > 1),
+                          shapes[index]))
+    return stems
+
+
+def _failure(result, opts, resume, shapes) -> str | None:
+    """Why a finished run is a failure (it made no progress), or None."""
+    if result.stop_reason == StopReason.INTERRUPTED:
+        return None  # an interrupt is reported as one (and writes only an improvement)
+    if not math.isfinite(result.final.get("total", math.nan)):
+        return f"the loss is not finite ({result.stop_reason}): check the weights and inputs"
+    first = resume.scale_index if resume is not None else 0
+    done = resume.iteration if resume is not None else 0
+    asked = opts.iterations_at(first) > done or any(opts.iterations_at(i) > 0 for i in range(first + 1, len(shapes)))
+    if asked and result.iterations == 0 and result.stop_reason not in (StopReason.CONVERGED,
+                                                                       StopReason.INTERRUPTED,
+                                                                       StopReason.CALLBACK):
+        return f"no iteration completed ({result.stop_reason}): the start image was left as it was"
+    return None
+
+
+def _improved(result, opts) -> bool:
+    """May the result replace the output? Only when it improved on the start: an interrupt
+    before the first iteration leaves an existing output as it was."""
+    return result.stop_reason != StopReason.INTERRUPTED or result.iterations > 0
 
 
 def _region_styles_as_styles(keywords, styles):
@@ -181,7 +296,9 @@ def _network(opts):
         net = load_vgg19(opts.weights, pooling=opts.pooling, device=opts.device, layers=opts.loss_layers)
     unknown = [n for n in opts.loss_layers if n not in net.layer_names]
     if unknown:
-        raise NstliteError(f"unknown layer(s) {', '.join(unknown)}; this network has {', '.join(net.layer_names)}")
+        source = "this network" if opts.net is not None else \
+            f"the weights file {shown(opts.weights or default_weights_path())}"
+        raise NstliteError(f"{source} has no layer(s) {', '.join(unknown)}; it has {', '.join(net.layer_names)}")
     return net
 
 
@@ -196,28 +313,36 @@ def _checked_shapes(net, opts, content_shape):
     return shapes
 
 
-def _memory_estimate(net, opts, final_shape):
-    """Peak bytes at the largest scale (refusing when it does not fit untiled); None off the CPU."""
+def _memory_estimate(net, opts, shapes, style_shapes, first):
+    """Peak bytes of the run, every scale from ``first`` on and every artwork at its scaled size
+    counted (refusing when one does not fit); None off the CPU or without the check."""
     if not opts.check_memory_limit or net.device != "cpu":
         return None
-    tile = scale_tile(net, *final_shape, opts.loss_layers, opts.lbfgs_history, opts.tile,
-                      content_layers=opts.content_layers)
-    if tile is None:
-        return check_memory(net, *final_shape, opts.loss_layers, opts.lbfgs_history)
-    return tiled_peak_bytes(net, *final_shape, opts.loss_layers, opts.lbfgs_history, tile, opts.content_layers)
+    scales = range(first, len(shapes))
+    tiles = [scale_tile(net, *shapes[i], opts.loss_layers, opts.lbfgs_history, opts.tile,
+                        content_layers=opts.content_layers) for i in scales]
+    artworks = [im.fit_longest(h, w, style_side(opts, i)) for i in scales for h, w, _ in style_shapes]
+    if opts.style_layers and any(max(s) > MAX_SIDE for s in artworks):
+        raise NstliteError(f"the style images would be resized to {max(max(s) for s in artworks)} px, more than "
+                           f"{MAX_SIDE}: use a smaller --style-scale")
+    return check_run_memory(net, [shapes[i] for i in scales], artworks if opts.style_layers else [],
+                            opts.loss_layers, opts.lbfgs_history, tiles, content_layers=opts.content_layers)
 
 
 def _resume_scale(checkpoint, shapes, opts):
     """The scale a checkpoint continues (0 without one); an error when it does not fit."""
     if checkpoint is None:
         return 0
-    index, x, path = checkpoint.scale_index, checkpoint.x, opts.resume
-    if index >= len(shapes) or tuple(x.shape) != (3,) + tuple(shapes[index]):
-        raise NstliteError(f"checkpoint {path} holds a {x.shape[2]}x{x.shape[1]} image, "
+    index, x, name = checkpoint.scale_index, checkpoint.x, shown(opts.resume)
+    if index >= len(shapes):
+        raise NstliteError(f"checkpoint {name} is of scale {index + 1} but this run has {len(shapes)}")
+    if tuple(x.shape) != (3,) + tuple(shapes[index]):
+        raise NstliteError(f"checkpoint {name} holds a {x.shape[2]}x{x.shape[1]} image, "
                            "which does not match this content image and size")
-    if checkpoint.iteration > opts.iterations_at(index):
-        raise NstliteError(f"checkpoint {path} is already at iteration {checkpoint.iteration}, past the "
-                           f"{opts.iterations_at(index)} iterations asked for: ask for more to continue it")
+    wanted = opts.iterations_at(index)
+    if checkpoint.iteration > wanted or (checkpoint.iteration == wanted and index == len(shapes) - 1):
+        raise NstliteError(f"checkpoint {name} is at iteration {checkpoint.iteration}: ask for more "
+                           f"--iterations than that (not {wanted})")
     return index
 
 
@@ -250,7 +375,12 @@ def _optimise(problem, opts, reporter, first_iteration, estimate):
                           start_iteration=first_iteration)
     reporter.end_scale(res.evaluations)
     # nothing was evaluated (0 iterations): evaluate the start once
-    final = dict(res.info) if res.info is not None else evaluate(res.x)[2]
+    if res.info is not None:
+        final = dict(res.info)
+    elif res.stop_reason == StopReason.INTERRUPTED:  # during the first evaluation: none to report
+        final = {}
+    else:
+        final = evaluate(res.x)[2]
     if res.restarts:
         reporter.say(f"{reporter.tag}note: L-BFGS-B restarted {res.restarts} time(s) from the best point "
                      f"({res.message})")

@@ -217,3 +217,41 @@ def test_failed_save_leaves_existing_file(tmp_path, monkeypatch):
         im.save_image(path, np.zeros((2, 2, 3), np.uint8))
     assert path.read_bytes() == b"precious"
     assert os.listdir(tmp_path) == ["keep.png"]  # no temp file left behind
+
+
+# --------------------------------------------------------------------------- safety (issue 11)
+def test_straight_colour_undoes_the_white_composite_exactly():
+    """(0, 0, 255) at alpha 128 is seen as its composite over white; the output gives back the
+    straight colour, so a viewer compositing over white shows (127, 127, 255), not (191, 191, 255)."""
+    a = np.array([[[0, 0, 255, 128], [200, 10, 30, 255], [9, 9, 9, 0], [255, 255, 255, 1]]], np.uint8)
+    img = im.load_image(a, "t")
+    np.testing.assert_allclose(img.rgb[0, 0], [127.0, 127.0, 255.0], atol=0.5)
+    back = im.straight_colour(img.rgb, img.alpha)
+    np.testing.assert_allclose(back[0, :2], a[0, :2, :3], atol=1e-9)
+    np.testing.assert_allclose(back[0, 2], img.rgb[0, 2])  # fully transparent: left as composited
+    assert np.all((back >= 0) & (back <= 255))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_pixels_are_refused(tmp_path, bad):
+    a = np.full((3, 4), 0.25, np.float32)
+    a[1, 2] = bad
+    Image.fromarray(a, mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(im.ImageError, match="1 NaN or infinite"):
+        im.load_image(tmp_path / "f.tif", "content image")
+    with pytest.raises(im.ImageError, match="NaN or infinite"):
+        im.load_image(np.dstack([a, a, a]), "array")
+
+
+def test_non_regular_files_are_refused_without_opening(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(im.ImageError, match="FIFO"):
+        im.load_image(tmp_path / "pipe.png", "content image")
+    with pytest.raises(im.ImageError, match="device"):
+        im.check_input_file("/dev/zero", "init image")
+
+
+def test_decode_memory_is_checked_from_the_declared_size():
+    im.check_decode_memory(100, 100, "small")
+    with pytest.raises(im.ImageError, match="decoding it needs about"):
+        im.check_decode_memory(10**6, 10**6, "huge")

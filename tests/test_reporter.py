@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
+from nstlite.checkpoint import load_checkpoint
 from nstlite import image as im
 from nstlite.cli import main
 from nstlite.errors import NstliteError
@@ -128,14 +129,14 @@ def test_checkpoints_know_their_run_and_resume_refuses_another(files, net, tmp_p
     stylize(files / "content.png", [files / "style.png"], net=net, size=48, iterations=4, save_every=2, quiet=True,
             output=out)
     checkpoint = tmp_path / "o_2.npz"
-    with np.load(checkpoint) as z:
-        run = json.loads(str(z["run"]))
-    assert run["kind"] == "header" and run["inputs"]["styles"][0]["sha256"]
+    fingerprint = load_checkpoint(checkpoint).fingerprint  # what the run was made of
+    assert fingerprint["options"]["style_weight"] and fingerprint["inputs"]
     ok = stylize(files / "content.png", [files / "style.png"], net=net, size=48, iterations=4, quiet=True,
                  resume=checkpoint)
     assert ok.iterations == 2
-    cases = {"style image 1": dict(styles=[files / "other.png"]), "style weight": dict(style_weight=5.0),
-             "past the 1 iterations": dict(iterations=1)}
+    cases = {"belongs to another run": dict(styles=[files / "other.png"]),
+             "style_weight (10000.0 then, 5.0 now)": dict(style_weight=5.0),
+             "is at iteration 2: ask for more": dict(iterations=1)}
     for words, change in cases.items():
         keywords = dict(styles=[files / "style.png"], net=net, size=48, iterations=4, quiet=True, resume=checkpoint)
         keywords.update(change)

@@ -329,7 +329,7 @@ def test_sigterm_saves_best_image(files, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(nstlite.__file__))))
     cmd = [sys.executable, "-m", "nstlite", "stylize", "--content", str(files / "content.png"), "--style",
            str(files / "style.jpg"), "--output", str(out), "--weights", str(files / "tiny.h5"), "--size", "48",
-           "--iterations", "100000", "--print-every", "1"]
+           "--iterations", "100000", "--print-every", "1", "--overwrite"]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in p.stderr:  # wait until it is optimising

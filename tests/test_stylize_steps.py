@@ -86,7 +86,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     assert (back.iteration, back.evaluations, back.scale_index, back.size) == (12, 15, 1, 7)
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
-    assert meta == {"format": FORMAT, "version": 1, "iteration": 12, "evaluations": 15, "scale_index": 1,
+    assert meta == {"format": FORMAT, "version": 2, "iteration": 12, "evaluations": 15, "scale_index": 1,
                     "size": 7, "height": 5, "width": 7}
     assert checkpoint_stem("out", 40, 512, multi_scale=False) == "out_40"
     assert checkpoint_stem("out", 40, 512, multi_scale=True) == "out_s512_40"

@@ -68,7 +68,7 @@ def test_grid_is_the_cartesian_product_with_contents_and_styles_as_axes(files, t
     (["net=1"], {}, "unknown option 'net'"),
     (["style_weight="], {}, "grid axis style_weight has no values"),
     (["style_weight"], {}, "write a grid axis as OPTION=V1,V2"),
-    (["style_weight=1e3,-1"], {}, "style weight must be finite and >= 0"),
+    (["style_weight=1e3,-1"], {}, "style weight must be between 0 and 1e+15"),
     (["lbfgs_history=5,big"], {}, "lbfgs_history must be a whole number, not 'big'"),
     (["style_layers=conv1_1;conv9_9"], {}, "unknown layer(s) conv9_9"),
     (["init=noise,sketch.png"], {}, "init (one of content, noise, uniform, style or an image file) not found"),
