@@ -24,15 +24,19 @@ from .errors import NstliteError
 from .options import DEFAULT_LBFGS_HISTORY
 from .tiled import choose_tile, tiled_bytes
 
-HOST_VECTORS = 12              # image-sized float64 vectors besides L-BFGS-B's history
+# image-sized float64 vectors besides L-BFGS-B's 2m history vectors, counted (tracemalloc, SciPy
+# 1.17) in a run: L-BFGS-B's own 5 work vectors, its 3n int32 workspace (1.5), the box (two bound
+# vectors and int32 codes: 2.5), x, g, the best point (3), and the float32 network input (0.5)
+HOST_VECTORS = 13
 OVERHEAD_BYTES = 160 * 2**20   # interpreter, NumPy/SciPy/Pillow, decoded images
 MARGIN = 0.15                  # on the size-dependent part
 SMALLEST_SIZE = 16             # below this, suggesting a --size is pointless (VGG19 needs 16 px)
 
 
-def available_memory_bytes() -> int | None:
+def available_memory_bytes(limit: int | None = None) -> int | None:
     """The memory this process may still take: MemAvailable from /proc/meminfo, lowered to what
-    the address-space limit (``ulimit -v``, RLIMIT_AS) leaves; None where neither can be read."""
+    the address-space limit (``ulimit -v``, RLIMIT_AS) leaves and to ``limit`` (the run's
+    ``memory_limit``, bytes); None where none of them is known."""
     available = None
     try:
         with open("/proc/meminfo") as f:
@@ -45,6 +49,8 @@ def available_memory_bytes() -> int | None:
     left = _address_space_left()
     if left is not None:
         available = left if available is None else min(available, left)
+    if limit is not None:
+        available = limit if available is None else min(available, int(limit))
     return available
 
 
@@ -173,11 +179,13 @@ def tiled_peak_bytes(net, height: int, width: int, layers: Sequence[str], histor
 
 
 
-def style_peak_bytes(net, height: int, width: int, layers: Sequence[str]) -> int:
+def style_peak_bytes(net, height: int, width: int, layers: Sequence[str], tile=None) -> int:
     """Estimated peak memory, in bytes, of computing a height x width style image's targets: the
-    network's forward at that size (no optimiser vectors)."""
+    network's forward at that size (no optimiser vectors), or one tile's with ``tile``."""
     layers = list(layers)
-    return int((1.0 + MARGIN) * net.memory_bytes(height, width, layers, layers) + OVERHEAD_BYTES)
+    network = (tiled_bytes(net, height, width, layers, layers, tile) if tile
+               else net.memory_bytes(height, width, layers, layers))
+    return int((1.0 + MARGIN) * network + OVERHEAD_BYTES)
 
 
 def check_run_memory(net, shapes, style_shapes, layers: Sequence[str], history: int = DEFAULT_LBFGS_HISTORY,
@@ -185,7 +193,8 @@ def check_run_memory(net, shapes, style_shapes, layers: Sequence[str], history: 
     """The peak estimate of a whole run, every scale and every style image at its scaled size
     counted (the largest scale need not be the last; ``--style-scale`` can make the artworks the
     largest images of the run); an ``NstliteError`` when one does not fit. ``tiles`` : per scale,
-    None (untiled) or a tile size. Returns the largest estimate."""
+    None (untiled) or a tile size; ``style_shapes`` : per scale, the (h, w) of its artworks (a
+    tiled scale computes their targets by the same tiles). Returns the largest estimate."""
     if available is None:
         available = available_memory_bytes()
     tiles = tiles or [None] * len(shapes)
@@ -195,10 +204,12 @@ def check_run_memory(net, shapes, style_shapes, layers: Sequence[str], history: 
             peak = max(peak, check_memory(net, h, w, layers, history, available))
         else:
             peak = max(peak, tiled_peak_bytes(net, h, w, layers, history, tile, content_layers))
-    for h, w in style_shapes:
-        estimate = style_peak_bytes(net, h, w, layers)
-        if available is not None and estimate > available:
-            raise NstliteError(f"a style image at {w}x{h} needs about {estimate / 2**30:.1f} GiB but only "
-                               f"{available / 2**30:.1f} GiB is available; use a smaller --style-scale or --size")
-        peak = max(peak, estimate)
+    for artworks, tile in zip(style_shapes, tiles):
+        for h, w in artworks:
+            estimate = style_peak_bytes(net, h, w, layers, tile)
+            if available is not None and estimate > available:
+                raise NstliteError(f"a style image at {w}x{h} needs about {estimate / 2**30:.1f} GiB but only "
+                                   f"{available / 2**30:.1f} GiB is available; use a smaller --style-scale, "
+                                   "--size or --tile")
+            peak = max(peak, estimate)
     return peak

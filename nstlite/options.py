@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -167,6 +168,10 @@ class StylizeOptions:
         conv5_1) for the exact tiled evaluation of ``nstlite.tiled``, or "auto" (tiles only when
         the whole image does not fit in the memory available)
     check_memory_limit : refuse a CPU run whose peak estimate exceeds the memory available
+    memory_limit : at most this much memory for the run: bytes, or a string such as "3.5G" or
+        "800M" (K, M, G, T are powers of 1024; a plain number is GiB). It lowers the memory
+        available to the pre-flight check and to ``tile="auto"``, which then picks the largest
+        tile that fits under it
     preview : an image path rewritten with the current result every ``print_every`` iterations
     jpeg_quality : 1..100, the quality of JPEG outputs and checkpoint pictures (written without
         chroma subsampling); other formats are lossless or ignore it
@@ -211,6 +216,7 @@ class StylizeOptions:
     output: Any = None
     max_evaluations: int | None = None
     check_memory_limit: bool = True
+    memory_limit: Any = None
     stream: Any = None
     style_loss: str = "gram"
     sw_directions: int | None = None
@@ -269,7 +275,8 @@ class StylizeOptions:
         if self.sw_directions is not None and int(self.sw_directions) < 1:
             raise NstliteError(f"sw directions must be >= 1, not {self.sw_directions}")
         return replace(self, iterations=iterations, content_weight=alpha, style_weight=beta, tv_weight=tv,
-                       tile=_tile(self.tile), scales=scales, content_layers=content_layers, style_layers=style_layers,
+                       tile=_tile(self.tile), memory_limit=parse_memory_size(self.memory_limit),
+                       scales=scales, content_layers=content_layers, style_layers=style_layers,
                        lbfgs_history=_integer("lbfgs history", self.lbfgs_history, 1),
                        seed=_integer("seed", self.seed, 0), style_scale=float(self.style_scale),
                        style_blend_weights=self._blend_weights(n_styles), checkpoint_prefix=self._prefix())
@@ -381,6 +388,23 @@ def _iterations(spec, n_scales: int):
     if len(values) != n_scales:
         raise NstliteError(f"{len(values)} iteration counts for {n_scales} scales: give one, or one per scale")
     return values
+
+
+_MEMORY_UNITS = {"": 2**30, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory_size(spec) -> int | None:
+    """None, a number of bytes, or "3.5G" / "800M" / "2GiB" / "1.5" (GiB) -> bytes."""
+    if spec is None or isinstance(spec, int) and not isinstance(spec, bool):
+        value = spec
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGT]?)(?:I?B)?\s*", str(spec).upper())
+        if not match:
+            raise NstliteError(f"memory limit must be a size such as 3.5G or 800M, not {spec!r}")
+        value = int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+    if value is not None and value < 2**20:
+        raise NstliteError(f"memory limit must be at least 1M, not {spec!r}")
+    return value
 
 
 def _tile(tile):

@@ -21,7 +21,7 @@ from . import colors, guides
 from . import image as im
 from .backend import to_device, to_host
 from .errors import NstliteError
-from .memory import scale_tile
+from .memory import available_memory_bytes, scale_tile
 from .objective import Objective, Region, build_objective
 from .options import INIT_KINDS, REFERENCE_SIZE, StylizeOptions
 
@@ -30,34 +30,41 @@ from .options import INIT_KINDS, REFERENCE_SIZE, StylizeOptions
 class ScaleProblem:
     """What L-BFGS-B solves at one scale (see the module docstring).
 
-    content : the photograph at this scale (its alpha is given back to the result);
-    style_rgbs : the artworks as the network sees them (after colour control);
-    x0 : (3, H, W) float64 start; lower, upper : flat float64 box bounds like ``x0.ravel()``.
+    content : the photograph at this scale as the result needs it (its alpha; its colours only
+    in luminance mode, else None); style_count : the number of artworks;
+    x0 : (3, H, W) float64 start (``release_start`` hands it over to the optimiser); lower,
+    upper : the box bounds, (3, 1, 1) per channel (broadcast, never image-sized copies).
     """
 
     net: object
     index: int
     size: int
     content: im.Image
-    style_rgbs: list[np.ndarray]
+    style_count: int
     objective: Objective
     x0: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
     style_names: list[str]
     original_colors: str | None = None
+    shape: tuple = ()
 
-    @property
-    def shape(self):
-        return self.x0.shape
+    def __post_init__(self):
+        self.shape = tuple(self.x0.shape)
+
+    def release_start(self) -> np.ndarray:
+        """The start, dropped from the problem: the optimiser copies it into its own vectors, and
+        at 4096 px a float64 image is 300 MB."""
+        x0, self.x0 = self.x0, None
+        return x0
 
     def evaluator(self) -> Evaluator:
-        return Evaluator(self.objective, self.net, self.x0.shape, self.style_names)
+        return Evaluator(self.objective, self.net, self.shape, self.style_names)
 
     def image(self, x) -> np.ndarray:
         """Network input -> H x W x 3 uint8 (x 4 with the photograph's alpha, the colour then
         straight: ``image.straight_colour``), colours restored in luminance mode."""
-        rgb = self.net.deprocess_float(np.reshape(x, self.x0.shape))
+        rgb = self.net.deprocess_float(np.reshape(x, self.shape))
         if self.original_colors == "luminance":
             rgb = colors.combine_luminance(rgb, self.content.rgb)
         if self.content.alpha is None:
@@ -68,16 +75,17 @@ class ScaleProblem:
 
 
 def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, style_rgbs, start_x=None,
-                  previous_x=None) -> ScaleProblem:
+                  previous_x=None, tile="asked") -> ScaleProblem:
     """The problem of scale ``index`` (see the module docstring).
 
     content, style_rgbs : the images resized for this scale; start_x : a resumed (3, H, W)
-    state; previous_x : the previous scale's result (upsampled to this scale's size).
+    state; previous_x : the previous scale's result (upsampled to this scale's size); tile :
+    this scale's tile size or None, as ``stylize`` resolved it ("asked": resolve ``opts.tile``).
     """
     size = opts.scales[index]
     _check_style_sizes(net, opts, style_rgbs, index)
     net_content, style_rgbs = colour_control(opts.original_colors, content.rgb, style_rgbs)
-    objective = build_scale_objective(net, net.preprocess(net_content), style_rgbs, opts)
+    objective = build_scale_objective(net, net.preprocess(net_content), style_rgbs, opts, tile)
     h, w = content.rgb.shape[:2]
     if start_x is not None:
         x0 = np.asarray(start_x, dtype=np.float64)
@@ -88,20 +96,23 @@ def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, styl
         if opts.original_colors == "luminance":
             init_rgb = colors.grey_rgb(colors.luminance(init_rgb))
         x0 = _to_network(net, init_rgb)
-    low, high = (np.broadcast_to(np.asarray(b, dtype=np.float64)[:, None, None], x0.shape).ravel()
-                 for b in net.input_bounds())
-    return ScaleProblem(net=net, index=index, size=size, content=content, style_rgbs=style_rgbs,
+    low, high = (np.asarray(b, dtype=np.float64)[:, None, None] for b in net.input_bounds())
+    # what the result needs of the photograph: its alpha, and its colours only for luminance mode
+    # (the float64 images would otherwise stay for the whole optimisation, 24 bytes a pixel each)
+    kept = im.Image(content.rgb if opts.original_colors == "luminance" else None, content.alpha)
+    return ScaleProblem(net=net, index=index, size=size, content=kept, style_count=len(style_rgbs),
                         objective=objective, x0=x0, lower=low, upper=high, style_names=list(opts.style_layers),
                         original_colors=opts.original_colors)
 
 
-def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions):
+def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions, tile="asked"):
     """The objective of eq. (7) for one scale, its targets P^l (eq. 1) and A^l (eq. 3) made
-    from the photograph and the artworks as the network sees them; evaluated by tiles when
-    ``opts.tile`` asks for them (``memory.scale_tile``)."""
+    from the photograph and the artworks as the network sees them; evaluated by tiles of
+    ``tile`` pixels (None: untiled; "asked": as ``opts.tile`` asks, ``memory.scale_tile``)."""
     style_xs = [net.preprocess(s) for s in style_rgbs] if opts.style_layers else []
-    tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile,
-                      content_layers=opts.content_layers)
+    if tile == "asked":
+        tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile,
+                          available=available_memory_bytes(opts.memory_limit), content_layers=opts.content_layers)
     regions = scale_regions(opts, content_x.shape[1:], style_xs) if opts.region_styles and style_xs else None
     beta = opts.style_weight * style_weight_factor(net, opts, content_x.shape[1:])
     return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,

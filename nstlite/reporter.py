@@ -236,8 +236,10 @@ class Reporter:
         init = o.init if isinstance(o.init, str) else "array"
         memory = f", ~{estimate / 2**30:.2f} GiB peak estimate" if estimate else ""
         tv = f" tv={o.tv_weight:g}" if o.tv_weight else ""
-        self.say(f"{self.tag}stylizing {w}x{h}: {todo} iterations, {len(problem.style_rgbs)} style image(s), "
-                 f"alpha={o.content_weight:g} beta={o.style_weight:g}{tv}, init={init}{memory}")
+        tile = getattr(getattr(problem, "objective", None), "tile", None)
+        tiles = f", by {tile} px tiles (margin {problem.objective.margin})" if tile else ""
+        self.say(f"{self.tag}stylizing {w}x{h}: {todo} iterations, {problem.style_count} style image(s), "
+                 f"alpha={o.content_weight:g} beta={o.style_weight:g}{tv}, init={init}{tiles}{memory}")
 
     def end_scale(self, evaluations: int) -> None:
         self._flush_pending()
@@ -290,7 +292,7 @@ class Reporter:
             self._save_checkpoint(iteration, evaluation, x_flat)
         if self.opts.callback is None:
             return False
-        x = x_flat.reshape(self.problem.shape)
+        x = np.array(x_flat).reshape(self.problem.shape)  # the caller's copy: the optimiser's own x moves on
         return bool(self.opts.callback({
             "iteration": iteration, "evaluation": evaluation + self.evaluation_offset, "scale": self.problem.size,
             "size": tuple(self.problem.shape[1:]), "x": x, "image": self.problem.image(x),

@@ -25,7 +25,7 @@ from . import image as im
 from .atomic import trial_write
 from .checkpoint import checkpoint_stem, fingerprint_differences, load_checkpoint, run_fingerprint
 from .errors import NstliteError
-from .memory import check_run_memory, scale_tile
+from .memory import available_memory_bytes, check_run_memory, scale_tile
 from .optimize import StopReason, minimize_lbfgsb
 from .options import INIT_KINDS, MAX_SIDE, StylizeOptions, parse_region_styles
 from .paths import check_outputs, shown
@@ -132,7 +132,8 @@ def stylize(content, styles, **keywords) -> StylizeResult:
     shapes = _checked_shapes(net, opts, content_img.rgb.shape)
     first = _resume_scale(resume, shapes, opts)
     fingerprint = _fingerprint(opts, content, styles, region_source, resume)
-    estimate = _memory_estimate(net, opts, shapes, [s.rgb.shape for s in style_imgs], first)
+    tiles = _scale_tiles(net, opts, shapes, first)
+    estimate = _memory_estimate(net, opts, shapes, [s.rgb.shape for s in style_imgs], tiles)
     check_run_outputs(opts, sources, shapes, first, resume, content_img.alpha is not None)
     with Reporter(opts, started, append_log=resume is not None, header=header) as reporter:
         reporter.fingerprint = fingerprint
@@ -141,7 +142,7 @@ def stylize(content, styles, **keywords) -> StylizeResult:
             reporter.say(f"resuming from {shown(opts.resume)}: iteration {resume.iteration}")
         inputs = scaled_inputs(content_img, style_imgs, opts, first)
         del content_img, style_imgs  # the full-resolution decodes (see ``scaled_inputs``)
-        outcomes = _run_scales(net, opts, inputs, resume, reporter, estimate)
+        outcomes = _run_scales(net, opts, inputs, resume, reporter, estimate, tiles)
         result = _result(outcomes, reporter, time.perf_counter() - started)
     failure = _failure(result, opts, resume, shapes)
     if opts.output is not None and failure is None and _improved(result, opts):
@@ -313,20 +314,29 @@ def _checked_shapes(net, opts, content_shape):
     return shapes
 
 
-def _memory_estimate(net, opts, shapes, style_shapes, first):
-    """Peak bytes of the run, every scale from ``first`` on and every artwork at its scaled size
-    counted (refusing when one does not fit); None off the CPU or without the check."""
+def _scale_tiles(net, opts, shapes, first):
+    """Per scale, None (untiled) or its tile size: ``opts.tile`` as given, or for "auto" the
+    choice of ``memory.scale_tile`` under the memory available (and ``--memory-limit``).
+    Resolved once here; the pre-flight estimate and each scale's objective use the same tiles."""
+    available = available_memory_bytes(opts.memory_limit) if opts.tile == "auto" else None
+    return {i: scale_tile(net, *shapes[i], opts.loss_layers, opts.lbfgs_history, opts.tile, available=available,
+                          content_layers=opts.content_layers) for i in range(first, len(shapes))}
+
+
+def _memory_estimate(net, opts, shapes, style_shapes, tiles):
+    """Peak bytes of the run, every scale in ``tiles`` (index -> tile or None) and every artwork
+    at its scaled size counted (refusing when one does not fit); None off the CPU or without
+    the check."""
     if not opts.check_memory_limit or net.device != "cpu":
         return None
-    scales = range(first, len(shapes))
-    tiles = [scale_tile(net, *shapes[i], opts.loss_layers, opts.lbfgs_history, opts.tile,
-                        content_layers=opts.content_layers) for i in scales]
-    artworks = [im.fit_longest(h, w, style_side(opts, i)) for i in scales for h, w, _ in style_shapes]
-    if opts.style_layers and any(max(s) > MAX_SIDE for s in artworks):
-        raise NstliteError(f"the style images would be resized to {max(max(s) for s in artworks)} px, more than "
-                           f"{MAX_SIDE}: use a smaller --style-scale")
+    scales = sorted(tiles)
+    artworks = [[im.fit_longest(h, w, style_side(opts, i)) for h, w, _ in style_shapes] for i in scales]
+    if opts.style_layers and any(max(s) > MAX_SIDE for per_scale in artworks for s in per_scale):
+        raise NstliteError(f"the style images would be resized to {max(max(s) for a in artworks for s in a)} px, "
+                           f"more than {MAX_SIDE}: use a smaller --style-scale")
     return check_run_memory(net, [shapes[i] for i in scales], artworks if opts.style_layers else [],
-                            opts.loss_layers, opts.lbfgs_history, tiles, content_layers=opts.content_layers)
+                            opts.loss_layers, opts.lbfgs_history, [tiles[i] for i in scales],
+                            available=available_memory_bytes(opts.memory_limit), content_layers=opts.content_layers)
 
 
 def _resume_scale(checkpoint, shapes, opts):
@@ -346,14 +356,15 @@ def _resume_scale(checkpoint, shapes, opts):
     return index
 
 
-def _run_scales(net, opts, inputs, resume, reporter, estimate):
-    """Optimise each scale in turn, each starting from the last one's result."""
+def _run_scales(net, opts, inputs, resume, reporter, estimate, tiles):
+    """Optimise each scale in turn, each starting from the last one's result (``tiles``: index ->
+    that scale's tile size or None)."""
     outcomes = []
     for index in sorted(inputs):
         resumed = resume is not None and not outcomes
         previous = outcomes[-1].x if outcomes else None
         problem = build_problem(net, opts, index, *inputs.pop(index), start_x=resume.x if resumed else None,
-                                previous_x=previous)
+                                previous_x=previous, tile=tiles[index])
         outcomes.append(_optimise(problem, opts, reporter, resume.iteration if resumed else 0,
                                   None if outcomes else estimate))
         reason = outcomes[-1].stop_reason
@@ -369,7 +380,7 @@ def _optimise(problem, opts, reporter, first_iteration, estimate):
     todo = opts.iterations_at(problem.index) - first_iteration
     reporter.begin_scale(problem, first_iteration, todo, estimate)
     evaluate = problem.evaluator()
-    res = minimize_lbfgsb(evaluate, problem.x0.ravel(), problem.lower, problem.upper, max(todo, 0),
+    res = minimize_lbfgsb(evaluate, problem.release_start(), problem.lower, problem.upper, max(todo, 0),
                           history=opts.lbfgs_history, max_evaluations=opts.max_evaluations,
                           on_evaluation=reporter.on_evaluation, on_iteration=reporter.on_iteration,
                           start_iteration=first_iteration)

@@ -117,3 +117,56 @@ def test_zero_iterations_returns_start():
 def test_nonfinite_at_start_stops_cleanly(bad):
     res = minimize_lbfgsb(lambda x: (bad, np.zeros_like(x), {}), np.zeros(4), -1, 1, iterations=5)
     assert res.stop_reason == StopReason.NONFINITE and res.info is None
+
+
+# --------------------------------------------------------------------------- SciPy's routine, called directly
+def rosen_box(x):
+    """Rosenbrock in N dimensions with a large offset: curved, and some bounds end up active."""
+    a, b = x[:-1], x[1:]
+    f = float(np.sum(100.0 * (b - a * a) ** 2 + (1 - a) ** 2))
+    g = np.zeros_like(x)
+    g[:-1] = -400.0 * a * (b - a * a) - 2 * (1 - a)
+    g[1:] += 200.0 * (b - a * a)
+    return OFFSET + f, g, {}
+
+
+@pytest.mark.parametrize("lower, upper", [
+    (-0.5, 0.7),                                              # both bounds, some of them active
+    (np.r_[np.full(N // 2, -np.inf), np.full(N // 2, -0.5)],  # free, lower-only, upper-only, both
+     np.r_[np.full(N // 4, np.inf), np.full(N // 4, 0.6), np.full(N // 4, np.inf), np.full(N // 4, 0.6)]),
+])
+def test_the_direct_routine_gives_scipys_iterates_bit_for_bit(monkeypatch, lower, upper):
+    from nstlite import optimize
+
+    if optimize._native_setulb() is None:
+        pytest.skip("this SciPy has no C L-BFGS-B routine (SciPy < 1.15): minimize runs it")
+    x0 = np.linspace(-1.2, 1.0, N)
+
+    def run():
+        points = []
+        res = minimize_lbfgsb(lambda x: points.append(x.copy()) or rosen_box(x), x0, lower, upper, iterations=40,
+                              history=5)
+        return res, points
+
+    direct, direct_points = run()
+    monkeypatch.setattr(optimize, "_native_setulb", lambda: None)  # SciPy's minimize, with its conversion
+    calls = []
+    real_minimize = optimize.minimize
+    monkeypatch.setattr(optimize, "minimize", lambda *a, **k: calls.append(1) or real_minimize(*a, **k))
+    via_scipy, scipy_points = run()
+    assert calls  # the second run did go through minimize
+    assert len(direct_points) == len(scipy_points) and direct.evaluations == via_scipy.evaluations
+    assert all(np.array_equal(p, q) for p, q in zip(direct_points, scipy_points))
+    assert np.array_equal(direct.x, via_scipy.x) and direct.loss == via_scipy.loss
+    assert (direct.iterations, direct.stop_reason, direct.message) == (
+        via_scipy.iterations, via_scipy.stop_reason, via_scipy.message)
+
+
+def test_the_direct_routine_never_converts_the_box_through_minimize(monkeypatch):
+    from nstlite import optimize
+
+    if optimize._native_setulb() is None:
+        pytest.skip("this SciPy has no C L-BFGS-B routine (SciPy < 1.15)")
+    monkeypatch.setattr(optimize, "minimize", lambda *a, **k: pytest.fail("minimize was called"))
+    res = minimize_lbfgsb(quad, np.zeros(N), -10, 10, iterations=10)
+    assert res.iterations == 10 and res.stop_reason == StopReason.ITERATIONS
