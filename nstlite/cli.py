@@ -328,7 +328,7 @@ def _cmd_figure(args):
 
 
 def _jobs_to_workers(args, say):
-    """--jobs N (the process pool of earlier releases) is --workers N for one more release."""
+    """--jobs N (how earlier releases ran panels side by side) is --workers N for one more release."""
     if args.jobs is None:
         return
     if args.jobs < 1:
@@ -402,10 +402,11 @@ def engine_for(args, n_tasks, say, serial=False):
                            "cluster; a --scheduler cluster has the workers `dask worker` started")
     if args.serial or serial:
         return SerialExecutor(args.blas_threads)
-    from .cluster import DaskExecutor, plan_workers, require_distributed
+    from .cluster import SCHEDULER_ENV, DaskExecutor, plan_workers, require_distributed
 
+    remote = args.scheduler or os.environ.get(SCHEDULER_ENV)  # this machine's cores say nothing of its workers
     plan = plan_workers(n_tasks, workers=args.workers, threads_per_worker=args.threads_per_worker,
-                        blas_threads=args.blas_threads or (1 if args.scheduler else None))
+                        blas_threads=args.blas_threads or (1 if remote else None))
     require_distributed()
     return DaskExecutor(args.scheduler, plan, processes=not args.in_process, retries=args.retries, say=say)
 

@@ -209,6 +209,15 @@ def test_without_distributed_only_serial_runs(inputs, tmp_path, monkeypatch, cap
     assert json.loads((tmp_path / "one.json").read_text())["engine"]["kind"] == "serial"
 
 
+def test_jobs_is_a_deprecated_alias_of_workers(inputs, tmp_path, capsys):
+    argv = ["figure3", "--content", inputs["photo"], "--style", inputs["art"], "--output", str(tmp_path / "f.png"),
+            "--size", "24", "--iterations", "1", "--weights", inputs["weights"], "--ratios", "1e-3",
+            "--layers", "conv1_1", "--serial", "-j", "2"]
+    assert main(argv) == 0
+    assert "--jobs is deprecated, use --workers 2" in capsys.readouterr().err
+    assert json.loads((tmp_path / "f.json").read_text())["command"].endswith("--serial --workers 2")
+
+
 class DyingEngine:
     """An engine whose workers die on the second panel (as Dask reports it after its retries)."""
 
