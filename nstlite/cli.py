@@ -3,7 +3,8 @@
 The library modules hold no argparse: this module reads the command line, calls the library
 (``stylize``, ``demo``, ``figures``, ``gradient_check``) and prints. Options that several
 commands share (size, iterations, seed, weights, pooling, device, TV weight, quiet) are defined
-once, in ``add_run_options``.
+once, in ``add_run_options``; where the tasks of ``sweep``/``batch`` and the panels of the
+figure commands run (the Dask engine or this process), in ``add_engine_options`` and ``engine_for``.
 
 Every ``NstliteError`` (bad input, missing weights, unknown device...) becomes one line
 ``nstlite: error: ...`` on stderr and exit code 2 - never a traceback.
@@ -280,8 +281,6 @@ def _add_figure_commands(sub):
                         "per panel")
         p.add_argument("--layers", default=",".join(F.PAPER_LAYERS),
                        help="the layers the figure is built from (default %(default)s)")
-        p.add_argument("--jobs", "-j", type=int, default=1,
-                       help="worker processes running panels at once (default 1; use the number of cores)")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
         add_style_weight_scaling_option(p, default="paper")
         if figure == 2:
@@ -295,6 +294,9 @@ def _add_figure_commands(sub):
             p.add_argument("--init", choices=("noise", "uniform", "content"), default="noise",
                            help="start from white noise (the mean pixel plus Gaussian noise, as the paper's "
                                 "code), uniform noise over 0..255, or the photograph")
+        add_engine_options(p, tasks="panels").add_argument(
+            "--jobs", "-j", type=int, default=None, metavar="N",
+            help="deprecated: the old name of --workers, removed in the next release")
         p.set_defaults(func=_cmd_figure, figure=figure)
 
 
@@ -315,13 +317,31 @@ def _cmd_figure(args):
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    doc = F.make_figure(figure, args.content, args.style, args.output, settings, jobs=args.jobs, ratios=ratios,
+    _jobs_to_workers(args, log)
+    n_panels = F.count_panels(figure, args.style, ratios, layers)
+    # one panel gains nothing from a local cluster: it runs here, with every core as BLAS threads
+    here = n_panels <= 1 and not (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
+    engine = engine_for(args, n_panels, log, serial=here)
+    doc = F.make_figure(figure, args.content, args.style, args.output, settings, engine=engine, ratios=ratios,
                         layers=layers, overwrite=args.overwrite, command=_figure_command_line(args), log=log)
     json_path, csv_path = F.sidecar_paths(args.output)
     print(f"wrote {args.output}, {json_path}, {csv_path} in {doc['wall_seconds']:.1f} s")
     for name, value in doc["checks"].items():
         print(f"  {name}: {_short(value)}")
     return 0
+
+
+def _jobs_to_workers(args, say):
+    """--jobs N (how earlier releases ran panels side by side) is --workers N for one more release."""
+    if args.jobs is None:
+        return
+    if args.jobs < 1:
+        raise NstliteError(f"--jobs must be at least 1, not {args.jobs}")
+    if args.workers is not None and args.workers != args.jobs:
+        raise NstliteError("--jobs is the old name of --workers; give only --workers")
+    args.workers, args.jobs = args.jobs, None
+    say(f"nstlite: note: --jobs is deprecated, use --workers {args.workers} (the panels run on the Dask engine; "
+        "--serial runs them in this process)")
 
 
 def _figure_command_line(args):
@@ -332,7 +352,7 @@ def _figure_command_line(args):
     for s in args.style:
         parts += ["--style", s]
     parts += ["--output", args.output, "--size", str(args.size), "--iterations", str(args.iterations),
-              "--seed", str(args.seed), "--jobs", str(args.jobs)]
+              "--seed", str(args.seed)]
     optional = [("--weights", args.weights, None), ("--pooling", args.pooling, "avg"),
                 ("--device", args.device, "cpu"), ("--tv-weight", args.tv_weight, 0.0),
                 ("--init", getattr(args, "init", "noise"), "noise"),
@@ -342,7 +362,7 @@ def _figure_command_line(args):
     for flag, value, default in optional:
         if value and value != default:
             parts += [flag, str(value)]
-    return shlex.join(parts)
+    return shlex.join(parts + _engine_flags(args))
 
 
 def _short(value):
@@ -353,25 +373,63 @@ def _short(value):
     return str(value)
 
 
-# --------------------------------------------------------------------------- sweep and batch
-def add_engine_options(p):
-    """Where the tasks of ``sweep`` and ``batch`` run (nstlite.cluster) and how they resume."""
+# --------------------------------------------------------------------------- the engine
+def add_engine_options(p, tasks="tasks"):
+    """Where the ``tasks`` of a command run (nstlite.cluster): the sweep and batch tasks, and
+    the panels of the figure commands, take the same options."""
     g = p.add_argument_group("engine (Dask distributed: pip install nstlite[distributed])")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (default $DASK_SCHEDULER_ADDRESS, "
                         "else an embedded local cluster)")
     g.add_argument("--workers", type=int, default=None, help="embedded workers (default: cores / BLAS threads)")
-    g.add_argument("--threads-per-worker", type=int, default=None, help="tasks at once per worker (default 1)")
+    g.add_argument("--threads-per-worker", type=int, default=None, help=f"{tasks} at once per worker (default 1)")
     g.add_argument("--blas-threads", type=int, default=None,
-                   help="BLAS threads per task (default: the cores left per task; 1 on a remote cluster)")
+                   help=f"BLAS threads per {tasks.rstrip('s')} (default: the cores left per {tasks.rstrip('s')}; "
+                        "1 on a remote cluster)")
     g.add_argument("--in-process", action="store_true",
                    help="embedded workers as threads of this process rather than processes")
-    g.add_argument("--serial", action="store_true", help="no Dask: run the tasks one by one in this process")
+    g.add_argument("--serial", action="store_true", help=f"no Dask: run the {tasks} one by one in this process")
     g.add_argument("--retries", type=int, default=2,
-                   help="reruns of a task whose worker dies (default %(default)s; with --scheduler, the "
-                        "scheduler's own allowed-failures)")
-    g.add_argument("--rerun", action="store_true", help="run every task, also those already done in --out-dir")
-    g.add_argument("--format", default="png", help="image format of the outputs (default %(default)s)")
+                   help=f"reruns of a {tasks.rstrip('s')} whose worker dies (default %(default)s; with --scheduler, "
+                        "the scheduler's own allowed-failures)")
+    return g
+
+
+def engine_for(args, n_tasks, say, serial=False):
+    """The executor the engine options choose, not yet started: ``SerialExecutor`` with
+    --serial (or ``serial``), else a ``DaskExecutor`` planned for ``n_tasks`` (a missing
+    ``distributed`` is the one-line install hint here, before any work)."""
+    from .sweep import SerialExecutor
+
+    if args.scheduler and (args.workers or args.threads_per_worker or args.in_process or args.serial):
+        raise NstliteError("--workers, --threads-per-worker, --in-process and --serial are for the embedded "
+                           "cluster; a --scheduler cluster has the workers `dask worker` started")
+    if args.serial or serial:
+        return SerialExecutor(args.blas_threads)
+    from .cluster import SCHEDULER_ENV, DaskExecutor, plan_workers, require_distributed
+
+    remote = args.scheduler or os.environ.get(SCHEDULER_ENV)  # this machine's cores say nothing of its workers
+    plan = plan_workers(n_tasks, workers=args.workers, threads_per_worker=args.threads_per_worker,
+                        blas_threads=args.blas_threads or (1 if remote else None))
+    require_distributed()
+    return DaskExecutor(args.scheduler, plan, processes=not args.in_process, retries=args.retries, say=say)
+
+
+def _engine_flags(args):
+    """The engine options given on the command line, spelled out."""
+    flags = ["--serial"] if args.serial else []
+    for flag, value in (("--scheduler", args.scheduler), ("--workers", args.workers),
+                        ("--threads-per-worker", args.threads_per_worker), ("--blas-threads", args.blas_threads)):
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags + (["--in-process"] if args.in_process else [])
+
+
+# --------------------------------------------------------------------------- sweep and batch
+def add_output_options(p):
+    """What a sweep or batch writes and whether it resumes."""
+    p.add_argument("--rerun", action="store_true", help="run every task, also those already done in --out-dir")
+    p.add_argument("--format", default="png", help="image format of the outputs (default %(default)s)")
 
 
 def _sweep_fixed(args):
@@ -431,16 +489,7 @@ def _run_tasks(args, tasks, out_dir, what):
 
         if not os.path.exists(default_weights_path()):  # the tasks are valid: fetch them once, here
             fetch_default_weights(say=say)
-    executor = S.SerialExecutor(args.blas_threads)
-    if args.scheduler and (args.workers or args.threads_per_worker or args.in_process or args.serial):
-        raise NstliteError("--workers, --threads-per-worker, --in-process and --serial are for the embedded "
-                           "cluster; a --scheduler cluster has the workers `dask worker` started")
-    if not args.serial:
-        from .cluster import DaskExecutor, plan_workers
-
-        plan = plan_workers(len(tasks), workers=args.workers, threads_per_worker=args.threads_per_worker,
-                            blas_threads=args.blas_threads or (1 if args.scheduler else None))
-        executor = DaskExecutor(args.scheduler, plan, processes=not args.in_process, retries=args.retries, say=say)
+    executor = engine_for(args, len(tasks), say)
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
@@ -485,6 +534,7 @@ def _add_sweep_commands(sub):
     p.add_argument("--out-dir", default=None, help="folder of the outputs and the results tables")
     add_stylize_options(p)
     add_engine_options(p)
+    add_output_options(p)
     p.set_defaults(func=_cmd_sweep, stylize_defaults={n: p.get_default(n) for n in STYLIZE_KEYWORDS})
 
     p = sub.add_parser(
@@ -500,6 +550,7 @@ def _add_sweep_commands(sub):
     p.add_argument("--out-dir", required=True, help="folder of the outputs and the results tables")
     add_stylize_options(p)
     add_engine_options(p)
+    add_output_options(p)
     p.set_defaults(func=_cmd_batch, stylize_defaults={n: p.get_default(n) for n in STYLIZE_KEYWORDS})
 
 

@@ -1,6 +1,7 @@
-"""The Dask ``distributed`` engine of sweeps and batches (``pip install nstlite[distributed]``).
+"""The Dask ``distributed`` engine of sweeps, batches and figures (``pip install nstlite[distributed]``).
 
-``DaskExecutor`` runs the tasks of ``nstlite.sweep`` on a Dask cluster: an embedded
+``DaskExecutor`` runs the tasks of ``nstlite.sweep`` (and, through ``map``, the panels of
+``nstlite.figures``) on a Dask cluster: an embedded
 ``LocalCluster`` in this process by default, or an existing cluster by scheduler address
 (started with Dask's own ``dask scheduler`` / ``dask worker`` commands). The tasks and their
 results are the same either way; only where they run differs.
@@ -36,6 +37,7 @@ from .errors import NstliteError
 INSTALL_HINT = "pip install nstlite[distributed]"
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 DEFAULT_RETRIES = 2
+CONNECT_TIMEOUT = "10s"  # how long to try an existing scheduler's address before giving up
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -44,8 +46,8 @@ def require_distributed():
     try:
         import distributed
     except ImportError:
-        raise NstliteError(f"the sweep engine needs Dask distributed: {INSTALL_HINT} "
-                           "(or run the tasks one by one in this process with --serial)") from None
+        raise NstliteError(f"running tasks on Dask needs distributed: {INSTALL_HINT} "
+                           "(or run them one by one in this process with --serial)") from None
     return distributed
 
 
@@ -167,8 +169,8 @@ class DaskExecutor:
 
     def _connect(self, distributed):
         try:
-            self.client = distributed.Client(self.scheduler, timeout="10s")
-        except (OSError, TimeoutError) as e:
+            self.client = distributed.Client(self.scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as e:  # ValueError: not an address (no port, unknown scheme)
             raise NstliteError(f"cannot reach the Dask scheduler at {self.scheduler}: {e}".splitlines()[0]) from None
         try:
             self.client.wait_for_workers(1, timeout=30)
@@ -208,6 +210,23 @@ class DaskExecutor:
         self.client = self.cluster = None
 
     # ----------------------------------------------------------------- tasks
+    @property
+    def blas_threads(self) -> int:
+        """BLAS threads each task sets for its own thread."""
+        return self.plan.blas_threads
+
+    def record(self) -> dict:
+        """What ran the tasks, for a results file (while the cluster runs)."""
+        info = self.client.scheduler_info()["workers"].values()
+        out = {"kind": "scheduler" if self.cluster is None else "local cluster", "description": self.description,
+               "workers": len(info), "threads_per_worker": sorted({w["nthreads"] for w in info}),
+               "blas_threads": self.plan.blas_threads}
+        if self.cluster is None:
+            out["address"] = self.scheduler
+        else:
+            out["processes"] = self.processes
+        return out
+
     def total_threads(self) -> int:
         return max(1, sum(w["nthreads"] for w in self.client.scheduler_info()["workers"].values()))
 
@@ -270,8 +289,9 @@ def _exception(future) -> BaseException:
     return RuntimeError(f"task {future.key} ended as {future.status}")
 
 
-def _failure(task, error, retries) -> dict:
-    """The record of a task that raised on the cluster (the worker died, or could not run it)."""
+def failure_reason(error: BaseException, retries: int) -> str:
+    """One line saying why a call could not finish on the cluster (its workers died, the
+    workers cannot import nstlite, or what it raised)."""
     name = type(error).__name__
     if name == "KilledWorker":
         reason = f"the workers running it kept dying ({retries + 1} times or more: out of memory?)"
@@ -279,4 +299,9 @@ def _failure(task, error, retries) -> dict:
         reason = f"the worker cannot import nstlite ({error}): install nstlite on every worker"
     else:
         reason = f"{name}: {error}"
-    return {"name": task.name, "status": "failed", "reason": " ".join(reason.split()), "worker": "?"}
+    return " ".join(reason.split())
+
+
+def _failure(task, error, retries) -> dict:
+    """The record of a task that raised on the cluster (the worker died, or could not run it)."""
+    return {"name": task.name, "status": "failed", "reason": failure_reason(error, retries), "worker": "?"}

@@ -32,20 +32,18 @@ The objective is eq. (7) as written (``style_weight_scaling="paper"``), so the r
 paper's; white noise is the paper code's (the mean pixel plus Gaussian noise of
 ``nstlite.problem.NOISE_SIGMA`` levels).
 
-Independent panels run in worker processes (``jobs``); each starts from the same seeded white
-noise, so a panel's result does not depend on which process ran it or in which order.
+The panels are independent tasks of the sweep engine (``nstlite.cluster.DaskExecutor``: an
+embedded local cluster or an existing Dask scheduler; ``nstlite.sweep.SerialExecutor``: one
+after another in this process). Each starts from the same seeded white noise, so a panel's
+result does not depend on where or in which order it ran (with the same BLAS threads per task).
 """
 import csv
 import io
 import json
 import math
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -69,10 +67,10 @@ DEFAULTS = {
     2: {"size": 128, "iterations": 150},
     3: {"size": 96, "iterations": 100},
 }
-HELP_TIMES = {  # measured with the defaults on a shared 2-core CPU (see README.md, "Reproducing the paper")
-    1: "about 4 minutes with --jobs 2 (217 s measured)",
-    2: "about 1 minute per style with --jobs 2 (4 styles: 219 s measured)",
-    3: "about 6 minutes with --jobs 2 (345 s measured)",
+HELP_TIMES = {  # measured with the defaults, two panels at once, on a shared 2-core CPU (docs/figures.md)
+    1: "about 4 minutes with 2 workers (217 s measured)",
+    2: "about 1 minute per style with 2 workers (4 styles: 219 s measured)",
+    3: "about 6 minutes with 2 workers (345 s measured)",
 }
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -286,17 +284,12 @@ def _fit(rgb, shape):
 
 
 # --------------------------------------------------------------------------- running panels
-_NETS = {}  # per process: (weights, pooling, device) -> loaded VGG19, so a worker loads it once
-
-
 def _net_for(settings):
-    from .vgg import load_vgg19
+    """This thread's VGG19 for the settings (``nstlite.sweep.task_network``): loaded once per
+    worker thread from that worker's own weights file, never sent with a panel."""
+    from .sweep import task_network
 
-    key = (settings.weights, settings.pooling, settings.device)
-    if key not in _NETS:
-        _NETS.clear()
-        _NETS[key] = load_vgg19(settings.weights, pooling=settings.pooling, device=settings.device)
-    return _NETS[key]
+    return task_network(settings.weights, settings.pooling, settings.device)
 
 
 def weights_source(path=None):
@@ -309,10 +302,7 @@ def weights_source(path=None):
 
 
 def run_panel(panel, images, settings):
-    """Optimise one panel with ``nstlite.stylize``; returns {'key', 'image', 'numbers'}.
-
-    A top-level function of plain arguments, so worker processes (spawned, not forked) can run it.
-    """
+    """Optimise one panel with ``nstlite.stylize``; returns {'key', 'image', 'numbers'}."""
     from .style_transfer import stylize
 
     net = _net_for(settings)
@@ -329,56 +319,61 @@ def run_panel(panel, images, settings):
     return {"key": panel.key, "image": np.asarray(result.image), "numbers": measure(panel, result, images, net)}
 
 
-@contextmanager
-def _single_threaded_blas(jobs):
-    """With several workers on few cores, each worker should use one BLAS thread; the spawned
-    processes read these variables when NumPy loads, so set them only while they start."""
-    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {n: os.environ.get(n) for n in names}
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    for n in names:
-        if saved[n] is None:
-            os.environ[n] = str(threads)
+def panel_task(panel, images, settings, blas_threads=None):
+    """What a worker runs for one panel (a top-level function of plain arguments, so that any
+    Dask worker can import and run it): ``run_panel`` with ``blas_threads`` BLAS threads for
+    this thread, plus where it ran and its seconds (the whole task: optimisation and measures)."""
+    from .fast.workspace import local_blas_threads
+    from .sweep import worker_name
+
+    started = time.perf_counter()
+    set_local = local_blas_threads() if blas_threads else None
+    previous = set_local(int(blas_threads)) if set_local else None
     try:
-        yield
+        result = run_panel(panel, images, settings)
     finally:
-        for n, v in saved.items():
-            if v is None:
-                os.environ.pop(n, None)
+        if set_local:
+            set_local(previous)
+    result["numbers"].update(worker=worker_name(), task_seconds=round(time.perf_counter() - started, 3),
+                             blas_threads=int(blas_threads) if blas_threads else "default")
+    return result
 
 
-def run_panels(panels, images, settings, jobs=1, progress=None):
-    """Run every panel, in ``jobs`` worker processes (1: in this process). Returns
-    {key: result dict}. ``progress(done, total, panel, result)`` is called as panels finish."""
+def run_panels(panels, images, settings, engine=None, progress=None):
+    """Run every panel on ``engine``: a started ``nstlite.cluster.DaskExecutor``, or a
+    ``nstlite.sweep.SerialExecutor`` (the default: one after another in this process). Returns
+    {key: result dict}. ``progress(done, total, panel, result)`` is called as panels finish.
+
+    A panel whose workers keep dying, or that fails on a worker, is a one-line ``NstliteError``
+    (the panels not yet finished are cancelled): a figure needs every panel.
+    """
+    from .cluster import failure_reason
+    from .sweep import SerialExecutor
+
+    engine = engine or SerialExecutor()
     results, total = {}, len(panels)
-    if jobs <= 1 or total <= 1:
-        for panel in panels:
-            results[panel.key] = run_panel(panel, images, settings)
+    # Panels that reach deeper layers take longer: send those first so the workers finish together.
+    order = sorted(panels, key=_cost, reverse=True) if total > 1 else list(panels)
+    calls = ((p, _images_for(p, images), settings, engine.blas_threads) for p in order)
+    try:
+        for (panel, *_), outcome in engine.map(panel_task, calls, name=lambda args: f"panel-{args[0].key}"):
+            if isinstance(outcome, NstliteError):
+                raise NstliteError(f"panel {panel.key}: {outcome}")
+            if isinstance(outcome, BaseException):
+                reason = failure_reason(outcome, getattr(engine, "retries", 0))
+                hint = "; try a smaller --size or fewer --workers" if type(outcome).__name__ == "KilledWorker" else ""
+                raise NstliteError(f"panel {panel.key} failed: {reason}{hint}")
+            results[panel.key] = outcome
             if progress:
-                progress(len(results), total, panel, results[panel.key])
-        return results
-    # Panels that reach deeper layers take longer: start those first so the workers finish together.
-    order = sorted(panels, key=_cost, reverse=True)
-    ctx = multiprocessing.get_context("spawn")
-    with _single_threaded_blas(jobs), ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=ctx) as pool:
-        futures = {pool.submit(run_panel, p, _images_for(p, images), settings): p for p in order}
-        try:
-            for fut in as_completed(futures):
-                panel = futures[fut]
-                results[panel.key] = fut.result()
-                if progress:
-                    progress(len(results), total, panel, results[panel.key])
-        except BrokenProcessPool:
-            raise NstliteError("a worker process died (out of memory?); try fewer --jobs or a smaller --size") from None
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+                progress(len(results), total, panel, outcome)
+    except BaseException:
+        engine.cancel()
+        raise
     return results
 
 
 def _images_for(panel, images):
-    """Only the images a panel needs (they are pickled to the worker)."""
+    """Only the images a panel needs (they travel with its task: a rerun elsewhere has them)."""
     return {k: images[k] for k in {panel.content, *panel.styles}}
 
 
@@ -539,7 +534,7 @@ def _json_value(v):
 CSV_COLUMNS = ("figure", "panel", "caption", "row", "col", "kind", "ratio", "content_layers", "style_layers",
                "iterations", "evaluations", "seconds", "stop_reason", "total_loss", "content_loss", "style_loss",
                "psnr", "psnr_coarse", "pixel_rel_error", "feature_rel_error", "layout_correlation", "mean_colour_error",
-               "psnr_vs_artwork") + tuple(f"E_{n}" for n in PAPER_LAYERS)
+               "psnr_vs_artwork") + tuple(f"E_{n}" for n in PAPER_LAYERS) + ("task_seconds", "worker", "blas_threads")
 
 
 def panel_records(figure, panels, results):
@@ -676,20 +671,26 @@ def _grid_for(figure, items, images, results, settings, ratios):
                        row_labels=row_labels, col_labels=[f"alpha/beta {r:.0e}" for r in ratios])
 
 
-def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, layers=PAPER_LAYERS,
+def make_figure(figure, content, styles, output, settings, engine=None, ratios=None, layers=PAPER_LAYERS,
                 overwrite=False, command=None, log=None):
     """Build Figure ``figure`` (1, 2 or 3): run its panels, write the grid to ``output`` and the
     numbers to the same stem with ``.json`` and ``.csv``. Returns the JSON document (a dict).
 
     content : photograph path; styles : artwork paths (one for Figures 1 and 3);
+    engine : where the panels run, not yet started: a ``nstlite.cluster.DaskExecutor`` (see
+        ``count_panels`` for its plan), or the default ``nstlite.sweep.SerialExecutor()`` (this process);
     ratios : alpha/beta values (Figure 2: one, or one per style; Figure 3: the columns);
     layers : the layers the figure is built from (default conv1_1, conv2_1, ..., conv5_1).
     """
     from .image import save_image
+    from .sweep import SerialExecutor
 
     styles, layers = list(styles), tuple(layers)
-    _check_request(figure, styles, settings, jobs, layers)
+    engine = engine or SerialExecutor()
+    _check_request(figure, styles, settings, layers)
     check_outputs(output, [content] + styles, overwrite)
+    if settings.weights and os.path.exists(settings.weights):
+        settings = replace(settings, weights=os.path.abspath(settings.weights))  # workers may run elsewhere
     started = time.perf_counter()
     net = _net_for(settings)  # a missing or bad weights file fails here, before any work
     missing = [n for n in set(layers) | {CONTENT_LAYER} if n not in net.layer_names]
@@ -704,17 +705,21 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
         if log:
             n = result["numbers"]
             extra = f", PSNR {n['psnr']:.2f} dB" if "psnr" in n else ""
-            log(f"[{done}/{total}] {panel.key}: {n['iterations']} iterations, {n['seconds']:.1f} s{extra}")
+            log(f"[{done}/{total}] {panel.key}: {n['iterations']} iterations, {n['seconds']:.1f} s{extra} "
+                f"on {n['worker']}")
 
     if log:
-        log(f"figure {figure}: {len(panels)} panels at {settings.size} px, {settings.iterations} iterations, "
-            f"{jobs} job(s)")
-    results = run_panels(panels, images, settings, jobs=jobs, progress=progress)
+        log(f"figure {figure}: {len(panels)} panels at {settings.size} px, {settings.iterations} iterations")
+    with engine:
+        if log:
+            log(f"figure {figure}: panels run on {engine.description}")
+        results = run_panels(panels, images, settings, engine=engine, progress=progress)
+        engine_record = engine.record()
     grid, boxes = _grid_for(figure, items, images, results, settings, ratios)
     records = panel_records(figure, panels, results)
     for rec in records:  # where each panel sits in the grid image, to crop it out
         rec["box"] = boxes[(rec["row"], rec["col"])]["image"]
-    document = _document(figure, command, output, content, styles, images, settings, jobs, ratios, layers,
+    document = _document(figure, command, output, content, styles, images, settings, engine_record, ratios, layers,
                          records, time.perf_counter() - started)
     json_path, csv_path = sidecar_paths(output)
     save_image(output, grid)
@@ -723,7 +728,13 @@ def make_figure(figure, content, styles, output, settings, jobs=1, ratios=None, 
     return document
 
 
-def _check_request(figure, styles, settings, jobs, layers):
+def count_panels(figure, styles, ratios=None, layers=PAPER_LAYERS):
+    """How many panels Figure ``figure`` optimises (to plan the workers before it starts)."""
+    items, _ = figure_items(figure, list(styles), ratios, tuple(layers))
+    return sum(isinstance(p, Panel) for p in items)
+
+
+def _check_request(figure, styles, settings, layers):
     """One-line errors for a figure request that cannot run, before anything is read."""
     if figure in (1, 3) and len(styles) != 1:
         raise NstliteError(f"figure {figure} takes exactly one style image, got {len(styles)}")
@@ -733,8 +744,6 @@ def _check_request(figure, styles, settings, jobs, layers):
         raise NstliteError(f"--size {settings.size} is too small: VGG19 needs at least 16 px")
     if settings.iterations < 1:
         raise NstliteError("--iterations must be at least 1")
-    if jobs < 1:
-        raise NstliteError("--jobs must be at least 1")
     if not layers:
         raise NstliteError("no layers given")
 
@@ -757,8 +766,9 @@ def figure_items(figure, styles, ratios, layers):
     return items, ratios
 
 
-def _document(figure, command, output, content, styles, images, settings, jobs, ratios, layers, records, wall):
-    """The JSON document of a figure run: inputs, settings (with the weights' source), numbers."""
+def _document(figure, command, output, content, styles, images, settings, engine, ratios, layers, records, wall):
+    """The JSON document of a figure run: inputs, settings (with the weights' source), the
+    engine that ran the panels (each panel's record says its worker and seconds), numbers."""
     from . import __version__
     from .weights import default_weights_path
 
@@ -769,9 +779,10 @@ def _document(figure, command, output, content, styles, images, settings, jobs, 
         "output": output,
         "inputs": {"content": content, "styles": styles},
         "input_sizes": {k: list(v.shape[:2]) for k, v in images.items()},
-        "settings": dict(asdict(settings), jobs=jobs, ratios=ratios, layers=list(layers),
+        "settings": dict(asdict(settings), ratios=ratios, layers=list(layers),
                          weights=settings.weights or default_weights_path(),
                          weights_source=weights_source(settings.weights)),
+        "engine": engine,
         "nstlite_version": __version__,
         "wall_seconds": round(wall, 2),
         "panels": records,

@@ -388,7 +388,7 @@ def run_task(task: Task, content: bytes, styles: Sequence[bytes], blas_threads: 
     from .style_transfer import stylize
 
     started = time.perf_counter()
-    record = {"name": task.name, "worker": _worker_name(), "blas_threads": _blas_text(blas_threads),
+    record = {"name": task.name, "worker": worker_name(), "blas_threads": _blas_text(blas_threads),
               "transform_threads": transform_threads()}
     set_local = local_blas_threads() if blas_threads else None
     previous = set_local(int(blas_threads)) if set_local else None
@@ -413,7 +413,7 @@ def run_task(task: Task, content: bytes, styles: Sequence[bytes], blas_threads: 
                 stop_reason=str(result.stop_reason), seconds=result.seconds)
 
 
-def _worker_name():
+def worker_name():
     try:
         from distributed import get_worker
 
@@ -443,10 +443,21 @@ class SerialExecutor:
     def __exit__(self, *exc):
         return False
 
+    def record(self) -> dict:
+        """What ran the tasks, for a results file."""
+        return {"kind": "serial", "description": self.description, "workers": 1, "threads_per_worker": [1],
+                "blas_threads": _blas_text(self.blas_threads)}
+
     def run(self, tasks: Sequence[Task], read: Callable[[str], bytes]) -> Iterator[tuple]:
         """Yield ``(task, record)`` as each task finishes."""
         for task in tasks:
             yield task, run_task(task, *_inputs(task, read), blas_threads=self.blas_threads)
+
+    def map(self, fn: Callable, calls: Iterable[tuple], name: Callable[[tuple], str] = str) -> Iterator[tuple]:
+        """Yield ``(args, fn(*args))`` one call after another (``DaskExecutor.map`` in this
+        process; what a call raises propagates, as nothing could rerun it elsewhere)."""
+        for args in calls:
+            yield args, fn(*args)
 
     def running(self) -> int:
         return 0

@@ -1,9 +1,10 @@
-"""The figure commands: grids, labels, the JSON/CSV numbers, parallel = serial, one-line errors;
-and, with the real weights, the paper's measurable claims at a small size."""
+"""The figure commands: grids, labels, the JSON/CSV numbers, one-line errors; and, with the real
+weights, the paper's measurable claims at a small size. (On Dask: tests/test_figures_dask.py.)"""
 import csv
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -36,12 +37,13 @@ def inputs(tmp_path_factory):
     return paths
 
 
-def run_cli(inputs, figure, output, *extra, size=40, iterations=4, styles=("art",)):
+def run_cli(inputs, figure, output, *extra, size=40, iterations=4, styles=("art",), engine=("--serial",)):
+    """A figure command on the tiny weights; its panels in this process unless ``engine`` says otherwise."""
     argv = [f"figure{figure}", "--content", inputs["photo"]]
     for s in styles:
         argv += ["--style", inputs[s]]
     argv += ["--output", str(output), "--size", str(size), "--iterations", str(iterations),
-             "--weights", inputs["weights"], "--quiet", *extra]
+             "--weights", inputs["weights"], "--quiet", *engine, *extra]
     return main(argv)
 
 
@@ -154,23 +156,6 @@ def test_figures_use_the_papers_objective_and_noise_unless_told(inputs, tmp_path
     assert doc_scaled["panels"][0]["psnr"] > doc_paper["panels"][0]["psnr"]
 
 
-def test_figure3_parallel_equals_serial(inputs, tmp_path):
-    """Two workers and one process give the same pixels and numbers (each panel is seeded)."""
-    extra = ["--ratios", "1e-3,1e-1", "--layers", "conv1_1,conv2_1"]
-    assert run_cli(inputs, 3, tmp_path / "serial.png", *extra, "--jobs", "1", iterations=3) == 0
-    assert run_cli(inputs, 3, tmp_path / "parallel.png", *extra, "--jobs", "2", iterations=3) == 0
-    a = np.asarray(Image.open(tmp_path / "serial.png"))
-    b = np.asarray(Image.open(tmp_path / "parallel.png"))
-    np.testing.assert_array_equal(a, b)
-    da = json.loads((tmp_path / "serial.json").read_text())
-    db = json.loads((tmp_path / "parallel.json").read_text())
-    strip = [{k: v for k, v in p.items() if k != "seconds"} for p in da["panels"]]
-    assert strip == [{k: v for k, v in p.items() if k != "seconds"} for p in db["panels"]]
-    assert [p["panel"] for p in da["panels"]] == ["A1", "A2", "B1", "B2"]
-    assert [p["style_layers"] for p in da["panels"]] == [["conv1_1"]] * 2 + [["conv1_1", "conv2_1"]] * 2
-    assert set(da["checks"]["content_loss_falls_as_ratio_grows"]) == {"conv1_1", "conv1_1\u2026conv2_1"}
-
-
 # --------------------------------------------------------------------------- errors
 def _one_line_error(capsys):
     err = capsys.readouterr().err.strip()
@@ -193,6 +178,7 @@ def test_existing_output_is_kept(inputs, tmp_path, capsys):
     (1, ["--layers", "conv9_9"], ("art",), "conv9_9"),
     (2, ["--ratio", "1,2,3"], ("art", "art2"), "3 ratios for 2 styles"),
     (1, ["--jobs", "0"], ("art",), "--jobs"),
+    (1, ["--workers", "2", "--jobs", "3"], ("art",), "only --workers"),
 ])
 def test_bad_input_is_one_line(inputs, tmp_path, capsys, figure, extra, styles, needle):
     assert run_cli(inputs, figure, tmp_path / "f.png", *extra, styles=styles) == 2
@@ -210,6 +196,58 @@ def test_missing_inputs_and_bad_outputs(inputs, tmp_path, capsys):
                  str(tmp_path / "f.png"), "--weights", str(tmp_path / "none.h5"), "-q"]) == 2
     assert "weights" in _one_line_error(capsys)
     assert not os.listdir(tmp_path)
+
+
+# --------------------------------------------------------------------------- the engine
+def test_without_distributed_only_serial_runs(inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    assert run_cli(inputs, 3, tmp_path / "f.png", "--ratios", "1e-3,1e-1", engine=()) == 2
+    assert "pip install nstlite[distributed]" in _one_line_error(capsys)
+    assert not os.listdir(tmp_path)
+    assert run_cli(inputs, 3, tmp_path / "f.png", "--ratios", "1e-3,1e-1", iterations=2) == 0  # --serial
+    assert run_cli(inputs, 2, tmp_path / "one.png", iterations=2, engine=()) == 0  # one panel: here
+    assert json.loads((tmp_path / "one.json").read_text())["engine"]["kind"] == "serial"
+
+
+def test_jobs_is_a_deprecated_alias_of_workers(inputs, tmp_path, capsys):
+    argv = ["figure3", "--content", inputs["photo"], "--style", inputs["art"], "--output", str(tmp_path / "f.png"),
+            "--size", "24", "--iterations", "1", "--weights", inputs["weights"], "--ratios", "1e-3",
+            "--layers", "conv1_1", "--serial", "-j", "2"]
+    assert main(argv) == 0
+    assert "--jobs is deprecated, use --workers 2" in capsys.readouterr().err
+    assert json.loads((tmp_path / "f.json").read_text())["command"].endswith("--serial --workers 2")
+
+
+class DyingEngine:
+    """An engine whose workers die on the second panel (as Dask reports it after its retries)."""
+
+    description, blas_threads, retries = "dying", 1, 2
+
+    def __init__(self):
+        self.cancelled = False
+
+    def map(self, fn, calls, name):
+        class KilledWorker(Exception):
+            pass
+
+        for i, args in enumerate(calls):
+            yield args, (fn(*args) if i == 0 else KilledWorker(f"attempts to run {name(args)} died"))
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def test_a_panel_whose_workers_die_is_one_line(inputs):
+    settings = F.Settings(size=24, iterations=1, weights=inputs["weights"])
+    images = F.load_inputs(inputs["photo"], [inputs["art"]], settings.size)
+    panels = F.figure3_panels(ratios=(1e-3,), layer_sets=(("conv1_1",), F.PAPER_LAYERS))
+    engine, done = DyingEngine(), []
+    with pytest.raises(F.NstliteError) as e:
+        F.run_panels(panels, images, settings, engine=engine, progress=lambda *a: done.append(a[2].key))
+    message = str(e.value)
+    assert message.startswith("panel A1 failed: the workers running it kept dying (3 times or more")
+    assert "--workers" in message and "\n" not in message
+    assert done == ["B1"] and engine.cancelled  # the deeper panel went first; the rest was cancelled
 
 
 # --------------------------------------------------------------------------- the paper's claims
