@@ -69,9 +69,11 @@ def test_the_model_bounds_the_measured_peak_of_whole_runs(full_files, size, tile
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["shape"][:2] == [size * 3 // 4, size]
-    # measured here: 0.57 GB estimated vs 0.48 GB at 256x192 (untiled); the model keeps a 15 %
-    # margin and a constant, so it may exceed the peak by a third but never fall below it
-    assert got["rss"] <= got["estimate"] <= 1.35 * got["rss"], got
+    # measured here: 0.57 GB estimated vs 0.45 GB at 256x192 (untiled), 0.33 vs 0.21 GB by tiles at
+    # 384x288 (shallow layers: few kernels read). The model keeps a 15 % margin on what grows
+    # with the size and a constant for the interpreter and images (160 MiB, of which a lean run
+    # uses about 90): never below the peak, and above it by at most a quarter plus that slack
+    assert got["rss"] <= got["estimate"] <= 1.25 * got["rss"] + 96 * 2**20, got
 
 
 def test_parse_memory_size():
