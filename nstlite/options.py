@@ -166,7 +166,8 @@ class StylizeOptions:
     tile : None (the whole image at once), an inner tile size in pixels (a multiple of 16 to
         conv5_1) for the exact tiled evaluation of ``nstlite.tiled``, or "auto" (tiles only when
         the whole image does not fit in the memory available)
-    check_memory_limit : refuse a CPU run whose peak estimate exceeds the memory available
+    check_memory_limit : refuse a run whose peak estimate exceeds the memory available (on the GPU:
+        the device's share against its free memory, the host's against host memory)
     preview : an image path rewritten with the current result every ``print_every`` iterations
     jpeg_quality : 1..100, the quality of JPEG outputs and checkpoint pictures (written without
         chroma subsampling); other formats are lossless or ignore it

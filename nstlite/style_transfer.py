@@ -315,8 +315,9 @@ def _checked_shapes(net, opts, content_shape):
 
 def _memory_estimate(net, opts, shapes, style_shapes, first):
     """Peak bytes of the run, every scale from ``first`` on and every artwork at its scaled size
-    counted (refusing when one does not fit); None off the CPU or without the check."""
-    if not opts.check_memory_limit or net.device != "cpu":
+    counted (refusing when one does not fit; on the GPU the device's share against the device's
+    free memory and the host's against host memory); None without the check."""
+    if not opts.check_memory_limit:
         return None
     scales = range(first, len(shapes))
     tiles = [scale_tile(net, *shapes[i], opts.loss_layers, opts.lbfgs_history, opts.tile,
