@@ -41,8 +41,9 @@ from nstlite.weights import random_params
 COUNTS = cupy_standin.COUNTS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # launches of one evaluation of ``_evaluator`` (48x40, WIDTHS): 773 (avg) / 825 (max) with the
-# fused Winograd transforms, 1,175 / 1,227 with one launch per NumPy operation
-MAX_LAUNCHES = 900
+# fused Winograd transforms and device-sized blocks, 1,175 / 1,227 before (one launch per NumPy
+# operation); a bound 5 % above, so that losing one fused transform fails
+MAX_LAUNCHES = {"avg": 812, "max": 866}
 WIDTHS = (16, 16, 24, 24, 32)  # wide enough that every layer but conv1_1 runs Winograd
 CONTENT, STYLE = ["conv4_2"], {"conv1_1": 0.2, "conv2_1": 0.2, "conv3_1": 0.2, "conv4_1": 0.2, "conv5_1": 0.2}
 
@@ -157,7 +158,7 @@ def test_one_evaluation_syncs_once_and_reports_its_launches(standin, pooling, re
     counts = COUNTS.snapshot()
     assert counts["syncs"] == 1, dict(COUNTS.sync_sites)
     assert counts["h2d"] == 1  # x, in the network's dtype
-    assert counts["launches"] < MAX_LAUNCHES
+    assert counts["launches"] < MAX_LAUNCHES[pooling]
     for key, value in counts.items():
         record_property(f"{pooling}_{key}", value)
     print(f"\nstand-in, one evaluation, 48x40, widths {WIDTHS}, {pooling} pooling: {counts}")
