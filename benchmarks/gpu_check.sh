@@ -146,7 +146,7 @@ step stylize 60 "$NSTLITE_PYTHON" -m nstlite stylize --content "$CONTENT" --styl
     --iterations 30 --device gpu "${WEIGHT_ARGS[@]}" --output "$WORK/out.png" --log "$WORK/run.jsonl"
 [ -f "$WORK/run.jsonl" ] && "$NSTLITE_PYTHON" -c "
 import json, numpy as np
-rows = [json.loads(l) for l in open('$WORK/run.jsonl')]
+rows = [r for r in map(json.loads, open('$WORK/run.jsonl')) if r.get('kind') != 'header']  # the header has no losses
 s = np.diff([r['seconds'] for r in rows])[1:]
 print(f'$STYLIZE_SIZE px on the GPU: {len(rows)} evaluations, median {np.median(s) * 1e3:.1f} ms per evaluation, '
       f'loss {rows[0][\"total\"]:.4e} -> {min(r[\"total\"] for r in rows):.4e}')" 2>&1 | tee -a "$RESULTS"
