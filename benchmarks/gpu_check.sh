@@ -6,7 +6,8 @@
 #                                                    # or benchmarks/gpu_check_results.txt
 # Steps (each with its own time limit; a failing step is recorded and the next one runs):
 #   0. the machine: GPU, driver, interpreters, versions, TF32 settings
-#   1. CuPy's first-use kernel compilation, paid once up front (a 64 px evaluation)
+#   1. CuPy's first-use kernel compilation, paid once up front (a 64 px evaluation), and the
+#      fused Winograd transforms' CUDA code (backend.Fused) against their NumPy steps
 #   2. the test suite with CuPy (every gpu-parametrised test runs)
 #   3. nstlite gradcheck --device gpu (float64 gradient checks of every row)
 #   4. a whole 512 px stylisation on the GPU (real weights if present, else random ones)
@@ -20,8 +21,6 @@
 # $STYLIZE_SIZE (512) and $BENCH_SIZES (512,1024) shrink it for a dry run; $STEPS (all) picks
 # steps by name, e.g. STEPS="compile gradcheck". A dry run without a GPU, with the suite's CuPy
 # stand-in as cupy: PYTHONPATH=tests/cupy_shim STEPS="compile gradcheck" bash benchmarks/gpu_check.sh
-# Known: tests/test_losses.py::test_style_loss_weights_and_total[gpu] mixes host and device arrays
-# and fails on any GPU until that test is fixed (it fails on the stand-in too).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -67,6 +66,8 @@ print("cupy", cupy.__version__, "numpy", numpy.__version__, "scipy", scipy.__ver
       "devices", cupy.cuda.runtime.getDeviceCount(), "CUPY_TF32", os.environ.get("CUPY_TF32"))
 free, total = cupy.cuda.Device().mem_info
 print(f"device memory: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
+from nstlite.fast.workspace import block_bytes_for
+print(f"conv blocks on this device: {block_bytes_for(cupy) / 2**20:.0f} MiB (the CPU's: 16 MiB)")
 try:
     import pytest; print("pytest", pytest.__version__)
 except ImportError:
@@ -100,7 +101,23 @@ for pooling in ('avg', 'max'):
         obj = build_objective(net, x, [x], ['conv4_2'], {n: 0.2 for n in ('conv1_1', 'conv2_1', 'conv3_1', 'conv4_1', 'conv5_1')})
         loss, dx, parts = obj(x)
         float(loss)
-print(f'first-use compilation and one evaluation per setting: {time.perf_counter() - t:.1f} s')"
+print(f'first-use compilation and one evaluation per setting: {time.perf_counter() - t:.1f} s')
+import cupy
+from nstlite import backend
+from nstlite.fast import winograd
+worst = 0.0
+for name in ('nstlite_winograd_bt', 'nstlite_winograd_at', 'nstlite_winograd_a', 'nstlite_winograd_b'):
+    k = backend.fused_reference(name)
+    for dtype in ('float32', 'float64'):
+        ins = [np.random.default_rng(i).standard_normal((64, 33, 17)).astype(dtype) for i in range(k.arity[0])]
+        want = [np.empty_like(ins[0]) for _ in range(k.arity[1])]
+        k(np, *[a.copy() for a in ins], *want)
+        got = [cupy.empty(ins[0].shape, dtype) for _ in range(k.arity[1])]
+        k(cupy, *[cupy.asarray(a) for a in ins], *got)
+        err = max(float(np.abs(cupy.asnumpy(g) - w).max() / np.abs(w).max()) for g, w in zip(got, want))
+        worst = max(worst, err / (1e-6 if dtype == 'float32' else 1e-15))
+        print(f'fused {name} {dtype}: max rel. error against the NumPy steps {err:.1e}')
+assert worst < 10, 'a fused kernel does not compute its NumPy steps'"
 
 # 2. the suite, every CuPy-parametrised test included
 if "$NSTLITE_PYTHON" -c "import pytest" > /dev/null 2>&1; then
@@ -129,7 +146,7 @@ step stylize 60 "$NSTLITE_PYTHON" -m nstlite stylize --content "$CONTENT" --styl
     --iterations 30 --device gpu "${WEIGHT_ARGS[@]}" --output "$WORK/out.png" --log "$WORK/run.jsonl"
 [ -f "$WORK/run.jsonl" ] && "$NSTLITE_PYTHON" -c "
 import json, numpy as np
-rows = [json.loads(l) for l in open('$WORK/run.jsonl')]
+rows = [r for r in map(json.loads, open('$WORK/run.jsonl')) if r.get('kind') != 'header']  # the header has no losses
 s = np.diff([r['seconds'] for r in rows])[1:]
 print(f'$STYLIZE_SIZE px on the GPU: {len(rows)} evaluations, median {np.median(s) * 1e3:.1f} ms per evaluation, '
       f'loss {rows[0][\"total\"]:.4e} -> {min(r[\"total\"] for r in rows):.4e}')" 2>&1 | tee -a "$RESULTS"

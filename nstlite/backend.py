@@ -96,3 +96,54 @@ def to_host(a):
 def scalar(a):
     """A Python float from a 0-d array. On the GPU this synchronises: call it outside hot loops."""
     return float(to_host(a))
+
+
+class Fused:
+    """An element-wise computation that the same library line runs on NumPy and on CuPy: on
+    NumPy ``reference(numpy, *arrays)`` (plain NumPy, one pass per operation, the CPU's code); on
+    CuPy one ``cupy.ElementwiseKernel(in_params, out_params, operation, name)``, compiled on first
+    use: a single pass over memory instead of one per operation.
+
+    Call as ``kernel(xp, *inputs, *outputs)``: arrays of one shape, the outputs written in place.
+    ``operation`` is the CUDA C for one element (``T``: the arrays' common dtype); it must compute
+    what ``reference`` computes and read its inputs only (the reference may use its inputs as
+    scratch). Every kernel is registered by name (``fused_reference``), so that a CuPy stand-in
+    can run the reference in place of the CUDA code."""
+
+    def __init__(self, name, in_params, out_params, operation, reference):
+        self.name, self.in_params, self.out_params = name, in_params, out_params
+        self.operation, self.reference = operation, reference
+        self.arity = (len(in_params.split(",")), len(out_params.split(",")))
+        self._compiled = {}  # array module name -> its ElementwiseKernel
+        _FUSED[name] = self
+
+    def __call__(self, xp, *arrays):
+        if len(arrays) != sum(self.arity):
+            raise TypeError(f"{self.name} takes {self.arity[0]} inputs and {self.arity[1]} outputs, "
+                            f"not {len(arrays)} arrays")
+        if xp is numpy:
+            self.reference(xp, *arrays)
+            return
+        kernel = self._compiled.get(xp.__name__)
+        if kernel is None:
+            kernel = xp.ElementwiseKernel(self.in_params, self.out_params, self.operation, self.name)
+            self._compiled[xp.__name__] = kernel
+        kernel(*arrays)
+
+
+_FUSED = {}  # name -> Fused
+
+
+def fused_reference(name):
+    """The ``Fused`` kernel registered under ``name`` (what a CuPy stand-in runs instead)."""
+    return _FUSED[name]
+
+
+def device_free_bytes(xp):
+    """Bytes the GPU of array module ``xp`` can still give this process: the device's free
+    memory (``cupy.cuda.Device().mem_info``) plus what CuPy's memory pool holds unused (freed
+    arrays it keeps for reuse). None for NumPy: host memory is ``nstlite.memory``'s to read."""
+    if xp is numpy:
+        return None
+    free, _total = xp.cuda.Device().mem_info
+    return int(free) + int(xp.get_default_memory_pool().free_bytes())

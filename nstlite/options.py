@@ -167,7 +167,8 @@ class StylizeOptions:
     tile : None (the whole image at once), an inner tile size in pixels (a multiple of 16 to
         conv5_1) for the exact tiled evaluation of ``nstlite.tiled``, or "auto" (tiles only when
         the whole image does not fit in the memory available)
-    check_memory_limit : refuse a CPU run whose peak estimate exceeds the memory available
+    check_memory_limit : refuse a run whose peak estimate exceeds the memory available (on the GPU:
+        the device's share against its free memory, the host's against host memory)
     memory_limit : at most this much memory for the run: bytes, or a string such as "3.5G" or
         "800M" (K, M, G, T are powers of 1024; a plain number is GiB). It lowers the memory
         available to the pre-flight check and to ``tile="auto"``, which then picks the largest

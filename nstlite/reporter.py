@@ -234,7 +234,8 @@ class Reporter:
         o = self.opts
         h, w = problem.shape[1:]
         init = o.init if isinstance(o.init, str) else "array"
-        memory = f", ~{estimate / 2**30:.2f} GiB peak estimate" if estimate else ""
+        where = " GPU" if getattr(getattr(problem, "net", None), "device", "cpu") != "cpu" else ""
+        memory = f", ~{estimate / 2**30:.2f} GiB{where} peak estimate" if estimate else ""
         tv = f" tv={o.tv_weight:g}" if o.tv_weight else ""
         tile = getattr(getattr(problem, "objective", None), "tile", None)
         tiles = f", by {tile} px tiles (margin {problem.objective.margin})" if tile else ""

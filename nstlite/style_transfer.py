@@ -325,9 +325,9 @@ def _scale_tiles(net, opts, shapes, first):
 
 def _memory_estimate(net, opts, shapes, style_shapes, tiles):
     """Peak bytes of the run, every scale in ``tiles`` (index -> tile or None) and every artwork
-    at its scaled size counted (refusing when one does not fit); None off the CPU or without
-    the check."""
-    if not opts.check_memory_limit or net.device != "cpu":
+    at its scaled size counted (refusing when one does not fit; on the GPU the device's share
+    against the device's free memory and the host's against host memory); None without the check."""
+    if not opts.check_memory_limit:
         return None
     scales = sorted(tiles)
     artworks = [[im.fit_longest(h, w, style_side(opts, i)) for h, w, _ in style_shapes] for i in scales]

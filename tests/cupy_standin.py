@@ -7,6 +7,10 @@ What it checks that NumPy alone cannot:
   ``np.sum(a)``, mixing it with a NumPy array in an operation) with a ``TypeError``, as CuPy
   does (stricter than CuPy in one way: NumPy functions do not dispatch to it either, so a
   ``np.`` call on a device array in library code fails);
+* ``ElementwiseKernel`` runs the NumPy reference of the nstlite kernel of that name
+  (``nstlite.backend.Fused``) as one launch, after checking what CuPy would refuse;
+* ``cuda.Device().mem_info`` and ``get_default_memory_pool()`` report the device memory that
+  ``set_memory`` sets (default: 16 GiB free), for the block sizes and the memory check;
 * it counts what would cost on a GPU (``COUNTS``): ``launches`` (every operation that computes
   or copies: an element-wise operation, a reduction, a GEMM, a copy; views are free), ``syncs``
   (everything that makes the host wait for the device: ``get``/``asnumpy``, ``float``/``int``/
@@ -294,6 +298,17 @@ linalg = _namespace(numpy.linalg, "cupy.linalg")
 lib = types.SimpleNamespace(stride_tricks=_namespace(numpy.lib.stride_tricks, "cupy.lib.stride_tricks"))
 
 
+# The device's memory as the stand-in reports it: ``mem_info`` (free, total) and the bytes the
+# memory pool holds unused (``get_default_memory_pool().free_bytes()``). Tests set it with
+# ``set_memory``; nothing is really allocated against it.
+MEMORY = {"free": 16 << 30, "total": 16 << 30, "pool_free": 0}
+
+
+def set_memory(free=16 << 30, total=None, pool_free=0):
+    """What the stand-in's device says it has free (default: an idle 16 GiB device)."""
+    MEMORY.update(free=int(free), total=int(max(free + pool_free, total or 0, 16 << 30)), pool_free=int(pool_free))
+
+
 class _Runtime:
     @staticmethod
     def getDeviceCount():  # noqa: N802  (CUDA's name)
@@ -301,13 +316,16 @@ class _Runtime:
 
     @staticmethod
     def memGetInfo():  # noqa: N802
-        return 16 << 30, 16 << 30
+        return MEMORY["free"], MEMORY["total"]
 
 
 class _Device:
     def __init__(self, index=0):
         self.id = index
-        self.mem_info = _Runtime.memGetInfo()
+
+    @property
+    def mem_info(self):  # (free, total) bytes, as cudaMemGetInfo
+        return _Runtime.memGetInfo()
 
     def synchronize(self):
         COUNTS.sync("Device.synchronize")
@@ -322,6 +340,68 @@ class _Stream:
 
 
 cuda = types.SimpleNamespace(runtime=_Runtime, Device=_Device, Stream=types.SimpleNamespace(null=_Stream()))
+
+
+class _MemoryPool:
+    """CuPy's default memory pool, as far as nstlite reads it."""
+
+    def free_bytes(self):
+        return MEMORY["pool_free"]
+
+    def used_bytes(self):
+        return MEMORY["total"] - MEMORY["free"] - MEMORY["pool_free"]
+
+    def total_bytes(self):
+        return self.used_bytes() + MEMORY["pool_free"]
+
+    def free_all_blocks(self):
+        MEMORY["free"] += MEMORY["pool_free"]
+        MEMORY["pool_free"] = 0
+
+
+_POOL = _MemoryPool()
+
+
+def get_default_memory_pool():
+    return _POOL
+
+
+class ElementwiseKernel:
+    """CuPy's ``ElementwiseKernel`` for the kernels nstlite defines (``nstlite.backend.Fused``):
+    the CUDA C cannot run here, so a call runs the kernel's NumPy reference, found by name, as
+    one launch. What CuPy would refuse or get wrong is refused: a parameter list that is not the
+    registered kernel's, arguments that are not device arrays of one dtype and one shape (the
+    outputs given, written in place), an output overlapping another argument. The inputs are
+    handed to the reference as copies: the CUDA code only reads them, whatever the reference
+    does with its arguments."""
+
+    def __init__(self, in_params, out_params, operation, name="kernel", **options):
+        from nstlite.backend import fused_reference
+        self.fused = fused_reference(name)
+        if (in_params, out_params, operation) != (self.fused.in_params, self.fused.out_params, self.fused.operation):
+            raise ValueError(f"ElementwiseKernel {name!r} is not the kernel nstlite registered under that name")
+        for param in (in_params + "," + out_params).split(","):
+            if param.split()[-1] not in operation:
+                raise ValueError(f"ElementwiseKernel {name!r}: parameter {param.strip()!r} unused by its operation")
+        self.n_in = len(in_params.split(","))
+
+    def __call__(self, *args):
+        if not all(isinstance(a, ndarray) for a in args):
+            raise TypeError(f"{self.fused.name}: every argument must be a device array")
+        arrays = [a._a for a in args]
+        if len({a.dtype for a in arrays}) != 1:
+            raise TypeError(f"{self.fused.name}: one dtype T for every argument, not {[a.dtype for a in arrays]}")
+        shape = numpy.broadcast_shapes(*(a.shape for a in arrays))
+        outputs = arrays[self.n_in:]
+        if any(o.shape != shape for o in outputs):
+            raise ValueError(f"{self.fused.name}: the outputs must have the broadcast shape {shape}")
+        for k, o in enumerate(outputs):  # outputs may interleave (views of one array), never share
+            if any(numpy.may_share_memory(o, a) for a in arrays[:self.n_in]) or any(
+                    numpy.shares_memory(o, other) for other in outputs[k + 1:]):
+                raise ValueError(f"{self.fused.name}: output {k} overlaps another argument")
+        COUNTS.launches += 1
+        self.fused.reference(numpy, *[a.copy() for a in arrays[:self.n_in]], *outputs)
+        return tuple(args[self.n_in:]) if len(outputs) > 1 else args[-1]
 
 
 def get_array_module(*arrays):
@@ -357,6 +437,7 @@ def install():
     from nstlite import backend
     backend.set_gpu_module(sys.modules[__spec__.name])
     COUNTS.reset()
+    set_memory()
 
 
 def uninstall():

@@ -56,6 +56,7 @@ class ChannelsLastPath:
         self.buffers = []      # the two flat arrays behind every padded map, see padded_buffer
         self.input_buffer = None
         self.last = None       # (layers computed, input shape) of the last forward
+        self.reserved = None   # (size, depth) the workspace was last grown for (GPU)
 
     def plan(self, name):
         """The ConvPlan of conv layer ``name``, made on first use: only layers that run get
@@ -125,6 +126,9 @@ class ChannelsLastPath:
         height, width = x.shape[1], x.shape[2]
         self._buffers_for(height, width)
         names = self.net.layer_names[: depth + 1]
+        if self.reserved != ((height, width), depth):
+            self.ws.reserve(self.net.dtype, self.workspace_elements(self.maps, names))
+            self.reserved = ((height, width), depth)
         if not self.plan(names[0]).reads_image():  # else conv1_1 reads x itself (im2col)
             interior(self.input_buffer, height, width)[...] = x.transpose(1, 2, 0)
         src, (h, w) = self.input_buffer, (height, width)
@@ -260,10 +264,22 @@ class ChannelsLastPath:
                 if n.startswith("conv") or self.net.pooling == "max"]
 
     # --------------------------------------------------------------- memory
+    def workspace_elements(self, maps, names):
+        """Elements of the workspace an evaluation through ``names`` takes: the largest block
+        scratch of their kernels at the sizes in ``maps``, in the workspace's blocks."""
+        largest, itemsize = 0, self.net.dtype.itemsize
+        for name in names:
+            if name.startswith("conv"):
+                h, w, _ = maps[name]
+                scratch = self.plan(name).workspace_shapes(h, w, itemsize, self.ws.block_bytes)
+                largest = max(largest, *(sum(prod(s) for s in shapes) for shapes in scratch))
+        return largest
+
     def memory_bytes(self, height, width, layers, loss_layers):
         """Bytes this path holds for one evaluation (forward to ``layers``, backward) of a
         height x width input, from the shapes it allocates: the kernels in the form that runs
-        at each layer's size, the workspace (the largest block scratch of those kernels), the
+        at each layer's size (on a GPU also their transposed copies, ``ConvPlan.adjoint_weights``),
+        the workspace (the largest block scratch of those kernels, in the workspace's blocks), the
         input buffer and the two ping-pong buffers, the ReLU masks (and max pooling's winners),
         the feature copies handed out for ``loss_layers`` and the input gradient. The network's
         own (C_out, C_in, 3, 3) kernels count in full unless they are pages of the mapped
@@ -272,22 +288,24 @@ class ChannelsLastPath:
         itemsize = self.net.dtype.itemsize
         maps = self.layout(height, width)
         deepest = max(self.net.layer_names.index(n) for n in layers)
+        names = self.net.layer_names[: deepest + 1]
         n_input, n_map = self.buffer_sizes(height, width, maps)
         total = (n_input + 2 * n_map + 3 * height * width) * itemsize  # buffers, the image's gradient
-        workspace, originals = 0, []
-        for name in self.net.layer_names[: deepest + 1]:
+        originals = []
+        for name in names:
             h, w, c = maps[name]
             if name.startswith("conv"):
                 plan = self.plan(name)
-                total += prod(plan.weights_shape(plan.form_for(h, w))) * itemsize
-                scratch = plan.workspace_shapes(h, w, itemsize)
-                workspace = max(workspace, *(sum(prod(s) for s in shapes) for shapes in scratch))
+                form = plan.form_for(h, w)
+                total += prod(plan.weights_shape(form)) * itemsize
+                if self.xp is not np:  # the transposed copy, without im2col's bias row
+                    total += (prod(plan.weights_shape(form)) - (plan.c_out if form == "im2col" else 0)) * itemsize
                 total += h * w * c  # bool ReLU mask
                 originals.append(self.net.weights[name][0])
                 total += self.net.weights[name][1].nbytes
             elif self.net.pooling == "max":
                 total += h * w * c  # int8 winning tap
-        total += workspace * itemsize
+        total += self.workspace_elements(maps, names) * itemsize
         total += sum(prod(maps[n]) * itemsize for n in set(loss_layers))
         mapped = [w.nbytes for w in originals if _is_file_mapped(w)]
         total += sum(w.nbytes for w in originals if not _is_file_mapped(w)) + max(mapped, default=0)

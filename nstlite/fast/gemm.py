@@ -15,7 +15,7 @@ kernel's ``*_scratch`` function gives the workspace shapes it takes (its memory 
 """
 from ..backend import get_array_module
 from .layout import padded_shape, write_out
-from .workspace import Workspace, rows_per_block
+from .workspace import BLOCK_BYTES, Workspace, rows_per_block
 
 
 def gemm_weights(w, dtype=None):
@@ -27,9 +27,9 @@ def gemm_weights(w, dtype=None):
     return xp.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(3, 3 * c_in, c_out).astype(dtype))
 
 
-def shifted_gemm_rows(h, wp, c_in, c_out, itemsize):
-    """Output rows per block of ``shifted_gemm_conv`` (``BLOCK_BYTES`` of scratch per block)."""
-    return rows_per_block(h, wp * (3 * c_in + 2 * c_out) * itemsize)
+def shifted_gemm_rows(h, wp, c_in, c_out, itemsize, block_bytes=BLOCK_BYTES):
+    """Output rows per block of ``shifted_gemm_conv`` (``block_bytes`` of scratch per block)."""
+    return rows_per_block(h, wp * (3 * c_in + 2 * c_out) * itemsize, block_bytes)
 
 
 def shifted_gemm_scratch(m, c_in, c_out):
@@ -38,9 +38,9 @@ def shifted_gemm_scratch(m, c_in, c_out):
     return [(m, 3 * c_in), (m, c_out), (m, c_out)]
 
 
-def shifted_gemm_adjoint_rows(h, wp, c_in, itemsize):
+def shifted_gemm_adjoint_rows(h, wp, c_in, itemsize, block_bytes=BLOCK_BYTES):
     """Input rows per block of ``shifted_gemm_conv_adjoint``."""
-    return rows_per_block(h, wp * 2 * c_in * itemsize)
+    return rows_per_block(h, wp * 2 * c_in * itemsize, block_bytes)
 
 
 def shifted_gemm_adjoint_scratch(m, c_in):
@@ -74,7 +74,7 @@ def shifted_gemm_conv(xpad, wk, out, h, w, bias=None, relu=False, mask=None, ws=
     c_out = wk.shape[2]
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = shifted_gemm_rows(h, wp, c_in, c_out, xpad.itemsize)
+        rows_per_block = shifted_gemm_rows(h, wp, c_in, c_out, xpad.itemsize, ws.block_bytes)
     flat = xpad.reshape(hp * wp, c_in)
     nflat = hp * wp
     for y0 in range(0, h, rows_per_block):
@@ -118,7 +118,7 @@ def shifted_gemm_conv_adjoint(dpad, wk, dx, h, w, mask=None, ws=None, rows_per_b
     c_in = wk.shape[1] // 3
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = shifted_gemm_adjoint_rows(h, wp, c_in, dpad.itemsize)
+        rows_per_block = shifted_gemm_adjoint_rows(h, wp, c_in, dpad.itemsize, ws.block_bytes)
     flat = dpad.reshape(hp * wp, c_out)
     nflat = hp * wp
     for y0 in range(0, h, rows_per_block):
@@ -162,9 +162,9 @@ def _image_padded(xp, x, ws_array):
     return ws_array
 
 
-def im2col_rows(h, wp, c_in, c_out, itemsize):
+def im2col_rows(h, wp, c_in, c_out, itemsize, block_bytes=BLOCK_BYTES):
     """Output rows per block of ``im2col_conv`` and its adjoint."""
-    return rows_per_block(h, wp * (9 * c_in + 1 + c_out) * itemsize)
+    return rows_per_block(h, wp * (9 * c_in + 1 + c_out) * itemsize, block_bytes)
 
 
 def im2col_scratch(h, w, c_in, c_out, rows_per_block):
@@ -195,7 +195,7 @@ def im2col_conv(x, wk, out, ws=None, relu=True, rows_per_block=None):
     hp, wp, _ = padded_shape(h, w, c_in)
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = im2col_rows(h, wp, c_in, c_out, x.itemsize)
+        rows_per_block = im2col_rows(h, wp, c_in, c_out, x.itemsize, ws.block_bytes)
     xcm, cols, acc = ws.take(out.dtype, *im2col_scratch(h, w, c_in, c_out, rows_per_block))
     xflat = _image_padded(xp, x, xcm).reshape(c_in, -1)
     cols[9 * c_in] = 1  # the bias row
@@ -237,7 +237,7 @@ def im2col_conv_adjoint(dpad, wk, h, w, ws=None, rows_per_block=None, taps_t=Non
     c_in = (wk.shape[0] - 1) // 9
     ws = ws or Workspace(xp)
     if rows_per_block is None:
-        rows_per_block = im2col_rows(h, wp, c_in, c_out, dpad.itemsize)
+        rows_per_block = im2col_rows(h, wp, c_in, c_out, dpad.itemsize, ws.block_bytes)
     dcm, dcols = ws.take(dpad.dtype, *im2col_adjoint_scratch(h, w, c_in, rows_per_block))
     dcm[...] = 0
     dflat = dcm.reshape(c_in, -1)

@@ -16,11 +16,16 @@ numbers with what the evaluation loop needs folded in, and are tested against th
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
 from ..losses import ContentLoss, GramLoss
+from .workspace import block_bytes_for
 
 # Positions per product of eq. (6) when the gradient overwrites F itself: each block's product
-# goes to a small scratch array first, so that the block can then replace its rows of F.
+# goes to a small scratch array first, so that the block can then replace its rows of F. On the
+# CPU a cache-sized block; on a GPU the device-sized blocks of the conv kernels
+# (``workspace.block_bytes_for``): usually the whole map, one product.
 GRADIENT_BLOCK_BYTES = 4 << 20
 
 
@@ -66,7 +71,8 @@ def style_layer_loss_into(F, A, scale=1.0, out=None):
     if out is None:
         out = xp.empty_like(F)  # empty_like keeps the order of F's strides
     in_place = xp.may_share_memory(out, F)
-    step = max(1, GRADIENT_BLOCK_BYTES // (n * F.itemsize)) if in_place else m
+    block_bytes = GRADIENT_BLOCK_BYTES if xp is np else block_bytes_for(xp)
+    step = max(1, block_bytes // (n * F.itemsize)) if in_place else m
     scratch = xp.empty(min(step, m) * n, dtype=F.dtype) if in_place else None
     dF = as_matrix(out)
     # The product is formed in the orientation of F's memory so that it writes whole rows:

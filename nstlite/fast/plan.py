@@ -16,7 +16,7 @@ from .gemm import (gemm_weights, im2col_adjoint_scratch, im2col_conv, im2col_con
 from .layout import padded_shape, tiles, to_padded
 from .winograd import (ALPHA, winograd_adjoint_scratch, winograd_conv, winograd_conv_adjoint, winograd_scratch,
                        winograd_tile_rows, winograd_weights)
-from .workspace import Workspace
+from .workspace import BLOCK_BYTES, Workspace
 
 KERNELS = ("reference", "auto", "winograd", "shifted_gemm")
 DEFAULT_KERNEL = "auto"
@@ -124,20 +124,21 @@ class ConvPlan:
             self._weights[key] = wt
         return wt
 
-    def workspace_shapes(self, h: int, w: int, itemsize: int):
-        """The workspace views (shapes) the forward and the backward pass take on an h x w map,
-        as two lists (the largest block's; the workspace holds the larger of the two sums)."""
+    def workspace_shapes(self, h: int, w: int, itemsize: int, block_bytes: int = BLOCK_BYTES):
+        """The workspace views (shapes) the forward and the backward pass take on an h x w map
+        in blocks of ``block_bytes`` (the workspace's), as two lists (the largest block's; the
+        workspace holds the larger of the two sums)."""
         c_in, c_out = self.c_in, self.c_out
         form = self.form_for(h, w)
         wp = padded_shape(h, w, c_in)[1]
         if form == "im2col":
-            rows = im2col_rows(h, wp, c_in, c_out, itemsize)
+            rows = im2col_rows(h, wp, c_in, c_out, itemsize, block_bytes)
             return im2col_scratch(h, w, c_in, c_out, rows), im2col_adjoint_scratch(h, w, c_in, rows)
         if form == "winograd":
-            nb = min(winograd_tile_rows(h, w, c_in, c_out, itemsize), tiles(h))
+            nb = min(winograd_tile_rows(h, w, c_in, c_out, itemsize, block_bytes), tiles(h))
             return winograd_scratch(nb, w, c_in, c_out), winograd_adjoint_scratch(nb, w, c_in, c_out)
-        m_fwd = min(shifted_gemm_rows(h, wp, c_in, c_out, itemsize), h) * wp
-        m_bwd = min(shifted_gemm_adjoint_rows(h, wp, c_in, itemsize), h) * wp
+        m_fwd = min(shifted_gemm_rows(h, wp, c_in, c_out, itemsize, block_bytes), h) * wp
+        m_bwd = min(shifted_gemm_adjoint_rows(h, wp, c_in, itemsize, block_bytes), h) * wp
         return shifted_gemm_scratch(m_fwd, c_in, c_out), shifted_gemm_adjoint_scratch(m_bwd, c_in)
 
     def forward_image(self, x, out, ws, relu=True):

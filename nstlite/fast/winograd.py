@@ -13,15 +13,20 @@ two (see ``nstlite.fast.toom_cook`` for the choice of points).
 The input gradient (``winograd_conv_adjoint``) is the adjoint of every step, in reverse order,
 with the same U.
 
+Each of the four one-axis transforms (B^T, A^T and their adjoints A, B) is a few dozen
+element-wise operations: on NumPy that many passes over cached blocks (``_bt_steps`` ...), on
+CuPy one fused kernel each (``backend.Fused``, CUDA C beside the NumPy steps it must equal):
+one launch and one pass over memory instead of 15 to 21.
+
 References
 ----------
 A. Lavin, S. Gray. *Fast Algorithms for Convolutional Neural Networks*. CVPR 2016 (arXiv:1509.09308).
 """
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import Fused, get_array_module
 from .layout import TILE, tiles, write_out
-from .workspace import Workspace, rows_per_block
+from .workspace import BLOCK_BYTES, Workspace, rows_per_block
 
 # Diagonal scaling of toom_cook(WINO_POINTS) (powers of two: exact, and no change to the
 # rounding): A^T's columns for +-1/2 times 4 and B^T's rows for +-2 times 4, G's rows divided
@@ -66,10 +71,11 @@ def winograd_weights(w, dtype=None):
     return U.reshape(ALPHA * ALPHA, c_in, c_out)
 
 
-def winograd_tile_rows(h, w, c_in, c_out, itemsize):
-    """Tile rows per block of ``winograd_conv`` and its adjoint: ``BLOCK_BYTES`` of transformed
-    tiles (~256 tiles: enough rows for efficient GEMMs, small enough to stay in cache)."""
-    return rows_per_block(tiles(h), ALPHA * ALPHA * tiles(w) * (c_in + c_out) * itemsize)
+def winograd_tile_rows(h, w, c_in, c_out, itemsize, block_bytes=BLOCK_BYTES):
+    """Tile rows per block of ``winograd_conv`` and its adjoint: ``block_bytes`` of transformed
+    tiles (on the CPU ~256 tiles: enough rows for efficient GEMMs, small enough to stay in cache;
+    on a GPU usually the whole map, ``workspace.block_bytes_for``)."""
+    return rows_per_block(tiles(h), ALPHA * ALPHA * tiles(w) * (c_in + c_out) * itemsize, block_bytes)
 
 
 def winograd_scratch(nb, w, c_in, c_out):
@@ -108,6 +114,11 @@ def _input_transform(xp, src, dst, tmp):
 
 
 def _bt_pass(xp, d, v):
+    """v = B^T d along one axis, d and v lists of 6 arrays (d is only read): ``_bt_steps``."""
+    _BT(xp, *d, *v)
+
+
+def _bt_steps(xp, d, v):
     """v = B^T d along one axis, d and v lists of 6 arrays (d is only read). B^T of F(4, 3)
     at 0, +-1/2, +-2, infinity (rows for +-2 scaled by 4):
         v0 = d0 - 17/4 d2 + d4                   v5 = d1 - 17/4 d3 + d5
@@ -139,7 +150,25 @@ def _bt_pass(xp, d, v):
     xp.add(v5, d5, out=v5)
 
 
+_BT = Fused("nstlite_winograd_bt", "T d0, T d1, T d2, T d3, T d4, T d5", "T v0, T v1, T v2, T v3, T v4, T v5", """
+    T even = d4 - (T)4 * d2, odd = (d3 - (T)4 * d1) * (T)0.5;
+    v1 = even + odd;
+    v2 = even - odd;
+    even = (T)4 * d4 - d2;
+    odd = ((T)4 * d3 - d1) * (T)2;
+    v3 = even + odd;
+    v4 = even - odd;
+    v0 = d0 - (T)4.25 * d2 + d4;
+    v5 = d1 - (T)4.25 * d3 + d5;
+""", lambda xp, *a: _bt_steps(xp, a[:6], a[6:]))
+
+
 def _at_pass(xp, m, y):
+    """y = A^T m along one axis, m a list of 6 arrays (scratch), y a list of 4: ``_at_steps``."""
+    _AT(xp, *m, *y)
+
+
+def _at_steps(xp, m, y):
     """y = A^T m along one axis, m a list of 6 arrays (overwritten), y a list of 4. A^T of
     F(4, 3) at 0, +-1/2, +-2, infinity (columns for +-1/2 scaled by 4), with s1, d1 = m1 +- m2
     (points +-1/2) and s2, d2 = m3 +- m4 (points +-2):
@@ -166,6 +195,15 @@ def _at_pass(xp, m, y):
     xp.add(y3, m5, out=y3)               # y3 = d1 / 2 + 8 d2 + m5
 
 
+_AT = Fused("nstlite_winograd_at", "T m0, T m1, T m2, T m3, T m4, T m5", "T y0, T y1, T y2, T y3", """
+    T s1 = m1 + m2, d1 = m1 - m2, s2 = m3 + m4, d2 = m3 - m4;
+    y0 = m0 + (T)4 * s1 + s2;
+    y1 = (T)2 * (d1 + d2);
+    y2 = s1 + (T)4 * s2;
+    y3 = (T)0.5 * d1 + (T)8 * d2 + m5;
+""", lambda xp, *a: _at_steps(xp, a[:6], a[6:]))
+
+
 def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None, tile_rows=None):
     """3x3 convolution by Winograd F(4x4, 3x3) from a padded buffer.
 
@@ -176,7 +214,7 @@ def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None,
     U : (36, C_in, C_out) from ``winograd_weights``
     out : (h, w, C_out) destination view (e.g. ``interior(next_buffer, h, w)``)
     bias, relu, mask, ws : as ``shifted_gemm_conv``
-    tile_rows : tile rows per block (None: ``BLOCK_BYTES`` of transformed tiles per block)
+    tile_rows : tile rows per block (None: ``ws.block_bytes`` of transformed tiles per block)
     """
     xp = get_array_module(xpad)
     c_in = xpad.shape[2]
@@ -185,7 +223,7 @@ def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None,
     wv = TILE * tw + 2  # padded columns the tiles read
     ws = ws or Workspace(xp)
     if tile_rows is None:
-        tile_rows = winograd_tile_rows(h, w, c_in, c_out, xpad.itemsize)
+        tile_rows = winograd_tile_rows(h, w, c_in, c_out, xpad.itemsize, ws.block_bytes)
     row_stride = xpad.strides[0]
     for r0 in range(0, th, tile_rows):
         nb = min(tile_rows, th - r0)
@@ -216,6 +254,11 @@ def winograd_conv(xpad, U, out, h, w, bias=None, relu=False, mask=None, ws=None,
 
 
 def _a_pass(xp, y, z):
+    """z = A y along one axis, y a list of 4 arrays (only read), z of 6: ``_a_steps``."""
+    _A(xp, *y, *z)
+
+
+def _a_steps(xp, y, z):
     """z = A y along one axis (the adjoint of ``_at_pass``), y a list of 4 arrays (only read),
     z of 6:
         z0 = y0     z1, z2 = (4 y0 + y2) +- (2 y1 + y3 / 2)     z3, z4 = (y0 + 4 y2) +- (2 y1 + 8 y3)     z5 = y3
@@ -240,7 +283,25 @@ def _a_pass(xp, y, z):
     xp.copyto(z5, y3)
 
 
+_A = Fused("nstlite_winograd_a", "T y0, T y1, T y2, T y3", "T z0, T z1, T z2, T z3, T z4, T z5", """
+    T twice = (T)2 * y1, even = (T)4 * y0 + y2, odd = twice + (T)0.5 * y3;
+    z1 = even + odd;
+    z2 = even - odd;
+    even = y0 + (T)4 * y2;
+    odd = twice + (T)8 * y3;
+    z3 = even + odd;
+    z4 = even - odd;
+    z0 = y0;
+    z5 = y3;
+""", lambda xp, *a: _a_steps(xp, a[:4], a[4:]))
+
+
 def _b_pass(xp, m, v):
+    """v = B m along one axis, m a list of 6 arrays (scratch), v of 6: ``_b_steps``."""
+    _B(xp, *m, *v)
+
+
+def _b_steps(xp, m, v):
     """v = B m along one axis (the adjoint of ``_bt_pass``), m a list of 6 arrays (overwritten),
     with s1, d1 = m1 +- m2 and s2, d2 = m3 +- m4:
         v0 = m0                                 v5 = m5
@@ -271,6 +332,17 @@ def _b_pass(xp, m, v):
     xp.add(v2, m2, out=v2)               # v2 = -17/4 m0 - 4 s1 - s2
     xp.copyto(v0, m0)
     xp.copyto(v5, m5)
+
+
+_B = Fused("nstlite_winograd_b", "T m0, T m1, T m2, T m3, T m4, T m5", "T v0, T v1, T v2, T v3, T v4, T v5", """
+    T s1 = m1 + m2, d1 = m1 - m2, s2 = m3 + m4, d2 = m3 - m4;
+    v1 = m5 - (T)2 * (d1 + d2);
+    v3 = (T)0.5 * d1 + (T)8 * d2 - (T)4.25 * m5;
+    v2 = -(T)4.25 * m0 - (T)4 * s1 - s2;
+    v4 = m0 + s1 + (T)4 * s2;
+    v0 = m0;
+    v5 = m5;
+""", lambda xp, *a: _b_steps(xp, a[:6], a[6:]))
 
 
 def _place_tiles(xp, M, S, tw, t):
@@ -326,7 +398,7 @@ def winograd_conv_adjoint(dpad, U, dx, h, w, mask=None, ws=None, tile_rows=None,
     wv = TILE * tw + 2
     ws = ws or Workspace(xp)
     if tile_rows is None:
-        tile_rows = winograd_tile_rows(h, w, c_in, c_out, dpad.itemsize)
+        tile_rows = winograd_tile_rows(h, w, c_in, c_out, dpad.itemsize, ws.block_bytes)
     if Ut is None:
         Ut = U.transpose(0, 2, 1)  # (36, C_out, C_in): a view, the GEMM reads it transposed
     # flat parts sized for the largest block, so the carried rows keep their place in memory

@@ -11,12 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..backend import device_free_bytes
 from ..errors import NstliteError
 
-# Scratch per block of rows: large enough that each GEMM call does millions of multiply-adds
-# (so OpenBLAS's per-call threading overhead is amortised), small enough to stay in the
-# last-level cache and to keep the shared workspace small.
+# Scratch per block of rows on the CPU: large enough that each GEMM call does millions of
+# multiply-adds (so OpenBLAS's per-call threading overhead is amortised), small enough to stay
+# in the last-level cache and to keep the shared workspace small.
 BLOCK_BYTES = 16 << 20
+# On a GPU there is no cache to stay in and every block costs its launches again, so blocks are
+# as large as the device allows: up to 1/DEVICE_BLOCK_SHARE of its free memory each (the
+# workspace holds about twice a block).
+DEVICE_BLOCK_SHARE = 8
 MAX_TRANSFORM_THREADS = 4  # not measured above a few threads
 _transform_threads = None  # resolved by transform_threads() on first use
 
@@ -59,14 +64,28 @@ def local_blas_threads():
         return None
 
 
+def block_bytes_for(xp) -> int:
+    """Scratch bytes per block of the conv kernels for the array module ``xp``: the one place the
+    blocking is chosen. NumPy: ``BLOCK_BYTES``, cache-sized. CuPy: 1/``DEVICE_BLOCK_SHARE`` of
+    the device memory free now (``backend.device_free_bytes``), never less than ``BLOCK_BYTES``:
+    one block per layer wherever the device allows (at 512 px the largest layer needs 0.3 GB),
+    smaller blocks on a device with little memory free."""
+    if xp is np:
+        return BLOCK_BYTES
+    free = device_free_bytes(xp)
+    return BLOCK_BYTES if free is None else max(BLOCK_BYTES, free // DEVICE_BLOCK_SHARE)
+
+
 class Workspace:
     """Scratch memory shared by every conv of a network: one flat array per dtype that grows
     to the largest request and is handed out as views (contents undefined between calls),
-    and the thread pool of ``parallel`` and ``matmul``."""
+    the thread pool of ``parallel`` and ``matmul``, and the block size of the kernels that use
+    it (``block_bytes``: ``block_bytes_for(xp)`` when the workspace is made, unless given)."""
 
-    def __init__(self, xp, threads=None):
+    def __init__(self, xp, threads=None, block_bytes=None):
         self.xp = xp
         self._flat = {}
+        self.block_bytes = block_bytes_for(xp) if block_bytes is None else max(1, int(block_bytes))
         # threads for the element-wise tile transforms (NumPy releases the GIL in its loops);
         # on CuPy the GPU runs them, so one
         if threads is None:
@@ -122,6 +141,16 @@ class Workspace:
         self.parallel_gemms(lambda k: self.xp.matmul(a[k], b[k], out=out[k]), a.shape[0])
         return out
 
+    def reserve(self, dtype, elements):
+        """On a GPU, grow the flat array of ``dtype`` to ``elements`` at once (the largest request
+        of the coming evaluation): growing request by request would leave each smaller array
+        behind in CuPy's memory pool. On NumPy nothing (the arrays grow as requested)."""
+        dtype = np.dtype(dtype)
+        flat = self._flat.get(dtype)
+        if self.xp is not np and (flat is None or flat.size < elements):
+            self._flat[dtype] = None  # the old array goes back to the pool before the new one is taken
+            self._flat[dtype] = self.xp.empty(int(elements), dtype=dtype)
+
     def take(self, dtype, *shapes):
         """Views of consecutive, non-overlapping parts of the flat array, one per shape."""
         dtype = np.dtype(dtype)
@@ -142,6 +171,7 @@ class Workspace:
         return sum(a.nbytes for a in self._flat.values())
 
 
-def rows_per_block(rows, bytes_per_row):
-    """Rows (of output, or of tiles) per block: ``BLOCK_BYTES`` of scratch, at least one."""
-    return max(1, min(rows, BLOCK_BYTES // max(1, bytes_per_row)))
+def rows_per_block(rows, bytes_per_row, block_bytes=BLOCK_BYTES):
+    """Rows (of output, or of tiles) per block: ``block_bytes`` of scratch (a workspace's
+    ``block_bytes``), at least one."""
+    return max(1, min(rows, block_bytes // max(1, bytes_per_row)))
