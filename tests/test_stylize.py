@@ -360,3 +360,30 @@ def test_real_weights_short_run(tmp_path):
     assert r.iterations == 8 and r.stop_reason == "iterations"
     assert r.final["style"] < 0.3 * r.history[0]["style"]
     assert Image.open(tmp_path / "t.png").size == (48, 36)
+
+
+def test_resume_a_multi_scale_run_with_iterations_per_scale(files, tmp_path, capsys):
+    """Checkpoints of either scale of ``--scales 32,48 --iterations 6,8`` continue where they were:
+    the coarse one finishes its scale and then runs the fine one; the fine one runs only its own
+    remaining iterations; a checkpoint past its scale's count is refused in one line."""
+    def run(*extra, output):
+        return main(["stylize", "--content", str(files / "content.png"), "--style", str(files / "style.jpg"),
+                     "--weights", str(files / "tiny.h5"), "--scales", "32,48", "--iterations", "6,8",
+                     "--output", str(tmp_path / output), "--print-every", "1"] + [str(a) for a in extra])
+
+    assert run("--save-every", 3, output="out.png") == 0
+    capsys.readouterr()
+    assert run("--resume", tmp_path / "out_s32_3.npz", output="from_coarse.png") == 0
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "out_s32_3.npz: iteration 3" in err and "[32x27 1/2] it 4/6" in err and "it 3/6" not in err
+    assert "[48x40 2/2] stylizing 48x40: 8 iterations" in err and "[48x40 2/2] it 8/8" in err
+    assert run("--resume", tmp_path / "out_s48_3.npz", output="from_fine.png") == 0
+    err = capsys.readouterr().err
+    assert "32x27" not in err and "[48x40 2/2] it 4/8" in err and "[48x40 2/2] it 8/8" in err
+    assert "it 3/8" not in err and Image.open(tmp_path / "from_fine.png").size == (48, 40)
+    rc = main(["stylize", "--content", str(files / "content.png"), "--style", str(files / "style.jpg"),
+               "--weights", str(files / "tiny.h5"), "--scales", "32,48", "--iterations", "6,5",
+               "--output", str(tmp_path / "refused.png"), "--resume", str(tmp_path / "out_s48_6.npz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "is at iteration 6: ask for more --iterations than that (not 5)" in err[0]
+    assert not (tmp_path / "refused.png").exists()
