@@ -471,8 +471,8 @@ class GaussianW2Loss(StyleLoss):
     dE/dF = 2 / (N M) [ (I - S C^(-1/2) S)(F - mu 1^T) + (mu - mu^) 1^T ]
     (Sigma = F F^T / M - mu mu^T, so d tr(B Sigma)/dF = 2/M B (F - mu 1^T) for symmetric B).
 
-    C^(1/2) and C^(-1/2) come from one C x C symmetric eigendecomposition per evaluation; S once
-    per run (``prepare``). Regularisation: eps I is added to both covariances, with
+    C^(1/2) and C^(-1/2) come from one C x C symmetric eigendecomposition per evaluation (also by
+    tiles); S once per run (``prepare``). Regularisation: eps I is added to both covariances, with
     eps = W2_EPS times the artwork's mean channel variance (fixed for the run), so C is positive
     definite and the regularised distance is one smooth function whose gradient is exact.
     The statistics (sums of F and of F F^T over positions) are exact under tiling.
@@ -506,7 +506,16 @@ class GaussianW2Loss(StyleLoss):
 
     def _transport(self, stats, target):
         """(mu - mu^, the value, I - S C^(-1/2) S) from one eigendecomposition of C (float64;
-        the value and B come back in the features' dtype)."""
+        the value and B come back in the features' dtype). Kept for the statistics it was made
+        from: a tiled evaluation asks for the value once and for the gradient on every tile, all
+        with the same global statistics (the memo holds them, so their identity cannot be reused)."""
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] is stats and memo[1] is target:
+            return memo[2]
+        self._memo = (stats, target, self._transport_of(stats, target))
+        return self._memo[2]
+
+    def _transport_of(self, stats, target):
         xp = get_array_module(stats["sum"])
         dtype = stats["sum"].dtype
         mu, cov = self.moments(stats)

@@ -176,3 +176,26 @@ def test_gradcheck_checks_a_user_written_loss(tmp_path, monkeypatch, factor, pas
         sys.modules.pop(module, None)
         sys.modules.pop("mean_loss", None)
     assert check.name == f"style loss term '{module}:MeanLoss' (MeanLoss)" and check.passed == passes
+
+
+def test_gaussian_w2_decomposes_once_per_evaluation_under_tiling(rng, monkeypatch):
+    """The value and every piece's gradient share one eigendecomposition of the same statistics;
+    new statistics (the next evaluation) get their own."""
+    term = losses.GaussianW2Loss("a")
+    target = prepared(term, np.abs(rng.standard_normal((4, 6, 5))))
+    calls = []
+    real_eigh = np.linalg.eigh
+    monkeypatch.setattr(np.linalg, "eigh", lambda a: calls.append(1) or real_eigh(a))
+    for step in range(2):
+        F = np.abs(rng.standard_normal((4, 6, 5)))
+        top, bottom = term.statistics(F[:, :2]), term.statistics(F[:, 2:])
+        summed = {k: top[k] + bottom[k] for k in term.position_sums}
+        E = term.value(summed, target)
+        pieces = np.concatenate([term.gradient(F[:, :2], summed, target),
+                                 term.gradient(F[:, 2:], summed, target)], 1)
+        assert len(calls) == step + 1
+        expect_E, expect_dF = term.loss(F, target)  # fresh statistics: decomposed anew
+        assert len(calls) == step + 2
+        calls.pop()
+        assert E == pytest.approx(expect_E, rel=1e-12)
+        np.testing.assert_allclose(pieces, expect_dF, rtol=1e-10, atol=1e-14)
