@@ -72,7 +72,7 @@ class Objective:
             F = feats[term.layer]
             # overwrite the handed-out map with this term's gradient when nothing else reads it
             into = F if self.net.features_writable and self._readers[term.layer] == 1 else None
-            value, dF = fused.evaluate(term, F, target, w_total, into)
+            value, dF = fused.evaluate(term, F, target, w_total, into, self.net.workspace)
             grads[term.layer] = grads[term.layer] + dF if term.layer in grads else dF
             parts[group] = parts[group] + w_group * value  # eq. (1) summed; eq. (5)
             if group == "style":  # E_l (eq. 4); summed when several style losses read the layer

@@ -82,6 +82,12 @@ class VGG19:
         self.path = ReferencePath(self) if self.kernel == "reference" else ChannelsLastPath(self, self.kernel)
 
     @property
+    def workspace(self):
+        """The engine's workspace (its threads and scratch) on the fast path, which the fused
+        losses may use for their products; None on the reference path."""
+        return getattr(self.path, "ws", None)
+
+    @property
     def features_writable(self) -> bool:
         """True when ``forward`` hands out copies that nothing else reads (the channels-last
         path's): the caller may overwrite them, e.g. with the loss gradients, until the next

@@ -61,7 +61,7 @@ def test_fused_content_equals_plain_scaled_and_in_place(xp, rng, layout):
 def test_evaluate_uses_the_fused_kernel_for_the_paper_terms(xp, rng, monkeypatch):
     calls = []
     monkeypatch.setitem(fused.FUSED, losses.GramLoss,
-                        lambda term, F, target, scale, out: calls.append(term) or (0.0, F))
+                        lambda term, F, target, scale, out, ws: calls.append(term) or (0.0, F))
     term = losses.GramLoss("conv1_1")
     F = xp.asarray(rng.standard_normal((3, 2, 2)))
     fused.evaluate(term, F, term.target(F), 2.0)
@@ -108,3 +108,27 @@ def test_content_target_keeps_the_layout_of_its_map(xp, rng):
     F = feature_map(xp, rng.standard_normal((4, 3, 5)), "channels_last")
     P = losses.ContentLoss("conv4_2").target(F)["P"]
     assert same_layout(P, F) and not xp.may_share_memory(P, F)
+
+
+@pytest.mark.parametrize("layout", ["channel_major", "channels_last"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_style_products_split_over_the_workspace_threads(rng, monkeypatch, layout, in_place):
+    """With a workspace whose threads run one-thread GEMMs, the Gram matrix and eq. (6) are the
+    sums / row blocks of per-thread products: the plain eqs. (4) and (6) to rounding."""
+    from nstlite.fast.workspace import Workspace
+
+    ws = Workspace(np, threads=2)
+    if ws._blas_local is None:
+        pytest.skip("this OpenBLAS cannot set a per-thread thread count: the products are not split")
+    ranges = []
+    real = ws.parallel_gemms
+    monkeypatch.setattr(ws, "parallel_gemms", lambda fn, n: ranges.append(n) or real(fn, n))
+    monkeypatch.setattr(fused, "GRADIENT_BLOCK_BYTES", 8 * 1024)  # several blocks per thread
+    values = np.abs(rng.standard_normal((8, 64, 80)))  # 5120 positions: split
+    A = losses.gram(np.abs(rng.standard_normal((8, 64, 80))))
+    E_ref, dF_ref = losses.style_layer_loss(values, A)
+    F = feature_map(np, values, layout)
+    E, dF = fused.style_layer_loss_into(F, A, scale=0.5, out=F if in_place else None, ws=ws)
+    assert ranges == [5120, 5120]  # the Gram matrix, then eq. (6)
+    assert float(E) == pytest.approx(float(E_ref), rel=1e-12) and same_layout(dF, F)
+    np.testing.assert_allclose(dF, 0.5 * dF_ref, rtol=1e-11, atol=1e-20)

@@ -54,18 +54,38 @@ def content_loss_into(F, P, scale=1.0, out=None):
     return loss, diff
 
 
-def style_layer_loss_into(F, A, scale=1.0, out=None):
+def gram_split(Fm, ws=None):
+    """F F^T (eq. 3) of an N x M matrix; with a workspace whose GEMMs can run on one BLAS thread
+    each (``Workspace.parallel_gemms``), as a sum of the products of position ranges, one per
+    thread. OpenBLAS's own threading of one call waits for its second thread at every call,
+    which on a contended machine cost 50x a quiet call (``docs/performance.md``)."""
+    if ws is None or ws._blas_local is None or ws.threads < 2 or Fm.shape[1] < 4096:
+        return Fm @ Fm.T
+    xp, parts = get_array_module(Fm), {}
+
+    def product(r):
+        parts[r.start] = Fm[:, r] @ Fm[:, r].T
+
+    ws.parallel_gemms(product, Fm.shape[1])
+    total = None
+    for start in sorted(parts):  # a fixed order: the same sum at every evaluation
+        total = parts[start] if total is None else xp.add(total, parts[start], out=total)
+    return total
+
+
+def style_layer_loss_into(F, A, scale=1.0, out=None, ws=None):
     """``losses.style_layer_loss(F, A)`` as (E_l, scale * dE_l/dF), written into ``out``.
 
     ``out`` has F's shape and memory layout and may be F itself: eq. (6) then runs over blocks
     of positions, each block's product going to scratch before it replaces the block of F it
-    was computed from. None allocates a new array in F's layout.
+    was computed from. None allocates a new array in F's layout. ``ws``: the network's
+    workspace, whose threads then share the products (each on one BLAS thread).
     """
     xp = get_array_module(F)
     Fm = as_matrix(F)
     n, m = Fm.shape
     norm = float(n) ** 2 * float(m) ** 2
-    diff = Fm @ Fm.T - A  # eq. (3): G - A
+    diff = gram_split(Fm, ws) - A  # eq. (3): G - A
     loss = xp.sum(diff * diff) / (4.0 * norm)  # eq. (4)
     diff *= scale / norm  # the weight and 1 / (N^2 M^2) on the N x N matrix, not on the map
     if out is None:
@@ -73,43 +93,51 @@ def style_layer_loss_into(F, A, scale=1.0, out=None):
     in_place = xp.may_share_memory(out, F)
     block_bytes = GRADIENT_BLOCK_BYTES if xp is np else block_bytes_for(xp)
     step = max(1, block_bytes // (n * F.itemsize)) if in_place else m
-    scratch = xp.empty(min(step, m) * n, dtype=F.dtype) if in_place else None
     dF = as_matrix(out)
     # The product is formed in the orientation of F's memory so that it writes whole rows:
     # channels-last, eq. (6) as written, F^T (G - A) with positions as rows; channel-major its
     # transpose (G - A)^T F with positions as columns.
     last = is_channels_last(F)
-    for k0 in range(0, m, step):
-        k1 = min(k0 + step, m)
-        block = dF.T[k0:k1] if last else dF[:, k0:k1]
-        into = scratch[:block.size].reshape(block.shape) if in_place else block
-        if last:
-            xp.matmul(Fm.T[k0:k1], diff, out=into)  # eq. (6)
-        else:
-            xp.matmul(diff.T, Fm[:, k0:k1], out=into)
-        if in_place:
-            block[...] = into
+
+    def blocks(r):  # the positions of r, block by block, each block's product through scratch
+        scratch = xp.empty(min(step, r.stop - r.start) * n, dtype=F.dtype) if in_place else None
+        for k0 in range(r.start, r.stop, step):
+            k1 = min(k0 + step, r.stop)
+            block = dF.T[k0:k1] if last else dF[:, k0:k1]
+            into = scratch[:block.size].reshape(block.shape) if in_place else block
+            if last:
+                xp.matmul(Fm.T[k0:k1], diff, out=into)  # eq. (6)
+            else:
+                xp.matmul(diff.T, Fm[:, k0:k1], out=into)
+            if in_place:
+                block[...] = into
+
+    if ws is not None and ws._blas_local is not None and m >= 4096:
+        ws.parallel_gemms(blocks, m)  # position ranges write disjoint rows of dF
+    else:
+        blocks(slice(0, m))
     return loss, out
 
 
-def _content_term(term, F, target, scale, out):
+def _content_term(term, F, target, scale, out, ws):
     return content_loss_into(F, target["P"], scale, out)
 
 
-def _gram_term(term, F, target, scale, out):
-    return style_layer_loss_into(F, target["gram"], scale, out)
+def _gram_term(term, F, target, scale, out, ws):
+    return style_layer_loss_into(F, target["gram"], scale, out, ws)
 
 
 # term class -> fused kernel (exact classes only: a subclass may redefine its loss)
 FUSED = {ContentLoss: _content_term, GramLoss: _gram_term}
 
 
-def evaluate(term, F, target, scale=1.0, out=None):
+def evaluate(term, F, target, scale=1.0, out=None, ws=None):
     """(value, scale * dvalue/dF) of a loss term, the gradient written into ``out`` when given
-    (``out`` may be F). Uses the fused kernel of the term's class, else the term's own ``loss``."""
+    (``out`` may be F). Uses the fused kernel of the term's class, else the term's own ``loss``;
+    ``ws`` (the network's workspace, or None) lends its threads to the kernel's products."""
     kernel = FUSED.get(type(term))
     if kernel is not None:
-        return kernel(term, F, target, scale, out)
+        return kernel(term, F, target, scale, out, ws)
     xp = get_array_module(F)
     value, dF = term.loss(F, target)
     if out is None:
