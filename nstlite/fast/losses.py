@@ -54,22 +54,30 @@ def content_loss_into(F, P, scale=1.0, out=None):
     return loss, diff
 
 
+GRAM_PARTS = 8  # position ranges of a split Gram product: fixed, so the sum does not depend on the threads
+
+
 def gram_split(Fm, ws=None):
-    """F F^T (eq. 3) of an N x M matrix; with a workspace whose GEMMs can run on one BLAS thread
-    each (``Workspace.parallel_gemms``), as a sum of the products of position ranges, one per
-    thread. OpenBLAS's own threading of one call waits for its second thread at every call,
+    """F F^T (eq. 3) of an N x M matrix. With a workspace whose GEMMs can run on one BLAS thread
+    each (``Workspace.parallel_gemms``), the sum of the products of GRAM_PARTS fixed position
+    ranges, shared out over its threads and added in order: the same numbers with any number of
+    threads. OpenBLAS's own threading of one call waits for its second thread at every call,
     which on a contended machine cost 50x a quiet call (``docs/performance.md``)."""
-    if ws is None or ws._blas_local is None or ws.threads < 2 or Fm.shape[1] < 4096:
+    m = Fm.shape[1]
+    if ws is None or ws._blas_local is None or m < 4096:
         return Fm @ Fm.T
-    xp, parts = get_array_module(Fm), {}
+    xp, bounds = get_array_module(Fm), [m * i // GRAM_PARTS for i in range(GRAM_PARTS + 1)]
+    parts = [None] * GRAM_PARTS
 
-    def product(r):
-        parts[r.start] = Fm[:, r] @ Fm[:, r].T
+    def products(r):
+        for i in range(r.start, r.stop):
+            cols = slice(bounds[i], bounds[i + 1])
+            parts[i] = Fm[:, cols] @ Fm[:, cols].T
 
-    ws.parallel_gemms(product, Fm.shape[1])
-    total = None
-    for start in sorted(parts):  # a fixed order: the same sum at every evaluation
-        total = parts[start] if total is None else xp.add(total, parts[start], out=total)
+    ws.parallel_gemms(products, GRAM_PARTS)
+    total = parts[0]
+    for part in parts[1:]:
+        xp.add(total, part, out=total)
     return total
 
 
@@ -99,10 +107,12 @@ def style_layer_loss_into(F, A, scale=1.0, out=None, ws=None):
     # transpose (G - A)^T F with positions as columns.
     last = is_channels_last(F)
 
-    def blocks(r):  # the positions of r, block by block, each block's product through scratch
-        scratch = xp.empty(min(step, r.stop - r.start) * n, dtype=F.dtype) if in_place else None
-        for k0 in range(r.start, r.stop, step):
-            k1 = min(k0 + step, r.stop)
+    n_blocks = -(-m // step)
+
+    def blocks(r):  # blocks r of the fixed grid of ``step`` positions, each through scratch
+        scratch = xp.empty(min(step, m) * n, dtype=F.dtype) if in_place else None
+        for b in range(r.start, r.stop):
+            k0, k1 = b * step, min((b + 1) * step, m)
             block = dF.T[k0:k1] if last else dF[:, k0:k1]
             into = scratch[:block.size].reshape(block.shape) if in_place else block
             if last:
@@ -112,10 +122,10 @@ def style_layer_loss_into(F, A, scale=1.0, out=None, ws=None):
             if in_place:
                 block[...] = into
 
-    if ws is not None and ws._blas_local is not None and m >= 4096:
-        ws.parallel_gemms(blocks, m)  # position ranges write disjoint rows of dF
+    if ws is not None and ws._blas_local is not None and n_blocks > 1:
+        ws.parallel_gemms(blocks, n_blocks)  # blocks write disjoint rows of dF
     else:
-        blocks(slice(0, m))
+        blocks(slice(0, n_blocks))
     return loss, out
 
 
