@@ -58,15 +58,16 @@ GRAM_PARTS = 8  # position ranges of a split Gram product: fixed, so the sum doe
 
 
 def gram_split(Fm, ws=None):
-    """F F^T (eq. 3) of an N x M matrix. With a workspace whose GEMMs can run on one BLAS thread
-    each (``Workspace.parallel_gemms``), the sum of the products of GRAM_PARTS fixed position
-    ranges, shared out over its threads and added in order: the same numbers with any number of
-    threads. OpenBLAS's own threading of one call waits for its second thread at every call,
-    which on a contended machine cost 50x a quiet call (``docs/performance.md``)."""
-    m = Fm.shape[1]
-    if ws is None or ws._blas_local is None or m < 4096:
+    """F F^T (eq. 3) of an N x M matrix. On the CPU (M >= 4096) the sum of the products of
+    GRAM_PARTS fixed position ranges, added in order, so the numbers are the same with any
+    number of threads; a workspace (``Workspace.parallel_gemms``) shares the products out over
+    its threads, each on one BLAS thread. OpenBLAS's own threading of one call waits for its
+    second thread at every call, which on a contended machine cost 50x a quiet call
+    (``docs/performance.md``)."""
+    xp, m = get_array_module(Fm), Fm.shape[1]
+    if xp is not np or m < 4096:
         return Fm @ Fm.T
-    xp, bounds = get_array_module(Fm), [m * i // GRAM_PARTS for i in range(GRAM_PARTS + 1)]
+    bounds = [m * i // GRAM_PARTS for i in range(GRAM_PARTS + 1)]
     parts = [None] * GRAM_PARTS
 
     def products(r):
@@ -74,7 +75,10 @@ def gram_split(Fm, ws=None):
             cols = slice(bounds[i], bounds[i + 1])
             parts[i] = Fm[:, cols] @ Fm[:, cols].T
 
-    ws.parallel_gemms(products, GRAM_PARTS)
+    if ws is None:
+        products(slice(0, GRAM_PARTS))
+    else:
+        ws.parallel_gemms(products, GRAM_PARTS)
     total = parts[0]
     for part in parts[1:]:
         xp.add(total, part, out=total)
