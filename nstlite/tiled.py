@@ -334,7 +334,9 @@ class TiledObjective:
 def tiled_bytes(net, height, width, layers, loss_layers, tile, margin=None):
     """Resident bytes of a tiled evaluation: one padded tile through the network, plus what
     lives at the image's size (the input gradient and, per loss layer, its global maps are not
-    kept: content targets are the whole image's maps at the content layers)."""
+    kept: content targets are the whole image's maps at the content layers). The tile's crops
+    shrink the deeper maps but not the first layers' (the peak): the uncropped tile is an upper
+    bound."""
     tile, margin, _ = tile_plan(net.layer_names, layers, tile, margin)
     side_h, side_w = min(height, tile + 2 * margin), min(width, tile + 2 * margin)
     per_tile = net.memory_bytes(side_h, side_w, layers, loss_layers)
