@@ -169,6 +169,15 @@ def _crop(target, full_shape, where):
     return {k: v[where] if tuple(getattr(v, "shape", ())) == full_shape else v for k, v in target.items()}
 
 
+def _inner(F, where, xp):
+    """F's inner positions F[where]; for a channels-last map (the fast path's) as contiguous
+    channels-last memory, which the Gram products read in place (a block copy, or none)."""
+    Fi = F[where]
+    if F.transpose(1, 2, 0).flags.c_contiguous and not F.flags.c_contiguous:
+        return xp.ascontiguousarray(Fi.transpose(1, 2, 0)).transpose(2, 0, 1)
+    return Fi
+
+
 def _tile_forward(net, x_tile, layers, inner, padded, image_shape, crop):
     crops, origins = tile_crops(net, layers, inner, padded, image_shape, crop)
     return net.forward(x_tile, layers, crops=crops), origins
@@ -183,8 +192,8 @@ def tile_statistics(net, x_tile, terms, inner, padded, image_shape, crop=True):
     """
     feats, origins = _tile_forward(net, x_tile, list(dict.fromkeys(t.layer for t in terms)), inner, padded,
                                    image_shape, crop)
-    return [term.statistics(feats[term.layer][_inner_slices(net, term.layer, inner, origins[term.layer],
-                                                            image_shape)]) for term in terms]
+    return [term.statistics(_inner(feats[term.layer], _inner_slices(net, term.layer, inner, origins[term.layer],
+                                                                    image_shape), net.xp)) for term in terms]
 
 
 def tile_gradient(net, x_tile, terms, stats, inner, padded, image_shape, crop=True):
@@ -210,14 +219,14 @@ def tile_gradient(net, x_tile, terms, stats, inner, padded, image_shape, crop=Tr
         F = feats[term.layer]
         where = _inner_slices(net, term.layer, inner, origins[term.layer], image_shape)
         if i in stats:
-            dF = term.gradient(F[where], stats[i], target)
+            dF = term.gradient(_inner(F, where, xp), stats[i], target)
         else:
             full_shape = (F.shape[0],) + tuple(net.map_size(term.layer, *image_shape))
             values[i], dF = term.loss(F[where], _crop(target, full_shape,
                                                       _global_slices(net, term.layer, inner, image_shape)))
         g = grads.get(term.layer)
-        if g is None:
-            g = grads[term.layer] = xp.zeros(F.shape, dtype=F.dtype)
+        if g is None:  # in F's memory layout, which the network's backward reads in place
+            g = grads[term.layer] = xp.zeros_like(F)
         g[where] += w_total * dF
     return values, net.backward(grads)
 
