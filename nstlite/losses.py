@@ -129,8 +129,21 @@ def gram(F):
 
     F : (C, H, W) feature map -> G : (C, C).
     """
-    Fm = F.reshape(F.shape[0], -1)  # N_l x M_l
+    Fm = _matrix(F)  # N_l x M_l
     return Fm @ Fm.T
+
+
+def _channels_last(F) -> bool:
+    """True when the (C, H, W) array is a view of contiguous (H, W, C) memory (the fast path's maps)."""
+    return F.transpose(1, 2, 0).flags.c_contiguous and not F.flags.c_contiguous
+
+
+def _matrix(F):
+    """F^l as its N_l x M_l matrix: F.reshape(C, H*W), or for channels-last memory the same
+    matrix as a transposed view (a reshape would copy and transpose the whole map)."""
+    if _channels_last(F):
+        return F.transpose(1, 2, 0).reshape(-1, F.shape[0]).T
+    return F.reshape(F.shape[0], -1)
 
 
 def gram_backward(dG, F):
@@ -354,8 +367,10 @@ class GramLoss(StyleLoss):
     def gradient(self, F, stats, target):
         diff = stats["gram"] - target["gram"]
         n, m = diff.shape[0], stats["positions"]
-        Fm = F.reshape(n, -1)
-        return ((Fm.T @ diff).T / (float(n) ** 2 * float(m) ** 2)).reshape(F.shape)  # eq. (6)
+        dF = _matrix(F).T @ (diff / (float(n) ** 2 * float(m) ** 2))  # eq. (6), positions as rows
+        if _channels_last(F):  # in F's layout: (H W, C) rows are channels-last memory
+            return dF.reshape(F.shape[1], F.shape[2], n).transpose(2, 0, 1)
+        return dF.T.reshape(F.shape)
 
 
 class GuidedGramLoss(GramLoss):

@@ -167,11 +167,35 @@ class VGG19:
                                        "cannot be pooled 2x2 (VGG19 needs at least 16x16 for pool4)")
                 height, width = height // 2, width // 2
 
-    def forward(self, x, layers):
+    def _check_crops(self, crops, height, width, depth):
+        """One-line errors for a crop schedule that names a layer the forward does not run, is
+        not four non-negative integers, or leaves a map empty."""
+        ran = self.layer_names[: depth + 1]
+        for name, crop in crops.items():
+            if name not in ran:
+                raise NstliteError(f"cannot crop {name}: the forward stops at {ran[-1]}")
+            if len(crop) != 4 or any(int(c) != c or c < 0 for c in crop):
+                raise NstliteError(f"the crop of {name} must be 4 non-negative integers (top, bottom, left, "
+                                   f"right), not {tuple(crop)}")
+        for name in ran:
+            if name.startswith("pool"):
+                height, width = height // 2, width // 2
+            top, bottom, left, right = crops.get(name, (0, 0, 0, 0))
+            height, width = height - top - bottom, width - left - right
+            if min(height, width) < 1:
+                raise NstliteError(f"the crop of {name} leaves nothing of its map")
+
+    def forward(self, x, layers, crops=None):
         """Responses of the requested layers to the input ``x`` (3, H, W).
 
         Computes only up to the deepest requested layer and records what ``backward`` needs.
         Returns dict name -> (C, H', W') array.
+
+        crops : optional schedule {layer: (top, bottom, left, right)}: the rows and columns
+            dropped from that layer's response before the next layer reads it (the next layer
+            sees ordinary zero padding at the cropped border). The response handed out is the
+            cropped one; ``backward`` takes gradients of the cropped maps. ``nstlite.tiled``
+            uses it to shrink a tile's maps to what its inner responses need.
         """
         layers = [layers] if isinstance(layers, str) else list(layers)
         if not layers:
@@ -180,7 +204,9 @@ class VGG19:
         if x.ndim != 3 or x.shape[0] != 3:
             raise NstliteError(f"network input must have shape (3, H, W), got {tuple(x.shape)}")
         self._check_size(x.shape[1], x.shape[2], depth)
-        feats = self.path.forward(x, layers, depth)
+        crops = {n: tuple(c) for n, c in (crops or {}).items() if any(c)}
+        self._check_crops(crops, x.shape[1], x.shape[2], depth)
+        feats = self.path.forward(x, layers, depth, crops)
         self._computed = self.layer_names[: depth + 1]
         return feats
 
@@ -219,22 +245,28 @@ class ReferencePath:
 
     def __init__(self, net):
         self.net = net
-        self.tape = []  # (name, cache) of the last forward, in order
+        self.tape = []  # (name, cache, keep) of the last forward, in order; keep: see forward
 
-    def forward(self, x, layers, depth):
-        """Responses (C, h, w) of ``layers`` to x (3, H, W), computing the first depth + 1 layers."""
+    def forward(self, x, layers, depth, crops=None):
+        """Responses (C, h, w) of ``layers`` to x (3, H, W), computing the first depth + 1
+        layers; a layer in ``crops`` hands its kept window on to the next (``VGG19.forward``)."""
         h = x.astype(self.net.dtype, copy=False)
         pool_forward, _ = L.POOLING[self.net.pooling]
-        tape, feats = [], {}
+        tape, feats, crops = [], {}, crops or {}
         for name in self.net.layer_names[: depth + 1]:
             if name.startswith("conv"):
                 w, b = self.net.weights[name]
                 pre, conv_cache = L.conv3x3_forward_reference(h, w, b)
                 h, relu_cache = L.relu_forward(pre)
-                tape.append((name, (conv_cache, relu_cache)))
+                cache = (conv_cache, relu_cache)
             else:
-                h, pool_cache = pool_forward(h)
-                tape.append((name, pool_cache))
+                h, cache = pool_forward(h)
+            keep = None  # or (the uncropped map's shape, the kept window's slices)
+            if name in crops:
+                top, bottom, left, right = crops[name]
+                keep = (h.shape, (slice(None), slice(top, h.shape[1] - bottom), slice(left, h.shape[2] - right)))
+                h = h[keep[1]]  # the next layer zero-pads this window as it would a whole map
+            tape.append((name, cache, keep))
             if name in layers:
                 feats[name] = h
         self.tape = tape
@@ -242,15 +274,19 @@ class ReferencePath:
 
     def backward(self, grads):
         """dL/dx (3, H, W) for grads {layer: dL/d(response)} of layers of the last forward."""
-        names = [n for n, _ in self.tape]
+        names = [n for n, *_ in self.tape]
         depth = max(names.index(n) for n in grads)
         _, pool_backward = L.POOLING[self.net.pooling]
         g = None
-        for name, cache in reversed(self.tape[: depth + 1]):
+        for name, cache, keep in reversed(self.tape[: depth + 1]):
             if name in grads:
                 g = grads[name] if g is None else g + grads[name]
             if g is None:
                 continue
+            if keep is not None:  # nothing read the dropped positions: their gradient is 0
+                full = self.net.xp.zeros(keep[0], dtype=g.dtype)
+                full[keep[1]] = g
+                g = full
             if name.startswith("conv"):
                 conv_cache, relu_cache = cache
                 g = L.conv3x3_backward_reference(L.relu_backward(g, relu_cache), conv_cache)
@@ -259,11 +295,13 @@ class ReferencePath:
         return g
 
     def activation_pattern(self):
-        """Every ReLU's mask ``out > 0`` and, for max pooling, every window's winner."""
+        """Every ReLU's mask ``out > 0`` (on the kept window of a cropped layer, as the
+        channels-last path keeps it) and, for max pooling, every window's winner."""
         pattern = []
-        for name, cache in self.tape:
+        for name, cache, keep in self.tape:
             if name.startswith("conv"):
-                pattern.append(cache[1] > 0)
+                mask = cache[1] > 0
+                pattern.append(mask if keep is None else mask[keep[1]])
             elif self.net.pooling == "max":
                 pattern.append(cache[1])
         return pattern

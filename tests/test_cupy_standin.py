@@ -113,22 +113,24 @@ def _kernel_functions(kernel):
     return gemm.shifted_gemm_conv, gemm.shifted_gemm_conv_adjoint
 
 
-@pytest.mark.parametrize("pooling", ["avg", "max"])
-def test_whole_network_float32_matches_numpy_without_syncs(standin, pooling):
+@pytest.mark.parametrize("pooling, crops", [("avg", None), ("max", None),
+                                            ("avg", {"conv1_1": (3, 2, 1, 0), "conv2_2": (1, 1, 0, 1)})])
+def test_whole_network_float32_matches_numpy_without_syncs(standin, pooling, crops):
     """VGG19 forward to conv5_1 and the backward to the image on the stand-in: the CPU's
-    numbers, no host sync, and no copy of a transposed kernel in the backward."""
+    numbers, no host sync, and no copy of a transposed kernel in the backward; with a crop
+    schedule (``nstlite.tiled``'s) too."""
     params = random_params(0, widths=WIDTHS)
     gpu, cpu = VGG19(params, pooling=pooling, device="gpu"), VGG19(params, pooling=pooling)
     x = (np.random.default_rng(2).standard_normal((3, 70, 66)) * 30).astype(np.float32)
     layers = CONTENT + list(STYLE)
     xd = gpu.xp.asarray(x)
-    gpu.backward({n: f * 1.0 for n, f in gpu.forward(xd, layers).items()})  # first use: weight forms made
+    gpu.backward({n: f * 1.0 for n, f in gpu.forward(xd, layers, crops=crops).items()})  # first use: weight forms
     COUNTS.reset()
-    feats = gpu.forward(xd, layers)
+    feats = gpu.forward(xd, layers, crops=crops)
     dx = gpu.backward({n: f * 1.0 for n, f in feats.items()})
     assert COUNTS.syncs == 0, dict(COUNTS.sync_sites)
     assert not any("winograd" in site or "shifted" in site for site in COUNTS.copy_sites), dict(COUNTS.copy_sites)
-    ref = cpu.forward(x, layers)
+    ref = cpu.forward(x, layers, crops=crops)
     ref_dx = cpu.backward({n: f * 1.0 for n, f in ref.items()})
     for n in layers:
         assert rel(backend.to_host(feats[n]), ref[n]) < 5 * TOL["float32", "auto"], n

@@ -84,6 +84,31 @@ def test_vgg_fast_path_reuses_buffers_across_sizes():
         assert rel(fast.backward(g), ref.backward(g)) < 1e-12
 
 
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("kernel", ["winograd", "shifted_gemm"])
+def test_vgg_crops_match_the_reference_path(pooling, kernel):
+    """A crop schedule (``VGG19.forward``'s crops, as ``nstlite.tiled`` makes them): both paths
+    hand out the same cropped maps, take gradients of them to the same input gradient, and
+    record the same activation pattern; a crop leaves the map the next layer reads smaller."""
+    params = random_params(3, widths=(4, 5, 6, 6, 8), dtype=np.float64)
+    ref = VGG19(params, None, pooling=pooling, dtype="float64", kernel="reference")
+    fast = VGG19(params, None, pooling=pooling, dtype="float64", kernel=kernel)
+    x = np.random.default_rng(5).standard_normal((3, 45, 38)) * 20
+    crops = {"conv1_1": (3, 1, 0, 2), "conv1_2": (2, 0, 4, 0), "conv2_2": (0, 1, 1, 1), "conv3_1": (1, 0, 0, 1)}
+    layers = ["conv1_2", "pool1", "conv3_1", "conv4_1"]
+    fr, ff = ref.forward(x, layers, crops=crops), fast.forward(x, layers, crops=crops)
+    # conv1_2 reads 41 x 36, keeps 39 x 32; pool1 halves that; conv3_1 reads pool2 (9 x 7)
+    assert fr["conv1_2"].shape == (4, 39, 32) and fr["pool1"].shape == (4, 19, 16)
+    assert fr["conv3_1"].shape == (6, 8, 6) and fr["conv4_1"].shape == (6, 4, 3)
+    for n in layers:
+        assert ff[n].shape == fr[n].shape and rel(ff[n], fr[n]) < 1e-12, n
+    grads = {n: np.random.default_rng(6).standard_normal(fr[n].shape) for n in layers}
+    gr, gf = ref.backward(grads), fast.backward(grads)
+    assert gr.shape == x.shape and rel(gf, gr) < 1e-12
+    pr, pf = ref.activation_pattern(), fast.activation_pattern()
+    assert len(pr) == len(pf) and all(np.array_equal(a, b) for a, b in zip(pr, pf))
+
+
 def test_vgg_fast_path_errors():
     params = random_params(0, widths=(4, 5, 6, 6, 8), dtype=np.float64)
     net = VGG19(params, None, dtype="float64", kernel="auto")
@@ -95,6 +120,11 @@ def test_vgg_fast_path_errors():
     net.forward(np.zeros((3, 16, 16)), ["conv2_1"])
     with pytest.raises(NstliteError):
         net.backward({"conv3_1": np.zeros((6, 4, 4))})
+    for crops, message in (({"conv3_1": (1, 0, 0, 0)}, "cannot crop conv3_1: the forward stops at conv2_1"),
+                           ({"conv1_1": (1, -1, 0, 0)}, "must be 4 non-negative integers"),
+                           ({"pool1": (4, 4, 0, 0)}, "the crop of pool1 leaves nothing of its map")):
+        with pytest.raises(NstliteError, match=message):
+            net.forward(np.zeros((3, 16, 16)), ["conv2_1"], crops=crops)
 
 
 def test_gradcheck_catches_a_wrong_shared_pooling_backward(monkeypatch):

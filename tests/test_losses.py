@@ -147,3 +147,17 @@ def test_content_term_copies_its_target(xp, rng):
 def test_unknown_style_loss_is_one_line():
     with pytest.raises(NstliteError, match="unknown style loss .nope.; choose one of gaussian_w2, gram"):
         losses.style_loss_class("nope")
+
+
+def test_gram_loss_reads_channels_last_maps_in_place(rng):
+    """A (C, H, W) view of channels-last memory (the fast path's maps, a tile's inner positions):
+    the same Gram matrix and gradient as channel-major memory, the gradient in the map's layout."""
+    F = rng.standard_normal((5, 7, 6))
+    F_last = np.ascontiguousarray(F.transpose(1, 2, 0)).transpose(2, 0, 1)
+    term = losses.GramLoss("conv1_1")
+    target = term.target(rng.standard_normal((5, 4, 4)))
+    stats, stats_last = term.statistics(F), term.statistics(F_last)
+    np.testing.assert_allclose(stats_last["gram"], stats["gram"], rtol=1e-13)
+    dF, dF_last = term.gradient(F, stats, target), term.gradient(F_last, stats_last, target)
+    np.testing.assert_allclose(dF_last, dF, rtol=1e-13)
+    assert dF_last.transpose(1, 2, 0).flags.c_contiguous

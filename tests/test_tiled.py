@@ -5,8 +5,9 @@ import pytest
 from nstlite import losses
 from nstlite.errors import NstliteError
 from nstlite.objective import Region, build_objective
-from nstlite.tiled import (TiledObjective, choose_tile, receptive_radius, tile_plan, tiled_bytes, tiled_features,
-                           tiled_statistics)
+from nstlite import tiled as tiled_module
+from nstlite.tiled import (TiledObjective, choose_tile, crop_margins, receptive_radius, tile_boxes, tile_crops,
+                           tile_gradient, tile_plan, tile_statistics, tiled_bytes, tiled_features, tiled_statistics)
 from nstlite.vgg import VGG19, VGG19_LAYERS
 from nstlite.weights import random_params
 
@@ -67,6 +68,83 @@ def test_a_margin_below_the_receptive_radius_is_not_exact(rng):
     assert rel(tiled(x)[1], dx) < 1e-12
     tiled.margin = 64  # bypass the check on purpose
     assert rel(tiled(x)[1], dx) > 1e-6
+
+
+@pytest.mark.parametrize("kernel", ["reference", "auto"])
+def test_crops_shrink_a_tiles_maps_to_what_its_inner_responses_need(kernel, rng):
+    """An inner tile of 48 (margin 80) to conv5_1: conv1_1 keeps the inner box + 69 pixels,
+    conv4_4 + 16 (2 positions at stride 8), conv5_1 exactly the inner box; a tile at the image's
+    corner drops nothing on the sides where the image ends; every kept response is the image's."""
+    net = tiny_net(kernel)
+    layers = list(STYLE) + ["conv4_2", "conv4_4"]
+    assert crop_margins(net.layer_names, layers)["conv1_1"] == 69
+    assert crop_margins(net.layer_names, layers)["conv4_4"] == 16
+    x = rng.standard_normal((3, 240, 240)) * 20
+    whole = {k: v.copy() for k, v in net.forward(x, layers).items()}
+    boxes = dict(tile_boxes(240, 240, 48, 80))
+    for inner in [(96, 144, 96, 144), (0, 48, 0, 48)]:
+        padded = boxes[inner]
+        crops, origins = tile_crops(net, layers, inner, padded, x.shape[1:])
+        p0, p1, q0, q1 = padded
+        feats = net.forward(x[:, p0:p1, q0:q1], layers, crops=crops)
+        if inner[0]:
+            assert padded == (16, 224, 16, 224)
+            assert feats["conv1_1"].shape[1:] == (48 + 2 * 69,) * 2
+            assert feats["conv4_4"].shape[1:] == ((48 + 2 * 16) // 8,) * 2
+            assert feats["conv5_1"].shape[1:] == (48 // 16,) * 2
+            assert crops["conv1_1"] == (11, 11, 11, 11) and origins["conv5_1"] == (6, 6)
+        else:  # the image's top and left edges: only the bottom and right are dropped
+            assert crops["conv1_1"] == (0, 11, 0, 11) and feats["conv5_1"].shape[1:] == (3, 3)
+        for name in layers:  # every kept position is needed, and exact
+            (r, c), (h, w) = origins[name], feats[name].shape[1:]
+            assert rel(feats[name], whole[name][:, r:r + h, c:c + w]) < 1e-12, name
+
+
+@pytest.mark.parametrize("kernel", ["reference", "auto"])
+def test_a_crop_one_position_too_aggressive_is_not_exact(kernel, rng, monkeypatch):
+    """conv4_1 cropped one position (8 pixels) closer to the inner box than its margin of 40:
+    the zero padding at its cropped border reaches conv5_1's inner responses."""
+    net = tiny_net(kernel)
+    photo, art = rng.standard_normal((3, 160, 144)) * 20, rng.standard_normal((3, 64, 64)) * 20
+    x = rng.standard_normal((3, 160, 144)) * 20
+    objective = build_objective(net, photo, [art], ["conv4_2"], STYLE, beta=1.0)
+    dx = objective(x)[1].copy()
+    tiled = TiledObjective(objective, 48)
+    assert rel(tiled(x)[1], dx) < 1e-12
+    real = crop_margins
+
+    def too_close(layer_names, layers):
+        margins = real(layer_names, layers)
+        margins["conv4_1"] -= 8
+        return margins
+    monkeypatch.setattr(tiled_module, "crop_margins", too_close)
+    assert rel(tiled(x)[1], dx) > 1e-6
+
+
+def test_the_per_tile_functions_add_up_to_the_objective(rng):
+    """tile_statistics and tile_gradient, called tile by tile and summed by hand (as a Dask
+    fan-out would), give the tiled objective's style statistics, content value and gradient."""
+    net = tiny_net("auto")
+    photo, art = rng.standard_normal((3, 100, 90)) * 20, rng.standard_normal((3, 64, 64)) * 20
+    x = rng.standard_normal((3, 100, 90)) * 20
+    objective = build_objective(net, photo, [art], ["conv4_2"], STYLE, beta=1.0)
+    total, dx, parts = objective(x)
+    total, dx, content = float(total), dx.copy(), float(parts["content"])
+    style = [i for i, (_, t, *_) in enumerate(objective.terms) if isinstance(t, losses.StyleLoss)]
+    boxes = tile_boxes(100, 90, 32, 80)
+    stats = None
+    for inner, (p0, p1, q0, q1) in boxes:
+        part = tile_statistics(net, x[:, p0:p1, q0:q1], [objective.terms[i][1] for i in style], inner,
+                               (p0, p1, q0, q1), x.shape[1:])
+        stats = part if stats is None else [{k: a[k] + b[k] for k in a} for a, b in zip(stats, part)]
+    stats = dict(zip(style, stats))
+    summed, values = np.zeros_like(x), {}
+    for inner, (p0, p1, q0, q1) in boxes:
+        v, g = tile_gradient(net, x[:, p0:p1, q0:q1], objective.terms, stats, inner, (p0, p1, q0, q1), x.shape[1:])
+        summed[:, p0:p1, q0:q1] += g
+        values = {i: values.get(i, 0.0) + float(v[i]) for i in v}
+    assert len(values) == 1 and sum(values.values()) == pytest.approx(content, rel=1e-12)
+    assert rel(summed, dx) < 1e-12
 
 
 def test_tiled_statistics_and_features_equal_the_whole_image(rng):

@@ -12,6 +12,13 @@ each window's winning tap. A gradient arriving at a conv layer's output is alrea
 by that layer's mask: the kernel or pooling that produced it applied the mask while the block
 was in cache, and a loss gradient is masked as it is added.
 
+A crop schedule (``VGG19.forward``'s ``crops``) drops rows and columns of a layer's output
+before the next layer reads it: the kept window is copied into a fresh padded buffer (the other
+of the two: the layer's input is spent), so the next layer sees ordinary zero padding at the
+cropped border. The ReLU masks and the maps handed out are those of the kept windows; the
+backward pass scatters a cropped map's gradient back into its layer's whole output, zeros
+elsewhere, before running that layer backward.
+
 Pooling is ``nstlite.layers``' own (``pool_forward_into``, ``pool_backward_into``), run on
 bands of rows of the (h, w, C) interiors: one implementation for both paths.
 """
@@ -50,7 +57,9 @@ class ChannelsLastPath:
         self.plans = {}        # conv name -> ConvPlan, made when the layer first runs
         self.ws = Workspace(self.xp)
         self.size = None       # (H, W) the buffers below are for
-        self.maps = {}         # layer name -> (h, w, C) of its map at that size (``layout``)
+        self.maps = {}         # layer name -> (h, w, C) of its map (kept window) in the last forward
+        self.outputs = {}      # layer name -> (h, w, C) it computes (maps, before any crop)
+        self.crops = {}        # layer name -> (top, bottom, left, right) of the last forward
         self.masks = {}        # conv name -> bool (h, w, C) ReLU mask; max pool name -> int8 winner
         self.features = {}     # layer name -> compact (h, w, C) copy handed out by forward
         self.buffers = []      # the two flat arrays behind every padded map, see padded_buffer
@@ -68,14 +77,20 @@ class ChannelsLastPath:
         return p
 
     # --------------------------------------------------------------- buffers
-    def layout(self, height, width):
-        """layer name -> (h, w, C) of its response for an input of height x width."""
-        out, c = {}, 3
+    def layout(self, height, width, crops=None, computed=None):
+        """layer name -> (h, w, C) of its response for an input of height x width, after the
+        ``crops`` of ``forward`` (the kept windows); ``computed``, a dict, receives the sizes
+        each layer computes (before its own crop)."""
+        out, c, crops = {}, 3, crops or {}
         for name in self.net.layer_names:
             if name.startswith("conv"):
                 c = self.net.weights[name][0].shape[0]
             else:
                 height, width = height // 2, width // 2
+            if computed is not None:
+                computed[name] = (height, width, c)
+            top, bottom, left, right = crops.get(name, (0, 0, 0, 0))
+            height, width = height - top - bottom, width - left - right
             out[name] = (height, width, c)
         return out
 
@@ -91,18 +106,19 @@ class ChannelsLastPath:
             return
         xp, dtype = self.xp, self.net.dtype
         self.masks, self.features, self.buffers = {}, {}, []  # drop the old size's buffers first
-        self.maps = self.layout(height, width)
-        n_input, n_map = self.buffer_sizes(height, width, self.maps)
+        self.maps = self.layout(height, width, computed=self.outputs)
+        n_input, n_map = self.buffer_sizes(height, width, self.maps)  # uncropped: the largest
         self.input_buffer = xp.zeros(n_input, dtype=dtype).reshape(padded_shape(height, width, 3))
         self.buffers = [xp.zeros(n_map, dtype=dtype) for _ in range(2)]
         self.size = (height, width)
 
-    def padded_buffer(self, name, avoid=None):
-        """A padded buffer shaped like layer ``name``'s map, in the flat array that does not
-        hold ``avoid``, with the border around the map zeroed (the caller writes the whole
-        interior; the kernels read the border as the convolution's zero padding)."""
+    def padded_buffer(self, name, avoid=None, hwc=None):
+        """A padded buffer shaped like layer ``name``'s map (or an (h, w, C) ``hwc``), in the
+        flat array that does not hold ``avoid``, with the border around the map zeroed (the
+        caller writes the whole interior; the kernels read the border as the convolution's
+        zero padding)."""
         xp = self.xp
-        h, w, c = self.maps[name]
+        h, w, c = self.maps[name] if hwc is None else hwc
         shape = padded_shape(h, w, c)
         first, second = self.buffers
         flat = second if avoid is not None and xp.may_share_memory(avoid, first) else first
@@ -115,16 +131,19 @@ class ChannelsLastPath:
 
     def _mask(self, name, shape, dtype):
         m = self.masks.get(name)
-        if m is None:
+        if m is None or m.shape != shape:  # crops change a layer's size from one forward to the next
             m = self.masks[name] = self.xp.empty(shape, dtype=dtype)
         return m
 
     # --------------------------------------------------------------- forward
-    def forward(self, x, layers, depth):
+    def forward(self, x, layers, depth, crops=None):
         """Responses (C, h, w) of ``layers`` to x (3, H, W), computing the first depth + 1
-        layers; views of channels-last copies (``features_writable``)."""
+        layers; views of channels-last copies (``features_writable``). A layer in ``crops``
+        hands only its kept window on (``VGG19.forward``)."""
         height, width = x.shape[1], x.shape[2]
         self._buffers_for(height, width)
+        self.crops, self.outputs = crops or {}, {}
+        self.maps = self.layout(height, width, self.crops, self.outputs)
         names = self.net.layer_names[: depth + 1]
         if self.reserved != ((height, width), depth):
             self.ws.reserve(self.net.dtype, self.workspace_elements(self.maps, names))
@@ -134,14 +153,17 @@ class ChannelsLastPath:
         src, (h, w) = self.input_buffer, (height, width)
         feats = {}
         for name in names:
-            hn, wn, c = self.maps[name]
-            dst = self.padded_buffer(name, avoid=src)
+            hn, wn, _ = self.outputs[name]
+            dst = self.padded_buffer(name, avoid=src, hwc=self.outputs[name])
             out = interior(dst, hn, wn)
             if name.startswith("conv"):
                 self._conv_forward(name, x, src, out, h, w)
             else:
                 self._pool_forward(name, interior(src, h, w), out)
-            src, h, w = dst, hn, wn
+            if name in self.crops:
+                dst = self._crop(name, dst)
+            h, w, _ = self.maps[name]
+            src, out = dst, interior(dst, h, w)
             if name in layers:
                 feats[name] = self._hand_out(name, out)
         self.last = (names, x.shape)
@@ -159,8 +181,41 @@ class ChannelsLastPath:
             plan.forward_image(x.astype(self.net.dtype, copy=False), out, self.ws, relu=True)
         else:
             plan.forward(src, out, h, w, self.ws, relu=True)
-        mask = self._mask(name, out.shape, bool)
-        self.ws.parallel(lambda r: xp.greater(out[r], 0, out=mask[r]), out.shape[0])
+        kept = out[self._window(name)]  # the mask only where the next layer reads
+        mask = self._mask(name, kept.shape, bool)
+        self.ws.parallel(lambda r: xp.greater(kept[r], 0, out=mask[r]), kept.shape[0])
+
+    def _window(self, name):
+        """(rows, cols) slices of layer ``name``'s kept window in its computed output."""
+        h, w, _ = self.outputs[name]
+        top, bottom, left, right = self.crops.get(name, (0, 0, 0, 0))
+        return slice(top, h - bottom), slice(left, w - right)
+
+    def _crop(self, name, buf):
+        """Layer ``name``'s kept window of its output ``buf``, copied into a padded buffer of
+        its own in the other flat array (which held the layer's spent input)."""
+        (h, w, _), kept = self.outputs[name], self.maps[name]
+        window = interior(buf, h, w)[self._window(name)]
+        dst = self.padded_buffer(name, avoid=buf)
+        inner = interior(dst, *kept[:2])
+        self.ws.parallel(lambda r: _copy(inner[r], window[r]), kept[0])
+        return dst
+
+    def _uncrop(self, name, g):
+        """The gradient g of layer ``name``'s kept window, scattered into a padded buffer of its
+        whole output (the other flat array) with zeros where nothing read the output."""
+        (h, w, c), (hk, wk, _) = self.outputs[name], self.maps[name]
+        rows, cols = self._window(name)
+        full = self.padded_buffer(name, avoid=g, hwc=(h, w, c))
+        whole, kept = interior(full, h, w), interior(g, hk, wk)
+
+        def part(r):
+            whole[r] = 0
+            lo, hi = max(r.start, rows.start), min(r.stop, rows.stop)
+            if lo < hi:
+                whole[lo:hi, cols] = kept[lo - rows.start:hi - rows.start]
+        self.ws.parallel(part, h)
+        return full
 
     def _pool_forward(self, name, inp, out):
         pooling = self.net.pooling
@@ -172,7 +227,7 @@ class ChannelsLastPath:
 
     def _hand_out(self, name, out):
         compact = self.features.get(name)
-        if compact is None:
+        if compact is None or compact.shape != out.shape:
             compact = self.features[name] = self.xp.empty(out.shape, dtype=self.net.dtype)
         self.ws.parallel(lambda r: _copy(compact[r], out[r]), out.shape[0])
         return compact.transpose(2, 0, 1)  # (C, h, w) view of channels-last memory
@@ -189,6 +244,8 @@ class ChannelsLastPath:
                 g = self._add_loss_gradient(name, g, grads[name])
             if g is None:
                 continue
+            if name in self.crops:
+                g = self._uncrop(name, g)
             below = names[i - 1] if i > 0 else None
             if below is None:
                 return self._image_gradient(name, g, xshape[1:])
@@ -216,7 +273,7 @@ class ChannelsLastPath:
         self.plan(name).backward(g, interior(dst, hb, wb), hb, wb, self.ws, mask=mask)
 
     def _pool_backward(self, name, below, g, dst):
-        (h, w, _), (hb, wb, _) = self.maps[name], self.maps[below]
+        (h, w, _), (hb, wb, _) = self.outputs[name], self.maps[below]
         dout, din = interior(g, h, w), interior(dst, hb, wb)
         relu_mask, winner = self.masks[below], self.masks.get(name)
         pooling = self.net.pooling
