@@ -28,7 +28,7 @@ STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "con
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
                     "resume", "style_loss", "sw_directions", "tile", "region_map", "region_styles",
                     "erode_regions", "jpeg_quality", "preview", "style_weight_scaling", "overwrite",
-                    "memory_limit")
+                    "memory_limit", "tile_crops")
 
 
 # --------------------------------------------------------------------------- shared options
@@ -101,6 +101,9 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
     p.add_argument("--tile", default=None, metavar="N|auto",
                    help="evaluate the exact objective by tiles of N pixels (a multiple of 16), or auto: "
                         "tiles only when the whole image does not fit in memory")
+    p.add_argument("--tile-crops", action="store_true",
+                   help="with tiles, crop each layer to what the tile's inner responses need (about 10%% "
+                        "faster; float32 rounding then differs more from the untiled run)")
     p.add_argument("--memory-limit", default=None, metavar="SIZE",
                    help="use at most SIZE of memory, e.g. 3.5G or 800M (a plain number is GiB): the "
                         "pre-flight check and --tile auto plan for it (default: the memory available)")

@@ -108,7 +108,7 @@ class Region:
 
 def build_objective(net, content_x, style_xs, content_layers, style_layer_weights, alpha=1.0, beta=1.0,
                     tv_weight=0.0, style_loss="gram", blend_weights=None, style_loss_options=None, extra=(),
-                    regions=None, erode=False, tile=None, margin=None):
+                    regions=None, erode=False, tile=None, margin=None, tile_crops=False):
     """The objective of one problem: its terms and their targets from the photo and the artworks.
 
     Parameters
@@ -131,6 +131,8 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
     erode : carry the region guides to deeper layers eroded (``nstlite.guides.guide_maps``)
     tile, margin : evaluate by tiles of this inner size (``nstlite.tiled.TiledObjective``); the
         targets of the photo and the artworks are then computed by tiles too
+    tile_crops : crop each layer of a tile to what its inner responses need (faster; float32
+        rounding then differs from the untiled evaluation's, ``nstlite.tiled``)
 
     Returns
     -------
@@ -139,7 +141,7 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
     content_layers = list(content_layers)
     content = []
     if content_layers:
-        feats = (tiled_features(net, content_x, content_layers, tile, margin) if tile
+        feats = (tiled_features(net, content_x, content_layers, tile, margin, crop=tile_crops) if tile
                  else net.forward(content_x, content_layers))
         content = [(term, term.target(feats[term.layer])) for term in map(ContentLoss, content_layers)]
     style = []
@@ -150,10 +152,11 @@ def build_objective(net, content_x, style_xs, content_layers, style_layer_weight
         terms = [(_make_term(cls, name, style_loss_options or {}), weight * style_layer_weights[name])
                  for cls, weight in kinds for name in style_layer_weights]
         positions = positions_of(net, content_x.shape[1:], list(style_layer_weights))
-        targets = style_targets(net, [t for t, _ in terms], style_xs, positions, blend_weights, tile, margin)
+        targets = style_targets(net, [t for t, _ in terms], style_xs, positions, blend_weights, tile, margin,
+                                tile_crops)
         style = [(t, target, w) for (t, w), target in zip(terms, targets)]
     objective = Objective(net, content, style, alpha, beta, tv_weight, extra)
-    return TiledObjective(objective, tile, margin) if tile else objective
+    return TiledObjective(objective, tile, margin, crop=tile_crops) if tile else objective
 
 
 def _region_terms(net, content_x, regions, style_layer_weights, style_loss, erode):
@@ -183,7 +186,7 @@ def _make_term(cls, layer, options):
     return cls(layer, **{k: v for k, v in options.items() if k in accepted})
 
 
-def style_targets(net, terms, style_xs, positions, blend_weights=None, tile=None, margin=None):
+def style_targets(net, terms, style_xs, positions, blend_weights=None, tile=None, margin=None, tile_crops=False):
     """The target of each style term (a list in the terms' order), from one or several artworks.
 
     With several artworks the targets are blended, A^l = sum_s b_s A_s^l (b_s summing to 1).
@@ -210,7 +213,7 @@ def style_targets(net, terms, style_xs, positions, blend_weights=None, tile=None
     per_artwork = []  # [artwork][term] statistics, made before the next forward reuses the maps
     for sx in style_xs:
         if tile and all(t.tileable for t in terms):
-            per_artwork.append(tiled_statistics(net, sx, terms, tile, margin))
+            per_artwork.append(tiled_statistics(net, sx, terms, tile, margin, crop=tile_crops))
             continue
         feats = net.forward(sx, layers)
         per_artwork.append([t.target(feats[t.layer]) for t in terms])

@@ -169,6 +169,9 @@ class StylizeOptions:
         the whole image does not fit in the memory available)
     check_memory_limit : refuse a run whose peak estimate exceeds the memory available (on the GPU:
         the device's share against its free memory, the host's against host memory)
+    tile_crops : with tiles, crop each layer of a tile to what its inner responses need: about
+        10 % faster, float32 gradients then as far from the untiled ones as a change of kernel
+        (3.6e-4 against 9.2e-7 at 512 px, ``nstlite.tiled``)
     memory_limit : at most this much memory for the run: bytes, or a string such as "3.5G" or
         "800M" (K, M, G, T are powers of 1024; a plain number is GiB). It lowers the memory
         available to the pre-flight check and to ``tile="auto"``, which then picks the largest
@@ -218,6 +221,7 @@ class StylizeOptions:
     max_evaluations: int | None = None
     check_memory_limit: bool = True
     memory_limit: Any = None
+    tile_crops: bool = False
     stream: Any = None
     style_loss: str = "gram"
     sw_directions: int | None = None

@@ -117,7 +117,8 @@ def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions, tile
     beta = opts.style_weight * style_weight_factor(net, opts, content_x.shape[1:])
     return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,
                            beta, opts.tv_weight, style_loss=opts.style_loss,
-                           blend_weights=opts.style_blend_weights, tile=tile, regions=regions,
+                           blend_weights=opts.style_blend_weights, tile=tile, tile_crops=opts.tile_crops,
+                           regions=regions,
                            erode=opts.erode_regions,
                            style_loss_options={"seed": opts.seed, "directions": opts.sw_directions})
 

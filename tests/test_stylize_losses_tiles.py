@@ -47,6 +47,12 @@ def test_tiled_run_evaluates_the_same_objective(files):
     assert tiled.final["total"] == pytest.approx(whole.final["total"], rel=1e-2)
 
 
+def test_tile_crops_evaluate_the_same_objective(files):
+    whole, cropped = run(files, iterations=2), run(files, iterations=2, tile=32, tile_crops=True)
+    for key in ("total", "content", "style"):
+        assert cropped.history[0][key] == pytest.approx(whole.history[0][key], rel=1e-5)
+
+
 def test_auto_tiles_only_when_needed(files):
     assert run(files, iterations=1, tile="auto").history[0]["total"] == pytest.approx(
         run(files, iterations=1).history[0]["total"], rel=1e-6)

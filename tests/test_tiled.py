@@ -35,13 +35,14 @@ def test_receptive_fields_of_vgg19():
     assert tile_plan(names, ["conv4_2"], 24) == (24, 40, 8)
 
 
+@pytest.mark.parametrize("crops", [False, True])
 @pytest.mark.parametrize("kernel", ["reference", "auto"])
 @pytest.mark.parametrize("height, width, tile, margin", [
     (161, 97, 48, None),   # odd sizes, tiles that do not divide them, the least margin (80)
     (130, 130, 32, 96),    # a wider margin changes nothing
     (64, 200, 208, None),  # one tile wider than the image
 ])
-def test_tiled_equals_untiled(kernel, height, width, tile, margin, rng):
+def test_tiled_equals_untiled(kernel, height, width, tile, margin, crops, rng):
     net = tiny_net(kernel)
     photo, art = rng.standard_normal((3, height, width)) * 20, rng.standard_normal((3, 90, 70)) * 20
     x = rng.standard_normal((3, height, width)) * 20
@@ -49,8 +50,8 @@ def test_tiled_equals_untiled(kernel, height, width, tile, margin, rng):
     total, dx, parts = untiled(x)
     total, dx, style = float(total), dx.copy(), float(parts["style"])
     tiled = build_objective(net, photo, [art], ["conv4_2"], STYLE, alpha=1.0, beta=1e3, tv_weight=1e-2,
-                            tile=tile, margin=margin)
-    assert isinstance(tiled, TiledObjective)
+                            tile=tile, margin=margin, tile_crops=crops)
+    assert isinstance(tiled, TiledObjective) and tiled.crop == crops
     t_total, t_dx, t_parts = tiled(x)
     assert float(t_total) == pytest.approx(total, rel=1e-12)
     assert float(t_parts["style"]) == pytest.approx(style, rel=1e-12)
@@ -109,7 +110,7 @@ def test_a_crop_one_position_too_aggressive_is_not_exact(kernel, rng, monkeypatc
     x = rng.standard_normal((3, 160, 144)) * 20
     objective = build_objective(net, photo, [art], ["conv4_2"], STYLE, beta=1.0)
     dx = objective(x)[1].copy()
-    tiled = TiledObjective(objective, 48)
+    tiled = TiledObjective(objective, 48, crop=True)
     assert rel(tiled(x)[1], dx) < 1e-12
     real = crop_margins
 
@@ -152,11 +153,11 @@ def test_tiled_statistics_and_features_equal_the_whole_image(rng):
     x = rng.standard_normal((3, 100, 77)) * 20
     terms = [losses.GramLoss("conv3_1"), losses.MeanStdLoss("conv5_1")]
     feats = {k: v.copy() for k, v in net.forward(x, ["conv3_1", "conv5_1"]).items()}
-    for term, stats in zip(terms, tiled_statistics(net, x, terms, 32)):
+    for term, stats in zip(terms, tiled_statistics(net, x, terms, 32, crop=True)):
         whole = term.statistics(feats[term.layer])
         for key in whole:
             np.testing.assert_allclose(stats[key], whole[key], rtol=1e-12)
-    assembled = tiled_features(net, x, ["conv3_1", "conv5_1"], 32)
+    assembled = tiled_features(net, x, ["conv3_1", "conv5_1"], 32, crop=True)
     for name in feats:
         np.testing.assert_allclose(assembled[name], feats[name], rtol=1e-12, atol=1e-12)
 
