@@ -10,7 +10,7 @@ from PIL import Image
 import nstlite.vgg
 from nstlite import cluster
 from nstlite.cli import main
-from nstlite.weights import random_params, write_weights
+from weights_fixtures import write_tiny_run
 
 pytest.importorskip("distributed")
 
@@ -19,12 +19,8 @@ MEAN = (103.939, 116.779, 123.68)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("figures_dask")
-    write_weights(d / "tiny.h5", random_params(0, widths=(4, 5, 6, 6, 8)), "BGR", 255, MEAN, (1, 1, 1), "test")
-    y, x = np.mgrid[0:36, 0:48]
-    Image.fromarray(np.stack([x * 5, y * 7, (x + y) * 3], axis=2).astype(np.uint8)).save(d / "photo.png")
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 32, 3), dtype=np.uint8)).save(d / "art.png")
-    return d
+    return write_tiny_run(tmp_path_factory.mktemp("figures_dask"), widths=(4, 5, 6, 6, 8), photo_hw=(36, 48),
+                          art_hw=(40, 32), steps=(5, 7, 3))
 
 
 def figure3(files, output, *engine):

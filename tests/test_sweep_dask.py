@@ -15,7 +15,7 @@ from PIL import Image
 from nstlite import sweep as S
 from nstlite.cli import main
 from nstlite.cluster import DaskExecutor, WorkerPlan
-from nstlite.weights import random_params, write_weights
+from weights_fixtures import write_tiny_run
 
 pytest.importorskip("distributed")
 
@@ -25,12 +25,7 @@ MEAN = (103.939, 116.779, 123.68)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sweep_dask")
-    write_weights(d / "tiny.h5", random_params(0, widths=(4, 4, 6, 6, 8)), "BGR", 255, MEAN, (1, 1, 1), "test")
-    y, x = np.mgrid[0:32, 0:40]
-    Image.fromarray(np.stack([x * 6, y * 7, (x + y) * 3], axis=2).astype(np.uint8)).save(d / "photo.png")
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(d / "art.png")
-    return d
+    return write_tiny_run(tmp_path_factory.mktemp("sweep_dask"))
 
 
 def tasks_into(files, out_dir, grid, iterations=6):

@@ -456,3 +456,21 @@ HOSTILE_BUILDERS = {
     "compound": _compound,
     "empty-dataspace": _empty_dataspace,
 }
+
+
+# --- a tiny run: weights, a photo and an artwork ----------------------------------------------
+def write_tiny_run(folder, widths=SMALL_WIDTHS, photo_hw=(32, 40), art_hw=(30, 30), steps=(6, 7, 3)):
+    """tiny.h5 (random VGG19 weights of ``widths`` channels), photo.png (smooth gradients, x/y
+    slopes ``steps``) and art.png (seeded noise) in ``folder``, which is returned."""
+    from PIL import Image
+
+    from nstlite.weights import random_params, write_weights
+
+    write_weights(folder / "tiny.h5", random_params(0, widths=widths), "BGR", 255, (103.939, 116.779, 123.68),
+                  (1, 1, 1), "test")
+    y, x = np.mgrid[0:photo_hw[0], 0:photo_hw[1]]
+    sx, sy, sxy = steps
+    Image.fromarray(np.stack([x * sx, y * sy, (x + y) * sxy], axis=2).astype(np.uint8)).save(folder / "photo.png")
+    noise = np.random.default_rng(0).integers(0, 255, art_hw + (3,), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "art.png")
+    return folder
