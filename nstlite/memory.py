@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from . import image as im
 from .backend import device_free_bytes
 from .errors import NstliteError
@@ -83,13 +85,8 @@ def host_bytes(height: int, width: int, history: int = DEFAULT_LBFGS_HISTORY) ->
 
 def objective_bytes(net, height: int, width: int, layers: Sequence[str]) -> int:
     """One map per loss layer (the content target, or a loss's temporary), in bytes."""
-    channels, values = 3, 0
-    for name in net.layer_names:
-        if name.startswith("conv"):
-            channels = int(net.weights[name][0].shape[0])
-        if name in layers:
-            h, w = net.map_size(name, height, width)
-            values += channels * h * w
+    values = sum(net.channels(n) * int(np.prod(net.map_size(n, height, width)))
+                 for n in net.layer_names if n in layers)
     return values * net.dtype.itemsize
 
 

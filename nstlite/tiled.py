@@ -358,13 +358,9 @@ def tiled_bytes(net, height, width, layers, loss_layers, tile, margin=None):
     tile, margin, _ = tile_plan(net.layer_names, layers, tile, margin)
     side_h, side_w = min(height, tile + 2 * margin), min(width, tile + 2 * margin)
     per_tile = net.memory_bytes(side_h, side_w, layers, loss_layers)
-    per_tile += sum(net.weights[_last_conv(net, n)][0].shape[0] * int(np.prod(net.map_size(n, side_h, side_w)))
+    per_tile += sum(net.channels(n) * int(np.prod(net.map_size(n, side_h, side_w)))
                     * net.dtype.itemsize for n in loss_layers)  # the tile's gradient maps of the loss layers
     return per_tile + 3 * height * width * net.dtype.itemsize
-
-
-def _last_conv(net, layer):
-    return [n for n in net.layer_names[: net.layer_names.index(layer) + 1] if n.startswith("conv")][-1]
 
 
 def choose_tile(net, height, width, layers, loss_layers, budget_bytes, margin=None):

@@ -148,6 +148,12 @@ class VGG19:
                 height, width = height // 2, width // 2
         return height, width
 
+    def channels(self, name) -> int:
+        """N_l of layer ``name``'s response: the filters of the last conv at or before it."""
+        self._depth([name])
+        convs = [n for n in self.layer_names[: self.layer_names.index(name) + 1] if n.startswith("conv")]
+        return int(self.weights[convs[-1]][0].shape[0])
+
     # ----------------------------------------------------------------- forward / backward
     def _depth(self, names):
         unknown = [n for n in names if n not in self.layer_names]
