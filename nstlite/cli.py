@@ -102,7 +102,7 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
                    help="evaluate the exact objective by tiles of N pixels (a multiple of 16), or auto: "
                         "tiles only when the whole image does not fit in memory")
     p.add_argument("--tile-crops", action="store_true",
-                   help="with tiles, crop each layer to what the tile's inner responses need (about 10%% "
+                   help="with tiles, crop each layer to what the tile's inner responses need (about 20%% "
                         "faster; float32 rounding then differs more from the untiled run)")
     p.add_argument("--memory-limit", default=None, metavar="SIZE",
                    help="use at most SIZE of memory, e.g. 3.5G or 800M (a plain number is GiB): the "
