@@ -129,19 +129,21 @@ def gram(F):
 
     F : (C, H, W) feature map -> G : (C, C).
     """
-    Fm = _matrix(F)  # N_l x M_l
+    Fm = as_matrix(F)  # N_l x M_l
     return Fm @ Fm.T
 
 
-def _channels_last(F) -> bool:
-    """True when the (C, H, W) array is a view of contiguous (H, W, C) memory (the fast path's maps)."""
+def is_channels_last(F) -> bool:
+    """True when the (C, H, W) array is a view of contiguous (H, W, C) memory, as the fast path's
+    maps are (and not also channel-major, as a map with one channel or one position is)."""
     return F.transpose(1, 2, 0).flags.c_contiguous and not F.flags.c_contiguous
 
 
-def _matrix(F):
-    """F^l as its N_l x M_l matrix: F.reshape(C, H*W), or for channels-last memory the same
-    matrix as a transposed view (a reshape would copy and transpose the whole map)."""
-    if _channels_last(F):
+def as_matrix(F):
+    """(C, H, W) map -> the paper's N_l x M_l matrix F^l as a view of F's memory: a reshape for
+    channel-major memory, the transpose of the (M_l x N_l) rows of channels-last memory (a
+    reshape would copy and transpose the whole map)."""
+    if is_channels_last(F):
         return F.transpose(1, 2, 0).reshape(-1, F.shape[0]).T
     return F.reshape(F.shape[0], -1)
 
@@ -367,8 +369,8 @@ class GramLoss(StyleLoss):
     def gradient(self, F, stats, target):
         diff = stats["gram"] - target["gram"]
         n, m = diff.shape[0], stats["positions"]
-        dF = _matrix(F).T @ (diff / (float(n) ** 2 * float(m) ** 2))  # eq. (6), positions as rows
-        if _channels_last(F):  # in F's layout: (H W, C) rows are channels-last memory
+        dF = as_matrix(F).T @ (diff / (float(n) ** 2 * float(m) ** 2))  # eq. (6), positions as rows
+        if is_channels_last(F):  # in F's layout: (H W, C) rows are channels-last memory
             return dF.reshape(F.shape[1], F.shape[2], n).transpose(2, 0, 1)
         return dF.T.reshape(F.shape)
 

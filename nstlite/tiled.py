@@ -58,7 +58,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import NstliteError
-from .losses import INPUT, StyleLoss
+from .losses import INPUT, StyleLoss, is_channels_last
 
 
 def receptive_radius(layer_names, layer):
@@ -180,7 +180,7 @@ def _inner(F, where, xp):
     """F's inner positions F[where]; for a channels-last map (the fast path's) as contiguous
     channels-last memory, which the Gram products read in place (a block copy, or none)."""
     Fi = F[where]
-    if F.transpose(1, 2, 0).flags.c_contiguous and not F.flags.c_contiguous:
+    if is_channels_last(F):
         return xp.ascontiguousarray(Fi.transpose(1, 2, 0)).transpose(2, 0, 1)
     return Fi
 

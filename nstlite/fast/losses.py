@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from ..losses import ContentLoss, GramLoss
+from ..losses import ContentLoss, GramLoss, as_matrix, is_channels_last
 from .workspace import block_bytes_for
 
 # Positions per product of eq. (6) when the gradient overwrites F itself: each block's product
@@ -27,21 +27,6 @@ from .workspace import block_bytes_for
 # CPU a cache-sized block; on a GPU the device-sized blocks of the conv kernels
 # (``workspace.block_bytes_for``): usually the whole map, one product.
 GRADIENT_BLOCK_BYTES = 4 << 20
-
-
-def is_channels_last(F) -> bool:
-    """True when the (C, H, W) array is a view of contiguous (H, W, C) memory (and not also
-    channel-major, as a map with one channel or one position is)."""
-    return F.transpose(1, 2, 0).flags.c_contiguous and not F.flags.c_contiguous
-
-
-def as_matrix(F):
-    """(C, H, W) map -> the paper's N_l x M_l matrix F^l as a view of F's memory: a reshape for
-    channel-major memory, the transpose of the (M_l x N_l) rows of channels-last memory."""
-    c = F.shape[0]
-    if is_channels_last(F):
-        return F.transpose(1, 2, 0).reshape(-1, c).T
-    return F.reshape(c, -1)
 
 
 def content_loss_into(F, P, scale=1.0, out=None):
