@@ -21,7 +21,6 @@ from . import colors, guides
 from . import image as im
 from .backend import to_device, to_host
 from .errors import NstliteError
-from .memory import available_memory_bytes, scale_tile
 from .objective import Objective, Region, build_objective
 from .options import INIT_KINDS, REFERENCE_SIZE, StylizeOptions
 
@@ -75,12 +74,12 @@ class ScaleProblem:
 
 
 def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, style_rgbs, start_x=None,
-                  previous_x=None, tile="asked") -> ScaleProblem:
+                  previous_x=None, tile=None) -> ScaleProblem:
     """The problem of scale ``index`` (see the module docstring).
 
     content, style_rgbs : the images resized for this scale; start_x : a resumed (3, H, W)
     state; previous_x : the previous scale's result (upsampled to this scale's size); tile :
-    this scale's tile size or None, as ``stylize`` resolved it ("asked": resolve ``opts.tile``).
+    this scale's tile size or None (untiled), as ``stylize`` resolved it (``memory.scale_tile``).
     """
     size = opts.scales[index]
     _check_style_sizes(net, opts, style_rgbs, index)
@@ -105,14 +104,11 @@ def build_problem(net, opts: StylizeOptions, index: int, content: im.Image, styl
                         original_colors=opts.original_colors)
 
 
-def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions, tile="asked"):
+def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions, tile=None):
     """The objective of eq. (7) for one scale, its targets P^l (eq. 1) and A^l (eq. 3) made
     from the photograph and the artworks as the network sees them; evaluated by tiles of
-    ``tile`` pixels (None: untiled; "asked": as ``opts.tile`` asks, ``memory.scale_tile``)."""
+    ``tile`` pixels (None: untiled)."""
     style_xs = [net.preprocess(s) for s in style_rgbs] if opts.style_layers else []
-    if tile == "asked":
-        tile = scale_tile(net, *content_x.shape[1:], opts.loss_layers, opts.lbfgs_history, opts.tile,
-                          available=available_memory_bytes(opts.memory_limit), content_layers=opts.content_layers)
     regions = scale_regions(opts, content_x.shape[1:], style_xs) if opts.region_styles and style_xs else None
     beta = opts.style_weight * style_weight_factor(net, opts, content_x.shape[1:])
     return build_objective(net, content_x, style_xs, opts.content_layers, opts.style_layers, opts.content_weight,

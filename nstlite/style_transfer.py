@@ -132,8 +132,9 @@ def stylize(content, styles, **keywords) -> StylizeResult:
     shapes = _checked_shapes(net, opts, content_img.rgb.shape)
     first = _resume_scale(resume, shapes, opts)
     fingerprint = _fingerprint(opts, content, styles, region_source, resume)
-    tiles = _scale_tiles(net, opts, shapes, first)
-    estimate = _memory_estimate(net, opts, shapes, [s.rgb.shape for s in style_imgs], tiles)
+    available = available_memory_bytes(opts.memory_limit)  # host memory, lowered to --memory-limit
+    tiles = _scale_tiles(net, opts, shapes, first, available)
+    estimate = _memory_estimate(net, opts, shapes, [s.rgb.shape for s in style_imgs], tiles, available)
     check_run_outputs(opts, sources, shapes, first, resume, content_img.alpha is not None)
     with Reporter(opts, started, append_log=resume is not None, header=header) as reporter:
         reporter.fingerprint = fingerprint
@@ -314,16 +315,16 @@ def _checked_shapes(net, opts, content_shape):
     return shapes
 
 
-def _scale_tiles(net, opts, shapes, first):
+def _scale_tiles(net, opts, shapes, first, available):
     """Per scale, None (untiled) or its tile size: ``opts.tile`` as given, or for "auto" the
-    choice of ``memory.scale_tile`` under the memory available (and ``--memory-limit``).
-    Resolved once here; the pre-flight estimate and each scale's objective use the same tiles."""
-    available = available_memory_bytes(opts.memory_limit) if opts.tile == "auto" else None
+    choice of ``memory.scale_tile`` under ``available`` host bytes (MemAvailable and
+    ``--memory-limit``). Resolved once here; the pre-flight estimate and each scale's objective
+    use the same tiles."""
     return {i: scale_tile(net, *shapes[i], opts.loss_layers, opts.lbfgs_history, opts.tile, available=available,
                           content_layers=opts.content_layers) for i in range(first, len(shapes))}
 
 
-def _memory_estimate(net, opts, shapes, style_shapes, tiles):
+def _memory_estimate(net, opts, shapes, style_shapes, tiles, available):
     """Peak bytes of the run, every scale in ``tiles`` (index -> tile or None) and every artwork
     at its scaled size counted (refusing when one does not fit; on the GPU the device's share
     against the device's free memory and the host's against host memory); None without the check."""
@@ -336,7 +337,7 @@ def _memory_estimate(net, opts, shapes, style_shapes, tiles):
                            f"more than {MAX_SIDE}: use a smaller --style-scale")
     return check_run_memory(net, [shapes[i] for i in scales], artworks if opts.style_layers else [],
                             opts.loss_layers, opts.lbfgs_history, [tiles[i] for i in scales],
-                            available=available_memory_bytes(opts.memory_limit), content_layers=opts.content_layers)
+                            available=available, content_layers=opts.content_layers)
 
 
 def _resume_scale(checkpoint, shapes, opts):
