@@ -40,7 +40,7 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import OptimizeResult, minimize
 
 
 class StopReason(str, Enum):  # noqa: UP042  (enum.StrEnum needs Python 3.11; setup.py says 3.9)
@@ -76,14 +76,6 @@ def _native_setulb():
     return _lbfgsb.setulb, status_messages, task_messages
 
 
-class _Native:
-    """What ``minimize`` returns, from SciPy's own L-BFGS-B loop (``_minimize_lbfgsb``) run here
-    with the box made by vectorised code; ``status``, ``message`` and ``x`` as SciPy gives them."""
-
-    def __init__(self, status, message, x):
-        self.status, self.message, self.x = status, message, x
-
-
 def _box_codes(lower, upper):
     """SciPy's ``nbd`` codes (0 free, 1 lower, 2 both, 3 upper bound) and the finite bounds."""
     has_low, has_up = np.isfinite(lower), np.isfinite(upper)
@@ -94,7 +86,8 @@ def _box_codes(lower, upper):
 def _lbfgsb_native(native, fun, x0, box, history, maxiter, maxfun, maxls, callback):
     """``_minimize_lbfgsb``'s loop with ``ftol = gtol = 0``, step for step: the same calls to
     SciPy's routine, so the same iterates. ``x0`` lies in the box; ``box`` is ``_box_codes``'s
-    triple (its bounds are 0 where there is none, as SciPy passes them)."""
+    triple (its bounds are 0 where there is none, as SciPy passes them). Returns SciPy's
+    ``OptimizeResult`` with the fields ``minimize`` would give the driver: status, message, x."""
     setulb, status_messages, task_messages = native
     nbd, low, up = box
     m, n = int(history), x0.size
@@ -122,7 +115,7 @@ def _lbfgsb_native(native, fun, x0, box, history, maxiter, maxfun, maxls, callba
         else:
             break
     status = 0 if task[0] == 4 else 1 if (evaluations > maxfun or iterations >= maxiter) else 2
-    return _Native(status, status_messages[task[0]] + ": " + task_messages[task[1]], x)
+    return OptimizeResult(status=status, message=status_messages[task[0]] + ": " + task_messages[task[1]], x=x)
 
 
 def _all_finite(g) -> bool:

@@ -237,7 +237,7 @@ class Reporter:
         where = " GPU" if getattr(getattr(problem, "net", None), "device", "cpu") != "cpu" else ""
         memory = f", ~{estimate / 2**30:.2f} GiB{where} peak estimate" if estimate else ""
         tv = f" tv={o.tv_weight:g}" if o.tv_weight else ""
-        tile = getattr(getattr(problem, "objective", None), "tile", None)
+        tile = getattr(problem.objective, "tile", None)  # a TiledObjective's
         tiles = f", by {tile} px tiles (margin {problem.objective.margin})" if tile else ""
         self.say(f"{self.tag}stylizing {w}x{h}: {todo} iterations, {problem.style_count} style image(s), "
                  f"alpha={o.content_weight:g} beta={o.style_weight:g}{tv}, init={init}{tiles}{memory}")

@@ -48,7 +48,7 @@ class Terminal(io.StringIO):
 def fake_problem():
     from types import SimpleNamespace
 
-    return SimpleNamespace(shape=(3, 4, 5), index=0, size=5, style_count=1,
+    return SimpleNamespace(shape=(3, 4, 5), index=0, size=5, style_count=1, objective=None,
                            image=lambda x: np.full((4, 5, 3), 7, np.uint8))
 
 

@@ -106,7 +106,7 @@ def test_what_is_not_a_checkpoint_is_one_line(tmp_path):
 # --------------------------------------------------------------------------- the reporter
 def fake_problem(index=0, size=5):
     """What the reporter reads of a scale's problem."""
-    return SimpleNamespace(shape=(3, 4, 5), index=index, size=size, style_count=1,
+    return SimpleNamespace(shape=(3, 4, 5), index=index, size=size, style_count=1, objective=None,
                            image=lambda x: np.full((4, 5, 3), 7, np.uint8))
 
 
