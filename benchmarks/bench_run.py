@@ -3,6 +3,7 @@
 
     python benchmarks/bench_run.py --sizes 256 --iterations 10 --pairs 3 \\
         --torch-python /path/to/venv-with-torch/bin/python
+    python benchmarks/bench_run.py --sizes 256,512 --pairs 5 --bounds both   # with and without the box
 
 Each measurement is a fresh process; nstlite and PyTorch alternate (n, t, n, t, ...) so that
 both see the same machine load, and the table quotes medians over the pairs and the median of
@@ -18,7 +19,8 @@ The same objective on both sides: the photograph and the artwork loaded and resi
 nstlite, the same VGG19 weights (``nstlite.load_vgg19``), content ``conv4_2`` (alpha),
 style ``conv1_1`` ... ``conv5_1`` with w_l = 0.2 (beta), eq. (4)'s normalisation, average
 pooling, float32, start from the photograph. nstlite keeps the pixels in their box (L-BFGS-B),
-PyTorch's L-BFGS has no bounds; both use a history of 10 and a strong-Wolfe line search.
+PyTorch's L-BFGS has no bounds (``--bounds none``: nstlite without its box too, the same problem;
+``both``: each round runs nstlite both ways); both use a history of 10 and a strong-Wolfe line search.
 The PyTorch side runs in ``--torch-python`` (an interpreter with torch, NumPy, SciPy, h5py,
 Pillow; default: this one), so nstlite never needs torch installed.
 """
@@ -50,11 +52,12 @@ def images():
 def log_per_evaluation(path):
     """Median seconds between consecutive evaluations of a JSON-lines log (first excluded)."""
     with open(path, encoding="utf-8") as f:
-        seconds = [json.loads(line)["seconds"] for line in f if line.strip()]
+        records = [json.loads(line) for line in f if line.strip()]
+    seconds = [r["seconds"] for r in records if "seconds" in r]  # the header and end records have none
     return float(np.median(np.diff(seconds)[1:])), len(seconds)
 
 
-def run_nstlite(size, iterations, python, device="cpu"):
+def run_nstlite(size, iterations, python, device="cpu", bounds="pixels"):
     """One ``nstlite stylize`` process: (seconds per evaluation, evaluations)."""
     content, style = images()
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +66,7 @@ def run_nstlite(size, iterations, python, device="cpu"):
                "--iterations", str(iterations), "--content-weight", str(ALPHA), "--style-weight", str(BETA),
                "--content-layers", CONTENT, "--style-layers", ",".join(f"{n}:0.2" for n in STYLE),
                "--init", "content", "--device", device, "--output", os.path.join(tmp, "out.png"), "--log", log,
-               "--quiet"]
+               "--bounds", bounds, "--quiet"]
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         subprocess.run(cmd, check=True, env=env, cwd=ROOT)
         return log_per_evaluation(log)
@@ -153,30 +156,40 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: nstlite on CuPy, PyTorch on CUDA")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the nstlite side (default: this one)")
     ap.add_argument("--json", help="append the rows to this file (JSON lines)")
+    ap.add_argument("--bounds", default="pixels", choices=["pixels", "none", "both"],
+                    help="nstlite's pixel box (both: one nstlite process of each in every round)")
     ap.add_argument("--torch-child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.torch_child:
         return torch_child(a.torch_child, a.iterations, a.device)
+    modes = ["pixels", "none"] if a.bounds == "both" else [a.bounds]
     for size in (int(s) for s in a.sizes.split(",")):
         pairs = []
         for _ in range(a.pairs):
-            load_n = os.getloadavg()[0]
-            n, n_evals = run_nstlite(size, a.iterations, a.python, a.device)
-            load_t = os.getloadavg()[0]
+            row, loads = {}, []
+            for mode in modes:
+                loads.append(os.getloadavg()[0])
+                row[mode] = run_nstlite(size, a.iterations, a.python, a.device, mode)
+            loads.append(os.getloadavg()[0])
             t, t_evals = run_torch(size, a.iterations, a.torch_python, a.device)
-            pairs.append({"nstlite_s": n, "torch_s": t, "ratio": n / t, "load": [load_n, load_t],
-                          "evaluations": [n_evals, t_evals]})
-            print(f"{size}: nstlite {n:.3f} s/eval ({n_evals} evals, load {load_n:.1f})  "
-                  f"pytorch {t:.3f} s/eval ({t_evals} evals, load {load_t:.1f})  ratio {n / t:.2f}", flush=True)
-        row = {"size": size, "device": a.device, "iterations": a.iterations, "pairs": pairs,
-               "nstlite_median_s": float(np.median([p["nstlite_s"] for p in pairs])),
-               "torch_median_s": float(np.median([p["torch_s"] for p in pairs])),
-               "ratio_median": float(np.median([p["ratio"] for p in pairs]))}
-        print(f"{size}: medians nstlite {row['nstlite_median_s']:.3f} s  pytorch {row['torch_median_s']:.3f} s  "
-              f"ratio (median of pairs) {row['ratio_median']:.2f}")
+            pair = {"torch_s": t, "load": loads, "torch_evaluations": t_evals}
+            for mode, (n, n_evals) in row.items():
+                pair[mode] = {"nstlite_s": n, "ratio": n / t, "evaluations": n_evals}
+            pairs.append(pair)
+            shown_modes = "  ".join(f"nstlite[{m}] {n:.3f} s/eval ({e} evals) ratio {n / t:.2f}"
+                                    for m, (n, e) in row.items())
+            print(f"{size}: {shown_modes}  pytorch {t:.3f} s/eval ({t_evals} evals)  "
+                  f"load {', '.join(f'{x:.1f}' for x in loads)}", flush=True)
+        out = {"size": size, "device": a.device, "iterations": a.iterations, "pairs": pairs,
+               "torch_median_s": float(np.median([p["torch_s"] for p in pairs]))}
+        for mode in modes:
+            out[mode] = {"nstlite_median_s": float(np.median([p[mode]["nstlite_s"] for p in pairs])),
+                         "ratio_median": float(np.median([p[mode]["ratio"] for p in pairs]))}
+            print(f"{size}: medians nstlite[{mode}] {out[mode]['nstlite_median_s']:.3f} s  "
+                  f"pytorch {out['torch_median_s']:.3f} s  ratio (median of pairs) {out[mode]['ratio_median']:.2f}")
         if a.json:
             with open(a.json, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(out) + "\n")
 
 
 if __name__ == "__main__":

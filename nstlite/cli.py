@@ -28,7 +28,7 @@ STYLIZE_KEYWORDS = ("size", "iterations", "content_weight", "style_weight", "con
                     "original_colors", "scales", "weights", "device", "log", "save_every", "print_every", "quiet",
                     "resume", "style_loss", "sw_directions", "tile", "region_map", "region_styles",
                     "erode_regions", "jpeg_quality", "preview", "style_weight_scaling", "overwrite",
-                    "memory_limit", "tile_crops")
+                    "memory_limit", "tile_crops", "bounds")
 
 
 # --------------------------------------------------------------------------- shared options
@@ -70,6 +70,9 @@ def add_stylize_options(p, size=O.DEFAULT_SIZE, iterations=O.DEFAULT_ITERATIONS,
                         "(uniform noise 0..255) | style | PATH of an image (default %(default)s)")
     p.add_argument("--lbfgs-history", type=int, default=O.DEFAULT_LBFGS_HISTORY,
                    help="L-BFGS memory (default %(default)s)")
+    p.add_argument("--bounds", choices=O.BOUNDS, default="pixels",
+                   help="pixels: L-BFGS-B keeps the pixels in range (default); none: unbounded L-BFGS, "
+                        "the result clipped when written (cheaper optimiser steps)")
     p.add_argument("--original-colors", choices=colors.METHODS, default=None,
                    help="keep the photograph's colours: luminance-only transfer, or match the style's colours")
     p.add_argument("--scales", default=None,

@@ -26,6 +26,7 @@ DEFAULT_SIZE = 512
 DEFAULT_ITERATIONS = 500
 DEFAULT_CONTENT_WEIGHT = 1.0      # alpha
 DEFAULT_TV_WEIGHT = 0.0
+BOUNDS = ("pixels", "none")  # the optimiser's box: the input range, or none (plain L-BFGS)
 DEFAULT_LBFGS_HISTORY = 10
 DEFAULT_INIT = "content"
 DEFAULT_PRINT_EVERY = 10
@@ -138,6 +139,10 @@ class StylizeOptions:
     pooling : "avg" (the paper) or "max"
     tv_weight : total-variation weight (0: none, as in the paper)
     lbfgs_history : L-BFGS memory
+    bounds : "pixels" (the default): L-BFGS-B keeps every pixel in the network's input range;
+        "none": plain L-BFGS, unbounded, the result clipped to the range when it is written (as
+        PyTorch tools do). The box is L-BFGS-B's dearest bookkeeping (about 3x its per-iteration
+        work, docs/performance.md); the objective is the same
     original_colors : None, "luminance" or "histogram" (Gatys et al. 2017)
     scales : e.g. (256, 512) or "256,512": optimise at each longest side in turn, upsampling in
         between; overrides ``size``. "auto": from about 256 px up to ``size`` in steps of 2x
@@ -205,6 +210,7 @@ class StylizeOptions:
     pooling: str = "avg"
     tv_weight: float = DEFAULT_TV_WEIGHT
     lbfgs_history: int = DEFAULT_LBFGS_HISTORY
+    bounds: str = "pixels"
     original_colors: str | None = None
     scales: Any = None
     weights: Any = None
@@ -269,6 +275,8 @@ class StylizeOptions:
             raise NstliteError("nothing to optimise: give a style image (or a style weight > 0) "
                                "or a content weight > 0")
         _check_init(self.init)
+        if self.bounds not in BOUNDS:
+            raise NstliteError(f"bounds must be one of {', '.join(BOUNDS)}, not {self.bounds!r}")
         if self.style_weight_scaling not in STYLE_WEIGHT_SCALINGS:
             raise NstliteError(f"style weight scaling must be one of {', '.join(STYLE_WEIGHT_SCALINGS)}, "
                                f"not {self.style_weight_scaling!r}")

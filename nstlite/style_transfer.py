@@ -381,7 +381,9 @@ def _optimise(problem, opts, reporter, first_iteration, estimate):
     todo = opts.iterations_at(problem.index) - first_iteration
     reporter.begin_scale(problem, first_iteration, todo, estimate)
     evaluate = problem.evaluator()
-    res = minimize_lbfgsb(evaluate, problem.release_start(), problem.lower, problem.upper, max(todo, 0),
+    # bounds "none": infinite bounds, which L-BFGS-B treats as no bound at all (plain L-BFGS)
+    lower, upper = (problem.lower, problem.upper) if opts.bounds == "pixels" else (-np.inf, np.inf)
+    res = minimize_lbfgsb(evaluate, problem.release_start(), lower, upper, max(todo, 0),
                           history=opts.lbfgs_history, max_evaluations=opts.max_evaluations,
                           on_evaluation=reporter.on_evaluation, on_iteration=reporter.on_iteration,
                           start_iteration=first_iteration)

@@ -132,6 +132,7 @@ def rosen_box(x):
 
 @pytest.mark.parametrize("lower, upper", [
     (-0.5, 0.7),                                              # both bounds, some of them active
+    (-np.inf, np.inf),                                        # no box at all (stylize's bounds="none")
     (np.r_[np.full(N // 2, -np.inf), np.full(N // 2, -0.5)],  # free, lower-only, upper-only, both
      np.r_[np.full(N // 4, np.inf), np.full(N // 4, 0.6), np.full(N // 4, np.inf), np.full(N // 4, 0.6)]),
 ])

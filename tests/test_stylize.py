@@ -76,6 +76,27 @@ def test_api_loss_falls_and_result_is_complete(files, net):
     assert np.all(r.x >= lo[:, None, None] - 1e-9) and np.all(r.x <= hi[:, None, None] + 1e-9)
 
 
+@pytest.mark.parametrize("bounds", ["pixels", "none"])
+def test_bounds_reach_the_optimiser(files, net, monkeypatch, bounds):
+    """bounds="none" hands L-BFGS-B no box (infinite bounds: SciPy's code 0, plain L-BFGS);
+    the image is the returned x clipped to the pixel range either way."""
+    import nstlite.style_transfer as st
+
+    seen, real = [], st.minimize_lbfgsb
+    monkeypatch.setattr(st, "minimize_lbfgsb", lambda fun, x0, lo, hi, *a, **k: seen.append(
+        (np.asarray(lo), np.asarray(hi))) or real(fun, x0, lo, hi, *a, **k))
+    r = run(files, net, iterations=4, bounds=bounds)
+    (lo, hi), = seen
+    assert np.all(np.isinf(lo)) and np.all(np.isinf(hi)) if bounds == "none" else (
+        np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)))
+    np.testing.assert_array_equal(r.image, net.deprocess(r.x))
+
+
+def test_unknown_bounds_are_refused(files, net):
+    with pytest.raises(NstliteError, match="bounds must be one of pixels, none, not 'box'"):
+        run(files, net, iterations=1, bounds="box")
+
+
 def test_inputs_as_arrays_and_pil_images_match_paths(files, net):
     a = run(files, net, iterations=3)
     b = run(files, net, iterations=3, content=np.asarray(Image.open(files / "content.png")),
