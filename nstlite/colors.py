@@ -14,7 +14,9 @@ Factors in Neural Style Transfer*. CVPR 2017, section 5 ("Colour control").
   ``A = Sigma_c^(1/2) Sigma_s^(-1/2)`` (symmetric square roots), ``b = mu_c - A mu_s``.
   Transfer then runs on the recoloured style image as usual.
 
-All functions take and return H x W x 3 float64 host arrays in 0..255 (this is host code).
+All functions take H x W x 3 float host arrays in 0..255 (the float32 images of
+``nstlite.image``, or float64) and compute and return float64 (this is host code; the
+images here are at the size of one scale, not the full-resolution decodes).
 """
 import numpy as np
 
@@ -70,8 +72,8 @@ def _sym_power(cov, p):
 
 def match_color_histogram(style_rgb, content_rgb):
     """Recolour the style image so its colour mean and covariance are the photograph's."""
-    s = style_rgb.reshape(-1, 3)
-    c = content_rgb.reshape(-1, 3)
+    s = np.asarray(style_rgb, dtype=np.float64).reshape(-1, 3)  # means and covariances in float64
+    c = np.asarray(content_rgb, dtype=np.float64).reshape(-1, 3)
     mu_s, mu_c = s.mean(axis=0), c.mean(axis=0)
     cov_s = np.cov(s, rowvar=False) + 1e-3 * np.eye(3)
     cov_c = np.cov(c, rowvar=False) + 1e-3 * np.eye(3)

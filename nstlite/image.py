@@ -5,9 +5,14 @@ cross to the device once, through ``VGG19.preprocess``.
 
 Reading turns whatever the user has into an ``Image`` pair ``(rgb, alpha)``:
 
-* ``rgb``   H x W x 3 float64 in 0..255 (floats, so 16-bit and float sources keep their
-  precision through resizing);
-* ``alpha`` H x W float64 in 0..255, or ``None`` when the source has no transparency.
+* ``rgb``   H x W x 3 float32 in 0..255 (floats, so 16-bit and float sources keep their
+  precision through resizing; float32, as the resizing and the network are, so that a
+  12-megapixel photo decodes to 150 MB, not 300 MB);
+* ``alpha`` H x W float32 in 0..255, or ``None`` when the source has no transparency.
+
+8-bit and 16-bit values are exact in float32; the 16-bit scaling and the compositing of 8-bit
+colour over white are written so that float32 gives the exact result rounded once, which is
+what a float64 decode gave once resized (the resizing has always been float32).
 
 Decisions, so that nothing is damaged silently:
 
@@ -45,9 +50,11 @@ _TO_RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 _TO_RGBA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 # Most pixels we decode (a decompression-bomb guard; Pillow's default warning threshold).
 MAX_PIXELS = 89_478_485
-# Bytes per pixel a decode takes at its peak: Pillow's own buffer (up to 4 bytes), its RGB(A)
-# conversion (4) and the float64 colour and alpha planes (32).
-DECODE_BYTES_PER_PIXEL = 40
+# Bytes per pixel a decode takes at its peak, at most: Pillow's own buffer (up to 4 bytes), its
+# RGB(A) conversion (4; none for an RGB or RGBA source), the 8-bit copy NumPy reads it from (up
+# to 4) and the float32 colour and alpha planes (16). Measured (peak RSS, 4096 x 3072): 19 for
+# an RGB JPEG, 24 for an RGBA PNG.
+DECODE_BYTES_PER_PIXEL = 28
 
 
 class ImageError(NstliteError):
@@ -124,41 +131,53 @@ def check_decode_memory(width: int, height: int, what: str) -> None:
                          f"but only {available / 2**30:.1f} GiB is available; scale it down first")
 
 
+# 255 / 65535 is exactly 1 / 257: dividing by 257 rounds once, where multiplying by a rounded
+# 255 / 65535 would round twice (and differ from float64 in the last bit).
+_SIXTEEN_BIT_DIVISOR = 257
+
+
 def _scale_integer_mode(a, mode):
-    """Integer pixel values of a high-bit-depth mode -> floats in 0..255."""
-    a = a.astype(np.float64)
+    """Integer pixel values of a high-bit-depth mode -> float32 in 0..255."""
     if mode.startswith("I;16"):
-        return a * (255.0 / 65535.0)
-    top = a.max(initial=0.0)  # mode "I": 32-bit ints, in practice 16-bit data
+        out = a.astype(np.float32)
+        out /= _SIXTEEN_BIT_DIVISOR
+        return out
+    top = int(a.max(initial=0))  # mode "I": 32-bit ints, in practice 16-bit data
+    out = np.clip(a, 0, None).astype(np.float32)
     if top <= 65535:
-        return np.clip(a, 0, None) * (255.0 / 65535.0)
-    return np.clip(a, 0, None) * (255.0 / top)
+        out /= _SIXTEEN_BIT_DIVISOR
+    else:
+        out *= np.float32(255.0 / top)
+    return out
 
 
 def _scale_float(a, what):
-    """Float pixel values -> 0..255: read as 0..1 when the maximum is at most 1, else as 0..255.
-    NaN or infinite values are refused: any number put in their place would be made up."""
-    a = a.astype(np.float64)
-    bad = ~np.isfinite(a)
-    if bad.any():
-        raise ImageError(f"{what} has {int(bad.sum())} NaN or infinite pixel value(s); "
-                         "replace them before using it")
-    if a.max(initial=0.0) <= 1.0:
-        a = a * 255.0
-    return np.clip(a, 0.0, 255.0)
+    """Float pixel values -> float32 in 0..255: read as 0..1 when the maximum is at most 1, else
+    as 0..255. NaN or infinite values are refused: any number put in their place would be made
+    up. ``a`` is never changed (the scaling works on its float32 copy)."""
+    bad = np.count_nonzero(~np.isfinite(a))
+    if bad:
+        raise ImageError(f"{what} has {bad} NaN or infinite pixel value(s); replace them before using it")
+    in_unit_range = a.max(initial=0.0) <= 1.0  # the source's maximum, before float32 rounds it
+    with np.errstate(over="ignore"):  # finite values beyond float32's range become inf, clipped to 255
+        out = a.astype(np.float32)
+    if in_unit_range:
+        out *= 255.0
+    return np.clip(out, 0.0, 255.0, out=out)
 
 
 def _from_pil(im, what):
-    """A decoded PIL image -> Image(rgb float64 0..255, alpha or None)."""
+    """A decoded PIL image -> Image(rgb float32 0..255, alpha or None). 8-bit modes are read as
+    uint8 and converted once, so no full-size intermediate wider than float32 is made."""
     if im.mode == "La":  # premultiplied; Pillow converts it only to LA
         im = im.convert("LA")
     mode = im.mode
     has_transparency = "transparency" in im.info
     if mode in _TO_RGBA_MODES or (has_transparency and mode in ("P", "L", "RGB", "1")):
-        a = np.asarray(im.convert("RGBA"), dtype=np.float64)
-        return Image(a[..., :3].copy(), a[..., 3].copy())
+        rgba = np.asarray(_converted(im, "RGBA"))  # uint8: the float32 planes are made from it directly
+        return Image(rgba[..., :3].astype(np.float32), rgba[..., 3].astype(np.float32))
     if mode in _TO_RGB_MODES:
-        return Image(np.asarray(im.convert("RGB"), dtype=np.float64), None)
+        return Image(np.asarray(_converted(im, "RGB"), dtype=np.float32), None)
     if mode == "I" or mode.startswith("I;16"):
         grey = _scale_integer_mode(np.asarray(im), mode)
         return Image(np.repeat(grey[..., None], 3, axis=2), None)
@@ -166,27 +185,36 @@ def _from_pil(im, what):
         grey = _scale_float(np.asarray(im), what)
         return Image(np.repeat(grey[..., None], 3, axis=2), None)
     try:  # anything newer Pillow may add
-        return Image(np.asarray(im.convert("RGB"), dtype=np.float64), None)
+        return Image(np.asarray(im.convert("RGB"), dtype=np.float32), None)
     except (ValueError, OSError):
         raise ImageError(f"{what}: Pillow mode {mode!r} cannot be converted to RGB") from None
 
 
+def _converted(im, mode):
+    """``im`` in ``mode``; itself when it is in that mode already (Pillow's convert would copy it,
+    4 bytes a pixel more at the decode's peak)."""
+    return im if im.mode == mode else im.convert(mode)
+
+
 def _from_array(a, what):
-    """An H x W, H x W x 1/2/3/4 array -> Image. uint8 is 0..255, uint16 0..65535, bool 0/1,
-    floats 0..1 when their maximum is at most 1, else 0..255."""
+    """An H x W, H x W x 1/2/3/4 array -> Image (float32). uint8 is 0..255, uint16 0..65535,
+    bool 0/1, other integers 0..255 (clipped), floats 0..1 when their maximum is at most 1, else
+    0..255. The array given is never changed."""
     a = np.asarray(a)
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or min(a.shape[:2]) < 1:
         raise ImageError(f"{what}: expected an H x W (x 1, 2, 3 or 4) array, got shape {a.shape}")
     if a.dtype == np.bool_:
-        a = a.astype(np.float64) * 255.0
+        a = a.astype(np.float32)
+        a *= 255.0
     elif a.dtype == np.uint8:
-        a = a.astype(np.float64)
+        a = a.astype(np.float32)
     elif a.dtype == np.uint16:
-        a = a.astype(np.float64) * (255.0 / 65535.0)
+        a = a.astype(np.float32)
+        a /= _SIXTEEN_BIT_DIVISOR
     elif np.issubdtype(a.dtype, np.integer):
-        a = np.clip(a.astype(np.float64), 0, 255)
+        a = np.clip(a, 0, 255).astype(np.float32)
     elif np.issubdtype(a.dtype, np.floating):
         a = _scale_float(a, what)
     else:
@@ -217,9 +245,22 @@ def load_image(src, what="image"):
     else:
         img = _from_array(src, what)
     if img.alpha is not None:
-        a = img.alpha[..., None] / 255.0
-        img = Image(img.rgb * a + 255.0 * (1.0 - a), img.alpha)  # over white
+        img = Image(_over_white(img.rgb, img.alpha), img.alpha)
     return img
+
+
+def _over_white(rgb, alpha):
+    """``rgb`` composited over white with ``alpha`` (both 0..255), in place in the float32
+    ``rgb``: rgb a + 255 (1 - a) with a = alpha / 255, written as (rgb alpha + 255 (255 - alpha))
+    / 255 so that for 8-bit values the numerator is an exact integer and the division rounds
+    once (the float64 result rounded to float32, bit for bit)."""
+    alpha = alpha[..., None]
+    white = 255.0 - alpha  # one plane-sized temporary
+    white *= 255.0
+    rgb *= alpha
+    rgb += white
+    rgb /= 255.0
+    return rgb
 
 
 # --------------------------------------------------------------------------- resizing
@@ -230,18 +271,26 @@ def fit_longest(height, width, size):
 
 
 def resize(a, height, width):
-    """Resize an H x W or H x W x C float array to height x width (Lanczos, per channel in
-    Pillow's float mode so nothing is quantised). An array already that size is returned as is."""
-    PILImage, _ = _pil()
+    """Resize an H x W or H x W x C float array to height x width: float32 (Lanczos, per channel
+    in Pillow's float mode, float32, so nothing is quantised). An array already that size is
+    returned as is."""
     if a.shape[0] == height and a.shape[1] == width:
         return a
     planes = a[..., None] if a.ndim == 2 else a
-    out = np.empty((height, width, planes.shape[2]), dtype=np.float64)
+    out = np.empty((height, width, planes.shape[2]), dtype=np.float32)
     for c in range(planes.shape[2]):
-        ch = PILImage.fromarray(np.ascontiguousarray(planes[..., c], dtype=np.float32), mode="F")
-        out[..., c] = np.asarray(ch.resize((width, height), PILImage.LANCZOS), dtype=np.float64)
-    out = np.clip(out, 0.0, 255.0)  # Lanczos overshoots at edges
+        out[..., c] = _resized_plane(planes[..., c], height, width)
+    np.clip(out, 0.0, 255.0, out=out)  # Lanczos overshoots at edges
     return out[..., 0] if a.ndim == 2 else out
+
+
+def _resized_plane(plane, height, width):
+    """One H x W plane resized (Lanczos, Pillow's float32 mode 'F'). A function of its own so
+    that the plane's two full-size copies (contiguous float32, Pillow's) are freed before the
+    next plane's are made."""
+    PILImage, _ = _pil()
+    source = PILImage.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+    return np.asarray(source.resize((width, height), PILImage.LANCZOS))
 
 
 def resize_labels(rgb, height, width):
@@ -294,12 +343,19 @@ JPEG_QUALITY = 95  # with no chroma subsampling: Pillow's defaults (75, 4:2:0) s
 
 def straight_colour(composite, alpha):
     """The straight colour whose compositing over white with ``alpha`` is ``composite`` (the
-    inverse of what ``load_image`` does; H x W x 3 and H x W floats 0..255). Fully transparent
-    pixels keep ``composite`` (any colour is right there)."""
-    a = np.asarray(alpha, dtype=np.float64)[..., None] / 255.0
+    inverse of what ``load_image`` does; H x W x 3 and H x W floats 0..255), float32 in
+    0..255: 255 + 255 (composite - 255) / alpha. Fully transparent pixels keep ``composite``
+    (any colour is right there). Float32 is ample for colours rounded to 8 bits next."""
+    alpha = np.asarray(alpha, dtype=np.float32)[..., None]
+    rgb = np.array(composite, dtype=np.float32)  # a copy: ``composite`` is kept where alpha is 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        rgb = (np.asarray(composite, dtype=np.float64) - 255.0 * (1.0 - a)) / a
-    return np.where(a > 0, np.clip(rgb, 0.0, 255.0), composite)
+        rgb -= 255.0
+        rgb *= 255.0
+        rgb /= alpha
+        rgb += 255.0
+    np.clip(rgb, 0.0, 255.0, out=rgb)
+    np.copyto(rgb, composite, where=~(alpha > 0), casting="same_kind")
+    return rgb
 
 
 def _writer(fmt, rgb8, a8, jpeg_quality=JPEG_QUALITY):
@@ -315,8 +371,7 @@ def _writer(fmt, rgb8, a8, jpeg_quality=JPEG_QUALITY):
                 return
             except (OSError, ValueError, KeyError):  # the format has no alpha (e.g. JPEG)
                 pass
-            a = a8[..., None].astype(np.float64) / 255.0
-            over_white = to_uint8(rgb8 * a + 255.0 * (1.0 - a))
+            over_white = to_uint8(_over_white(rgb8.astype(np.float32), a8.astype(np.float32)))
             PILImage.fromarray(over_white, mode="RGB").save(tmp, format=fmt, **params)
         else:
             PILImage.fromarray(rgb8, mode="RGB").save(tmp, format=fmt, **params)

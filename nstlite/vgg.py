@@ -114,11 +114,14 @@ class VGG19:
         rgb = np.asarray(to_host(rgb))
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise NstliteError(f"expected an H x W x 3 RGB image, got shape {rgb.shape}")
-        x = rgb.astype(np.float64) * (self.input_scale / 255.0)
+        x = rgb.astype(np.float64)  # the arithmetic in float64, in place on this one copy
+        x *= self.input_scale / 255.0
         if self.channel_order == "BGR":
             x = x[:, :, ::-1]
-        x = (x - self.mean) / self.std
-        return to_device(np.ascontiguousarray(x.transpose(2, 0, 1)), self.device, self.dtype)
+        x -= self.mean
+        x /= self.std
+        # cast to the net's dtype in the reordering copy (no second float64 image)
+        return to_device(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=self.dtype), self.device)
 
     def deprocess_float(self, x):
         """(3, H, W) network input -> H x W x 3 RGB float64 host array in 0..255 (unclipped)."""

@@ -171,7 +171,7 @@ def test_resize_longest_side_and_no_resample_at_size():
     img = im.Image(rgb, None)
     assert im.resize_longest(img, 40).rgb is rgb  # already that size: untouched
     out = im.resize_longest(img, 20).rgb
-    assert out.shape == (15, 20, 3) and out.dtype == np.float64
+    assert out.shape == (15, 20, 3) and out.dtype == np.float32
     assert im.fit_longest(300, 100, 64) == (64, 21)
 
 
@@ -255,3 +255,73 @@ def test_decode_memory_is_checked_from_the_declared_size():
     im.check_decode_memory(100, 100, "small")
     with pytest.raises(im.ImageError, match="decoding it needs about"):
         im.check_decode_memory(10**6, 10**6, "huge")
+
+
+# --------------------------------------------------------------------------- float32 (issue 12)
+@pytest.mark.parametrize("source", [
+    Image.new("RGB", (6, 5), (10, 200, 30)),
+    Image.new("RGBA", (6, 5), (10, 200, 30, 128)),
+    Image.new("LA", (6, 5), (90, 40)),
+    Image.new("I;16", (6, 5), 40000),
+    Image.new("I", (6, 5), 70000),
+    Image.new("F", (6, 5), 0.5),
+    np.zeros((5, 6), np.bool_),
+    np.zeros((5, 6, 4), np.uint8),
+    np.zeros((5, 6, 3), np.uint16),
+    np.zeros((5, 6, 2), np.int64),
+    np.zeros((5, 6, 3), np.float64),
+], ids=lambda s: getattr(s, "mode", None) or str(s.dtype))
+def test_decoding_and_resizing_give_float32(source):
+    img = im.load_image(source, "t")
+    small = im.resize_image(img, 3, 4)
+    for a in (img.rgb, img.alpha, small.rgb, small.alpha):
+        assert a is None or a.dtype == np.float32
+
+
+def test_float32_decode_keeps_the_float64_values_rounded_once():
+    """8-bit colour over white and 16-bit values scaled: the float64 formula's result rounded to
+    float32, every possible value, so that 8-bit and 16-bit sources give the same bits as the
+    float64 decode did once resized (the resizing was float32 already)."""
+    colour, alpha = (x.astype(np.float64) for x in np.meshgrid(np.arange(256), np.arange(256)))
+    rgba = np.stack([colour, colour, colour, alpha], axis=2).astype(np.uint8)
+    a = alpha / 255.0
+    over_white = (colour * a + 255.0 * (1.0 - a)).astype(np.float32)
+    np.testing.assert_array_equal(im.load_image(rgba, "t").rgb[..., 0], over_white)
+    sixteen = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    np.testing.assert_array_equal(im.load_image(sixteen, "t").rgb[..., 0],
+                                  (sixteen * (255.0 / 65535.0)).astype(np.float32))
+
+
+@pytest.mark.parametrize("mode, planes_bytes", [("RGB", 12), ("RGBA", 16)])
+def test_load_and_resize_peak_memory_has_no_float64_planes(tmp_path, mode, planes_bytes):
+    """Reading a 2000 x 1500 PNG and resizing it peaks (tracemalloc: NumPy's arrays and Python's
+    bytes, not Pillow's own buffers) at the float32 planes it returns plus 8 bytes a pixel (the
+    8-bit copy NumPy reads, one plane being resized, the compositing's temporary). The float64
+    decode peaked at 29 bytes a pixel for RGB and 96 for RGBA (its float64 planes, their
+    copies and the compositing's temporaries), over this bound."""
+    import tracemalloc
+
+    h, w = 1500, 2000
+    ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :].repeat(h, 0).astype(np.uint8)
+    pixels = np.dstack([ramp, ramp[::-1], ramp.T[:h, :h].repeat(2, 1)[:, :w], ramp][: len(mode)])
+    path = tmp_path / "large.png"
+    Image.fromarray(pixels, mode).save(path, compress_level=1)
+    tracemalloc.start()
+    try:
+        img = im.load_image(path, "t")
+        small = im.resize_longest(img, 400)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    bound = (planes_bytes + 8) * h * w
+    assert peak < bound, f"peak {peak / 2**20:.1f} MiB over the bound {bound / 2**20:.1f} MiB"
+    assert small.rgb.dtype == np.float32 and (img.alpha is not None) == (mode == "RGBA")
+
+
+def test_straight_colour_is_float32_and_leaves_its_inputs():
+    composite = np.full((2, 3, 3), 127.0)
+    alpha = np.array([[128.0, 0.0, 255.0], [1.0, 64.0, 255.0]])
+    back = im.straight_colour(composite, alpha)
+    assert back.dtype == np.float32 and np.all(composite == 127.0)
+    np.testing.assert_allclose(back[0, 1], 127.0)  # fully transparent: the composite kept
+    np.testing.assert_allclose(back[0, 2], 127.0)  # opaque: the colour itself
