@@ -38,7 +38,7 @@ from .tiled import choose_tile, tiled_bytes
 # vectors and int32 codes: 2.5), x, g, the best point (3), and the float32 network input (0.5)
 HOST_VECTORS = 13
 OVERHEAD_BYTES = 160 * 2**20   # interpreter, NumPy/SciPy/Pillow, decoded images
-MARGIN = 0.15                  # on the size-dependent part
+MARGIN = 0.15                  # on the network's estimated maps (the optimiser's vectors are counted exactly)
 SMALLEST_SIZE = 16             # below this, suggesting a --size is pointless (VGG19 needs 16 px)
 
 
@@ -108,7 +108,7 @@ def device_peak_bytes(net, height: int, width: int, layers: Sequence[str]) -> in
 
 def host_peak_bytes(height: int, width: int, history: int = DEFAULT_LBFGS_HISTORY) -> int:
     """GPU: the host's share of the peak, the optimiser's float64 vectors and the constant."""
-    return int((1.0 + MARGIN) * host_bytes(height, width, history) + OVERHEAD_BYTES)
+    return int(host_bytes(height, width, history) + OVERHEAD_BYTES)
 
 
 def estimate_peak_bytes(net, height: int, width: int, layers: Sequence[str],
@@ -117,8 +117,8 @@ def estimate_peak_bytes(net, height: int, width: int, layers: Sequence[str],
     losses read ``layers`` of ``net`` (a ``VGG19``)."""
     layers = list(layers)
     network = net.memory_bytes(height, width, layers, layers)
-    rest = objective_bytes(net, height, width, layers) + host_bytes(height, width, history)
-    return int((1.0 + MARGIN) * (network + rest) + OVERHEAD_BYTES)
+    rest = objective_bytes(net, height, width, layers)
+    return int((1.0 + MARGIN) * (network + rest) + host_bytes(height, width, history) + OVERHEAD_BYTES)
 
 
 def largest_fitting_size(fits: Callable[[int, int], bool], height: int, width: int, upper: int) -> int:
@@ -222,7 +222,7 @@ def _auto_tile(net, height, width, layers, history, available, content_layers):
     """The largest tile that fits in ``available`` beside the full-size vectors (on the GPU beside
     the content targets only: the optimiser's vectors are on the host), or None."""
     if net.device == "cpu":
-        budget = (available - OVERHEAD_BYTES) / (1.0 + MARGIN) - host_bytes(height, width, history)
+        budget = (available - OVERHEAD_BYTES - host_bytes(height, width, history)) / (1.0 + MARGIN)
     else:
         budget = available / (1.0 + MARGIN)
     budget -= objective_bytes(net, height, width, list(content_layers))
@@ -244,7 +244,7 @@ def tiled_peak_bytes(net, height: int, width: int, layers: Sequence[str], histor
     targets = objective_bytes(net, height, width, list(content_layers))
     if net.device != "cpu":  # the device's share; the host's is ``host_peak_bytes``
         return int((1.0 + MARGIN) * (network + targets))
-    return int((1.0 + MARGIN) * (network + targets + host_bytes(height, width, history)) + OVERHEAD_BYTES)
+    return int((1.0 + MARGIN) * (network + targets) + host_bytes(height, width, history) + OVERHEAD_BYTES)
 
 
 
