@@ -100,14 +100,16 @@ def device_available_bytes(net) -> int | None:
 
 
 def device_peak_bytes(net, height: int, width: int, layers: Sequence[str]) -> int:
-    """GPU: the device's share of the peak, the network's arrays and the objective's maps."""
+    """The network's arrays and the objective's maps, with the margin: on the GPU the device's
+    share of the peak; on the CPU the peak less ``host_peak_bytes``."""
     layers = list(layers)
     return int((1.0 + MARGIN) * (net.memory_bytes(height, width, layers, layers)
                                  + objective_bytes(net, height, width, layers)))
 
 
 def host_peak_bytes(height: int, width: int, history: int = DEFAULT_LBFGS_HISTORY) -> int:
-    """GPU: the host's share of the peak, the optimiser's float64 vectors and the constant."""
+    """The optimiser's float64 vectors (counted exactly, no margin) and the constant: on the GPU
+    the host's share of the peak; on the CPU added to the network's share."""
     return int(host_bytes(height, width, history) + OVERHEAD_BYTES)
 
 
@@ -115,10 +117,7 @@ def estimate_peak_bytes(net, height: int, width: int, layers: Sequence[str],
                         history: int = DEFAULT_LBFGS_HISTORY) -> int:
     """Estimated peak memory, in bytes, of one optimisation of a height x width image whose
     losses read ``layers`` of ``net`` (a ``VGG19``)."""
-    layers = list(layers)
-    network = net.memory_bytes(height, width, layers, layers)
-    rest = objective_bytes(net, height, width, layers)
-    return int((1.0 + MARGIN) * (network + rest) + host_bytes(height, width, history) + OVERHEAD_BYTES)
+    return device_peak_bytes(net, height, width, layers) + host_peak_bytes(height, width, history)
 
 
 def largest_fitting_size(fits: Callable[[int, int], bool], height: int, width: int, upper: int) -> int:
@@ -222,7 +221,7 @@ def _auto_tile(net, height, width, layers, history, available, content_layers):
     """The largest tile that fits in ``available`` beside the full-size vectors (on the GPU beside
     the content targets only: the optimiser's vectors are on the host), or None."""
     if net.device == "cpu":
-        budget = (available - OVERHEAD_BYTES - host_bytes(height, width, history)) / (1.0 + MARGIN)
+        budget = (available - host_peak_bytes(height, width, history)) / (1.0 + MARGIN)
     else:
         budget = available / (1.0 + MARGIN)
     budget -= objective_bytes(net, height, width, list(content_layers))
@@ -242,9 +241,10 @@ def tiled_peak_bytes(net, height: int, width: int, layers: Sequence[str], histor
     network = tiled_bytes(net, height, width, layers, layers, tile)
     # at the image's size only the content targets (tiled_bytes has the tile's own maps)
     targets = objective_bytes(net, height, width, list(content_layers))
+    network_share = int((1.0 + MARGIN) * (network + targets))
     if net.device != "cpu":  # the device's share; the host's is ``host_peak_bytes``
-        return int((1.0 + MARGIN) * (network + targets))
-    return int((1.0 + MARGIN) * (network + targets) + host_bytes(height, width, history) + OVERHEAD_BYTES)
+        return network_share
+    return network_share + host_peak_bytes(height, width, history)
 
 
 
