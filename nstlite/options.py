@@ -141,8 +141,8 @@ class StylizeOptions:
     lbfgs_history : L-BFGS memory
     bounds : "pixels" (the default): L-BFGS-B keeps every pixel in the network's input range;
         "none": plain L-BFGS, unbounded, the result clipped to the range when it is written (as
-        PyTorch tools do). The box is L-BFGS-B's dearest bookkeeping (about 3x its per-iteration
-        work, docs/performance.md); the objective is the same
+        PyTorch tools do). The box makes L-BFGS-B's own work per iteration 1.8-2.4x what it
+        is without (docs/performance.md); the objective is the same
     original_colors : None, "luminance" or "histogram" (Gatys et al. 2017)
     scales : e.g. (256, 512) or "256,512": optimise at each longest side in turn, upsampling in
         between; overrides ``size``. "auto": from about 256 px up to ``size`` in steps of 2x
