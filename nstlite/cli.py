@@ -124,8 +124,10 @@ def add_style_weight_scaling_option(p, default=O.DEFAULT_STYLE_WEIGHT_SCALING):
     """--style-weight-scaling: what a --style-weight means across sizes."""
     p.add_argument("--style-weight-scaling", choices=O.STYLE_WEIGHT_SCALINGS, default=default,
                    help=f"positions: beta is scaled with the content layer's positions relative to the same "
-                        f"photo at {O.REFERENCE_SIZE} px, so a beta gives the same look at every size; paper: "
-                        "eq. 7 exactly, beta as given (default %(default)s)")
+                        f"photo at {O.REFERENCE_SIZE} px, so a beta gives the same balance at every size; "
+                        f"reference: that, and the look set at {O.REFERENCE_SIZE} px (the run starts there and "
+                        "goes up by octaves; a smaller --size is run there and resized), so a small preview "
+                        "predicts a large result; paper: eq. 7 exactly, beta as given (default %(default)s)")
 
 
 # --------------------------------------------------------------------------- stylize and demo

@@ -36,8 +36,10 @@ INIT_KINDS = ("content", "noise", "uniform", "style")
 # How beta is read (see docs/style_weight.md): "positions" scales it at each scale by the content
 # layers' positions relative to the same photo at REFERENCE_SIZE px (the content loss, eq. 1, is a
 # sum over positions and grows with the image, E_l does not), so a beta means the same balance at
-# every size, the paper's at REFERENCE_SIZE; "paper" is eq. (7) exactly, beta as given.
-STYLE_WEIGHT_SCALINGS = ("positions", "paper")
+# every size, the paper's at REFERENCE_SIZE; "reference" adds the size the look is set at: the run
+# starts at REFERENCE_SIZE and goes up by octaves (below it, the result is resized down), because
+# the deep layers' receptive fields are a fixed number of pixels; "paper" is eq. (7) exactly.
+STYLE_WEIGHT_SCALINGS = ("positions", "reference", "paper")
 DEFAULT_STYLE_WEIGHT_SCALING = "positions"
 REFERENCE_SIZE = 256
 # Bounds that keep a run meaningful: a weight above MAX_WEIGHT overflows float32 losses (about
@@ -126,8 +128,11 @@ class StylizeOptions:
         Gram loss, alpha/beta = 1e-4; that of the first loss of a combination)
     style_weight_scaling : "positions" (default: beta times the content layers' positions at this
         scale over those of the same photo at ``REFERENCE_SIZE`` = 256 px, so that a beta gives the
-        same balance at every size) or "paper" (eq. 7 exactly). The log's content and style are
-        the paper's unweighted sums either way
+        same balance at every size), "reference" (that factor, and the look set at 256 px: the
+        run starts there and goes up by octaves to ``size``, ``reference_scales``; a ``size``
+        below 256 is run at 256 and the result resized down, so a small preview predicts a large
+        result; docs/style_weight.md) or "paper" (eq. 7 exactly). The log's content and style are
+        the paper's unweighted sums in every mode
     content_layers : names, or a comma string
     style_layers : names, ``"conv1_1:0.2,..."`` or dict name -> w_l (default equal, sum 1)
     style_blend_weights : one weight per style image (normalised to sum 1), or a comma string
@@ -191,9 +196,10 @@ class StylizeOptions:
     Notes
     -----
     After ``validated``: ``scales`` is a list of longest sides (``size`` when no scales were
-    given), ``content_layers`` a list (empty when alpha is 0), ``style_layers`` a dict layer ->
-    w_l (empty when beta is 0 or there is no style image), ``style_blend_weights`` a list or
-    None, and ``checkpoint_prefix`` set whenever ``save_every`` is.
+    given; ``reference_scales(size)`` under "reference" scaling), ``content_layers`` a list
+    (empty when alpha is 0), ``style_layers`` a dict layer -> w_l (empty when beta is 0 or
+    there is no style image), ``style_blend_weights`` a list or None, and ``checkpoint_prefix``
+    set whenever ``save_every`` is.
     """
 
     size: int = DEFAULT_SIZE
@@ -254,8 +260,10 @@ class StylizeOptions:
         for path in (self.output, self.preview):
             if path is not None:
                 im.output_format(path)
-        scales = auto_scales(_integer("size", self.size, 1)) if self.scales == "auto" else (
-            parse_numbers(self.scales, "scales", int) if self.scales else [_integer("size", self.size, 1)])
+        if self.style_weight_scaling not in STYLE_WEIGHT_SCALINGS:
+            raise NstliteError(f"style weight scaling must be one of {', '.join(STYLE_WEIGHT_SCALINGS)}, "
+                               f"not {self.style_weight_scaling!r}")
+        scales = self._scales()
         iterations = _iterations(self.iterations, len(scales))
         alpha, beta, tv = (_weight(name, v) for name, v in (
             ("content weight", self.content_weight), ("style weight", self._style_weight()),
@@ -277,9 +285,6 @@ class StylizeOptions:
         _check_init(self.init)
         if self.bounds not in BOUNDS:
             raise NstliteError(f"bounds must be one of {', '.join(BOUNDS)}, not {self.bounds!r}")
-        if self.style_weight_scaling not in STYLE_WEIGHT_SCALINGS:
-            raise NstliteError(f"style weight scaling must be one of {', '.join(STYLE_WEIGHT_SCALINGS)}, "
-                               f"not {self.style_weight_scaling!r}")
         parse_style_losses(self.style_loss)  # unknown names fail here, before any work
         if (self.region_map is None) != (self.region_styles is None):
             raise NstliteError("spatial control needs both a region map and the styles of its regions")
@@ -293,6 +298,26 @@ class StylizeOptions:
                        lbfgs_history=_integer("lbfgs history", self.lbfgs_history, 1),
                        seed=_integer("seed", self.seed, 0), style_scale=float(self.style_scale),
                        style_blend_weights=self._blend_weights(n_styles), checkpoint_prefix=self._prefix())
+
+    def _scales(self) -> list:
+        """The longest side of each scale, coarse to fine."""
+        size = _integer("size", self.size, 1)
+        if self.style_weight_scaling == "reference":
+            if self.scales is not None:
+                raise NstliteError(f"style weight scaling 'reference' sets the scales itself ({REFERENCE_SIZE} px, "
+                                   "then up by octaves to the size): drop --scales, or use 'positions'")
+            return reference_scales(size)
+        if self.scales == "auto":
+            return auto_scales(size)
+        return parse_numbers(self.scales, "scales", int) if self.scales else [size]
+
+    @property
+    def result_size(self) -> int | None:
+        """The longest side the result is resized to when it is not the last scale's: a size
+        below REFERENCE_SIZE under "reference" scaling (run at REFERENCE_SIZE); else None."""
+        if self.style_weight_scaling == "reference" and int(self.size) < REFERENCE_SIZE:
+            return int(self.size)
+        return None
 
     def _check_counts(self):
         """The numbers that are not weights: style scale, history, seed, print/save intervals."""
@@ -390,6 +415,18 @@ def auto_scales(size: int) -> list:
     while scales[0] >= 2 * COARSEST_AUTO_SCALE:
         scales.insert(0, (scales[0] + 1) // 2)
     return scales
+
+
+def reference_scales(size: int) -> list:
+    """The scales of "reference" scaling: REFERENCE_SIZE, doubling while below ``size``, then
+    ``size``: 512 -> 256, 512; 700 -> 256, 512, 700; 256 and below -> 256 (a smaller result is
+    resized down from it). The deep layers' receptive fields are a fixed number of pixels
+    (conv4_1's about 100), so the large-scale strokes a result gets depend on the size it is
+    optimised at; starting every run at one size fixes them (docs/style_weight.md)."""
+    scales = [REFERENCE_SIZE]
+    while 2 * scales[-1] < size:
+        scales.append(2 * scales[-1])
+    return scales + [size] if size > scales[-1] else scales
 
 
 def _iterations(spec, n_scales: int):

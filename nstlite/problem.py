@@ -121,8 +121,9 @@ def build_scale_objective(net, content_x, style_rgbs, opts: StylizeOptions, tile
 
 def style_weight_factor(net, opts: StylizeOptions, shape) -> float:
     """What beta is multiplied by at a scale of ``shape`` (h, w): 1 for ``style_weight_scaling``
-    "paper" (eq. 7 as written) or without content layers; for "positions", the content layers'
-    positions M_l at this size over their positions for the same photo at REFERENCE_SIZE px.
+    "paper" (eq. 7 as written) or without content layers; for "positions" and "reference", the
+    content layers' positions M_l at this size over their positions for the same photo at
+    REFERENCE_SIZE px.
 
     The content loss (eq. 1) sums over the M_l positions and grows with the image, while E_l
     (eq. 4) is normalised by M_l^2 and does not; scaling beta with M_l keeps their balance, so

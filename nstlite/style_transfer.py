@@ -143,8 +143,11 @@ def stylize(content, styles, **keywords) -> StylizeResult:
             reporter.say(f"resuming from {shown(opts.resume)}: iteration {resume.iteration}")
         inputs = scaled_inputs(content_img, style_imgs, opts, first)
         del content_img, style_imgs  # the full-resolution decodes (see ``scaled_inputs``)
+        if opts.result_size is not None:
+            reporter.say(f"style weight scaling 'reference': optimising at {opts.scales[-1]} px, the result "
+                         f"resized to {opts.result_size} px")
         outcomes = _run_scales(net, opts, inputs, resume, reporter, estimate, tiles)
-        result = _result(outcomes, reporter, time.perf_counter() - started)
+        result = _result(outcomes, reporter, time.perf_counter() - started, opts.result_size)
     failure = _failure(result, opts, resume, shapes)
     if opts.output is not None and failure is None and _improved(result, opts):
         image = result.image
@@ -403,9 +406,15 @@ def _optimise(problem, opts, reporter, first_iteration, estimate):
                          stop_reason=res.stop_reason)
 
 
-def _result(outcomes, reporter, seconds):
+def _result(outcomes, reporter, seconds, result_size=None):
+    """The run's result; its image resized to ``result_size`` (longest side) when one is given
+    (``StylizeOptions.result_size``); x, the history and the losses stay those of the last scale."""
     last = outcomes[-1]
-    return StylizeResult(image=last.problem.image(last.x), x=np.asarray(last.x, dtype=np.float64),
+    image = last.problem.image(last.x)
+    if result_size is not None:
+        h, w = im.fit_longest(*image.shape[:2], result_size)
+        image = np.rint(im.resize(image.astype(np.float32), h, w)).astype(np.uint8)
+    return StylizeResult(image=image, x=np.asarray(last.x, dtype=np.float64),
                          history=reporter.history, final=last.final,
                          iterations=sum(o.iterations for o in outcomes),
                          evaluations=sum(o.evaluations for o in outcomes), seconds=seconds,
