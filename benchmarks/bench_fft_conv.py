@@ -230,6 +230,178 @@ class FFTConv:
         self.ws.parallel_gemms(part, Xv.shape[0])
 
 
+class DFTConv:
+    """The same overlap-save tiling with the two-dimensional DFT done as real matrix products
+    (``--variants dft-gauss,dft-real4``): what a transform without NumPy's per-line FFT calls
+    costs. O(T) operations per point instead of O(log T), but all of it in a few large GEMMs
+    per block, and no complex arithmetic anywhere:
+
+    1. rows: R = Dr @ (T input rows of the buffer), Dr (2F x T) = [cos; -sin] of the
+       half-spectrum u = 0 .. T/2 (real and imaginary parts as separate rows), one GEMM per tile
+       row over the buffer's full width;
+    2. gather: the overlapping T-column windows of R, into G (2, T, F, tiles, C) (a copy);
+    3. columns: Z = E @ G, the full complex DFT over v in real form, one GEMM per block: for
+       Gauss it yields Xr, Xi and Xr + Xi (3T rows), otherwise Xr, Xi (2T rows);
+    4. per frequency the real GEMMs (Gauss: 3, otherwise 4: Xr Wr, Xi Wr, Xr Wi, Xi Wi), their
+       products kept apart: the combination into real and imaginary parts is folded into
+    5. the inverse over v, one GEMM per block, which only produces the m valid output columns;
+    6. the inverse over u (half spectrum to real, also only the m valid rows), then bias, ReLU
+       and the write-out, as ``FFTConv``.
+    """
+
+    def __init__(self, w, b, h, wd, T, variant, ws):
+        self.T, self.m, self.F = T, T - 2, T // 2 + 1
+        self.h, self.w, self.ws, self.variant = h, wd, ws, variant
+        self.c_out, self.c_in = w.shape[:2]
+        self.b = np.asarray(b, np.float32)
+        m, F = self.m, self.F
+        self.th, self.tw = -(-h // m), -(-wd // m)
+        nf = T * F
+        gauss = variant == "dft-gauss"
+        # kernel spectra for frequencies (v, u), v = 0 .. T-1 along tile columns, u = 0 .. F-1
+        # along tile rows: conj(DFT2(w padded)) / T^2, a block of output channels at a time
+        Wr = np.empty((nf, self.c_in, self.c_out), np.float32)
+        Wi = np.empty_like(Wr)
+        for o0 in range(0, self.c_out, 32):
+            g = np.zeros((min(32, self.c_out - o0), self.c_in, T, T))
+            g[:, :, :3, :3] = w[o0:o0 + 32]
+            s = np.conj(np.fft.fft2(g))[:, :, :F, :] / (T * T)      # (o, C_in, u, v)
+            s = s.transpose(3, 2, 1, 0).reshape(nf, self.c_in, -1)   # (v, u) -> (C_in, o)
+            Wr[:, :, o0:o0 + 32] = s.real
+            Wi[:, :, o0:o0 + 32] = s.imag
+        self.W = (Wr, Wi - Wr, Wr + Wi) if gauss else (Wr, Wi)
+        # (Re, Im) of the product as combinations of the pieces
+        alpha, beta = ([1, 0, -1], [1, 1, 0]) if gauss else ([1, 0, 0, -1], [0, 1, 1, 0])
+        self.pieces = len(alpha)
+        t = np.arange(T)
+        u = np.arange(F)
+        ang_r = 2 * np.pi * np.outer(u, t) / T                      # (u, i)
+        self.Dr = np.vstack([np.cos(ang_r), -np.sin(ang_r)]).astype(np.float32)          # (2F, T)
+        ang = 2 * np.pi * np.outer(t, t) / T                        # (v, j)
+        Ec, Es = np.cos(ang), -np.sin(ang)
+        rows = [np.hstack([Ec, -Es]), np.hstack([Es, Ec])]
+        if gauss:
+            rows.append(np.hstack([Ec + Es, Ec - Es]))
+        self.E = np.vstack(rows).astype(np.float32)                 # (2T or 3T, 2T)
+        # inverse over v, output column b < m: rows (b, real/imag), columns (piece, v)
+        ang_i = 2 * np.pi * np.outer(np.arange(m), t) / T           # (b, v)
+        IEc, IEs = np.cos(ang_i), np.sin(ang_i)
+        inv = np.empty((m, 2, self.pieces, T))
+        for k in range(self.pieces):
+            inv[:, 0, k] = alpha[k] * IEc - beta[k] * IEs
+            inv[:, 1, k] = alpha[k] * IEs + beta[k] * IEc
+        self.Inv1 = inv.reshape(2 * m, self.pieces * T).astype(np.float32)
+        # inverse over u (half spectrum, real output row a < m): [c_u cos, -c_u sin]
+        c = np.full(F, 2.0)
+        c[0] = c[-1] = 1.0
+        ang_u = 2 * np.pi * np.outer(np.arange(m), u) / T          # (a, u)
+        self.R2 = np.hstack([c * np.cos(ang_u), -c * np.sin(ang_u)]).astype(np.float32)  # (m, 2F)
+        npz = 3 if gauss else 2
+        self.npz = npz
+        # blocks: ws.block_bytes of the GEMMs' operands (Z and the pieces) per block
+        per_row = self.tw * nf * (npz * self.c_in + self.pieces * self.c_out) * 4
+        self.rows = rows_per_block(self.th, per_row, ws.block_bytes)
+        nb, tw = self.rows, self.tw
+        wv = m * tw + 2
+        self.R = np.empty((nb, 2 * F, wv, self.c_in), np.float32)
+        self.G = np.empty((2, T, F, nb, tw, self.c_in), np.float32)
+        self.Z = np.empty((npz, T, F, nb * tw, self.c_in), np.float32)
+        self.K = np.empty((self.pieces, T, F, nb * tw, self.c_out), np.float32)
+        self.P = np.empty((m, 2, F, nb * tw, self.c_out), np.float32)
+        self.Y = np.empty((m, m, nb * tw, self.c_out), np.float32)
+        self.phase = np.zeros(3)
+
+    buffer_shape = FFTConv.buffer_shape
+    mults_per_output = None  # set below
+
+    def weight_bytes(self):
+        return sum(a.nbytes for a in self.W)
+
+    def __call__(self, xpad, obuf, relu=True):
+        T, m, F, tw = self.T, self.m, self.F, self.tw
+        ws, ci, co = self.ws, self.c_in, self.c_out
+        rs, cs, es = xpad.strides
+        wv = m * tw + 2
+        nf = T * F
+        for r0 in range(0, self.th, self.rows):
+            nb = min(self.rows, self.th - r0)
+            n = nb * tw
+            t0 = time.perf_counter()
+            # 1. rows: R[r] = Dr @ rows m r0 + m r + (0 .. T-1) of the buffer, full width
+            src = np.lib.stride_tricks.as_strided(xpad[m * r0:], shape=(nb, T, wv * ci),
+                                                  strides=(m * rs, rs, es))
+            R = self.R[:nb].reshape(nb, 2 * F, wv * ci)
+
+            def rows(k):
+                for r in range(nb):
+                    np.matmul(self.Dr, src[r][:, k], out=R[r][:, k])
+            ws.parallel_gemms(rows, wv * ci)
+            # 2. gather the windows: G[p, j, u, r, t] = R[r, p F + u, m t + j]
+            R6 = self.R[:nb].reshape(nb, 2, F, wv, ci)
+            G = self.G.reshape(-1)[:2 * nf * n * ci].reshape(2, T, F, nb, tw, ci)
+
+            def gather(k):
+                for j in range(k.start, k.stop):
+                    np.copyto(G[:, j], R6[:, :, :, j:j + m * (tw - 1) + 1:m].transpose(1, 2, 0, 3, 4))
+            ws.parallel(gather, T)
+            # 3. columns: Z = E @ G, (npz T, F n C) <- (npz T, 2T) @ (2T, F n C)
+            G2 = G.reshape(2 * T, F * n * ci)
+            Z2 = self.Z.reshape(-1)[:self.npz * nf * n * ci].reshape(self.npz * T, F * n * ci)
+
+            def columns(k):
+                np.matmul(self.E, G2[:, k], out=Z2[:, k])
+            ws.parallel_gemms(columns, F * n * ci)
+            t1 = time.perf_counter()
+            # 4. per frequency
+            Z = Z2.reshape(self.npz, nf, n, ci)
+            K2 = self.K.reshape(-1)[:self.pieces * nf * n * co].reshape(self.pieces * T, F * n * co)
+            K = K2.reshape(self.pieces, nf, n, co)
+            W = self.W
+            if self.npz == 3:
+                def gemms(k):
+                    for f in range(k.start, k.stop):
+                        np.matmul(Z[2, f], W[0][f], out=K[0, f])
+                        np.matmul(Z[0, f], W[1][f], out=K[1, f])
+                        np.matmul(Z[1, f], W[2][f], out=K[2, f])
+            else:
+                def gemms(k):
+                    for f in range(k.start, k.stop):
+                        np.matmul(Z[:2, f], W[0][f], out=K[:2, f])       # Xr Wr, Xi Wr
+                        np.matmul(Z[:2, f], W[1][f], out=K[2:, f])       # Xr Wi, Xi Wi
+            ws.parallel_gemms(gemms, nf)
+            t2 = time.perf_counter()
+            # 5. inverse over v: P (2m, F n C) = Inv1 (2m, pieces T) @ K (pieces T, F n C)
+            P2 = self.P.reshape(-1)[:2 * m * F * n * co].reshape(2 * m, F * n * co)
+
+            def inv_v(k):
+                np.matmul(self.Inv1, K2[:, k], out=P2[:, k])
+            ws.parallel_gemms(inv_v, F * n * co)
+            # 6. inverse over u: Y[b] (m, n C) = R2 (m, 2F) @ P[b] (2F, n C)
+            P3 = P2.reshape(m, 2 * F, n * co)
+            Y = self.Y.reshape(-1)[:m * m * n * co].reshape(m, m, n * co)
+
+            def inv_u(k):
+                for bcol in range(m):
+                    np.matmul(self.R2, P3[bcol][:, k], out=Y[bcol][:, k])
+            ws.parallel_gemms(inv_u, n * co)
+            # out[m r + a, m t + b] = Y[b, a, r, t]
+            src5 = Y.reshape(m, m, nb, tw, co).transpose(2, 1, 3, 0, 4)
+            dst = obuf[1 + m * r0:1 + m * (r0 + nb), 1:1 + m * tw].reshape(nb, m, tw, m, co)
+            ws.parallel(lambda k: write_out(np, src5[:, :, k], dst[:, :, k], self.b, relu, None), tw)
+            t3 = time.perf_counter()
+            self.phase += (t1 - t0, t2 - t1, t3 - t2)
+        obuf[1 + self.h:] = 0
+        obuf[:, 1 + self.w:] = 0
+        return obuf
+
+
+def _dft_mults(self):
+    return self.pieces * self.T * self.F * self.th * self.tw / (self.h * self.w)
+
+
+DFTConv.mults_per_output = _dft_mults
+
+
 # ----------------------------------------------------------------------------- Winograd side
 class WinogradConv:
     def __init__(self, w, b, h, wd, ws):
@@ -273,7 +445,8 @@ def run_layer(name, params, x64, T_list, variants, repeats, threads, ws):
     for T in T_list:
         for v in variants:
             # kernel spectra from the float32 weights, as Winograd's U is
-            kernels[f"fft T={T} {v}"] = FFTConv(w32.astype(np.float64), b, h, wd, T, v, ws)
+            cls = DFTConv if v.startswith("dft") else FFTConv
+            kernels[f"fft T={T} {v}"] = cls(w32.astype(np.float64), b, h, wd, T, v, ws)
     bufs = {k: (padded(x32, kern.buffer_shape(c)), np.zeros(kern.buffer_shape(w32.shape[0]), np.float32))
             for k, kern in kernels.items()}
     # correctness (no ReLU, bias included)
@@ -293,7 +466,7 @@ def run_layer(name, params, x64, T_list, variants, repeats, threads, ws):
     times = {k: [] for k in kernels}
     pair = {k: [] for k in fft_keys}
     for kern in kernels.values():
-        if isinstance(kern, FFTConv):
+        if isinstance(kern, (FFTConv, DFTConv)):
             kern.phase[:] = 0
     load0 = load_avg()
     t_start = time.perf_counter()
@@ -367,7 +540,7 @@ def main():
     ap.add_argument("--size", type=int, default=512, help="image width; height is 3/4 of it (512 -> 512x384)")
     ap.add_argument("--layers", default=",".join(LAYERS))
     ap.add_argument("--tiles", default="8,16,32", help="FFT tile sides T (input, with the 1-px halo)")
-    ap.add_argument("--variants", default="complex,gauss")
+    ap.add_argument("--variants", default="complex,gauss,dft-real4,dft-gauss")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="append the results as JSON lines to this file")
