@@ -25,6 +25,12 @@ columns), the per-frequency GEMMs over the same threads on one-thread OpenBLAS
 (``Workspace.matmul`` / ``parallel_gemms``): the same thread arrangement as ``winograd_conv``.
 
     python benchmarks/bench_fft_conv.py --size 512 --layers conv1_2 [--threads 2] [--repeats 9]
+        [--tiles 8,16,32] [--variants complex,gauss,dft-complex,dft-real4,dft-gauss] [--fft-block-mib 64]
+
+Variants: ``complex`` and ``gauss`` transform with ``np.fft.rfftn`` / ``irfftn`` as above;
+``dft-*`` do the same 2-D DFT as real or complex matrix products (``DFTConv``,
+``DFTComplexConv``): NumPy's FFT calls one line of T points at a time, and on tiles this small
+the per-line overhead, not the arithmetic, is its cost.
 
 For each layer: the error of every variant and of Winograd against a float64 direct
 convolution of the layer's real input (the float64 response of the layers below to a
@@ -72,6 +78,7 @@ from bench_objective import load_params  # noqa: E402
 
 LAYERS = ["conv1_2", "conv2_2", "conv3_2"]
 CACHE = os.path.join("/tmp", "nstlite_fft_inputs")
+FFT_BLOCK_BYTES = [None]  # --fft-block-mib: block size of the FFT kernels (None: the workspace's)
 
 
 def load_avg():
@@ -147,7 +154,7 @@ class FFTConv:
             self.W = (np.ascontiguousarray(wr), wi - wr, wr + wi)
         # blocks of tile rows: ws.block_bytes of spectra (input and output) per block
         per_row = self.tw * nf * (self.c_in + self.c_out) * 8
-        self.rows = rows_per_block(self.th, per_row, ws.block_bytes)
+        self.rows = rows_per_block(self.th, per_row, FFT_BLOCK_BYTES[0] or ws.block_bytes)
         nb = self.rows
         self.X = np.empty((nb, self.tw, T, self.F, self.c_in), np.complex64)
         self.M = np.empty((nb, self.tw, T, self.F, self.c_out), np.complex64)
@@ -300,7 +307,7 @@ class DFTConv:
         self.npz = npz
         # blocks: ws.block_bytes of the GEMMs' operands (Z and the pieces) per block
         per_row = self.tw * nf * (npz * self.c_in + self.pieces * self.c_out) * 4
-        self.rows = rows_per_block(self.th, per_row, ws.block_bytes)
+        self.rows = rows_per_block(self.th, per_row, FFT_BLOCK_BYTES[0] or ws.block_bytes)
         nb, tw = self.rows, self.tw
         wv = m * tw + 2
         self.R = np.empty((nb, 2 * F, wv, self.c_in), np.float32)
@@ -402,6 +409,106 @@ def _dft_mults(self):
 DFTConv.mults_per_output = _dft_mults
 
 
+class DFTComplexConv(DFTConv):
+    """``--variants dft-complex``: the DFT-as-GEMM tiling of ``DFTConv`` with complex64 data
+    after the row pass, so that the column pass, the per-frequency products and the inverse
+    over v are complex GEMMs (OpenBLAS's cgemm, which ran at a higher rate than sgemm on these
+    shapes): the gather interleaves the real and imaginary rows of R as it copies; the inverse
+    over u is a complex GEMM of which only the real part is used (twice the multiplications it
+    needs, on the smallest of the passes)."""
+
+    def __init__(self, w, b, h, wd, T, variant, ws):
+        self.T, self.m, self.F = T, T - 2, T // 2 + 1
+        self.h, self.w, self.ws, self.variant = h, wd, ws, variant
+        self.c_out, self.c_in = w.shape[:2]
+        self.b = np.asarray(b, np.float32)
+        m, F = self.m, self.F
+        self.th, self.tw = -(-h // m), -(-wd // m)
+        nf = T * F
+        spec = np.empty((nf, self.c_in, self.c_out), np.complex64)
+        for o0 in range(0, self.c_out, 32):
+            g = np.zeros((min(32, self.c_out - o0), self.c_in, T, T))
+            g[:, :, :3, :3] = w[o0:o0 + 32]
+            s = np.conj(np.fft.fft2(g))[:, :, :F, :] / (T * T)      # (o, C_in, u, v)
+            spec[:, :, o0:o0 + 32] = s.transpose(3, 2, 1, 0).reshape(nf, self.c_in, -1)
+        self.W = (spec,)
+        self.pieces = 4    # one complex product: 4 real multiplications
+        t, u = np.arange(T), np.arange(F)
+        ang_r = 2 * np.pi * np.outer(u, t) / T
+        self.Dr = np.vstack([np.cos(ang_r), -np.sin(ang_r)]).astype(np.float32)          # (2F, T)
+        self.E = np.exp(-2j * np.pi * np.outer(t, t) / T).astype(np.complex64)             # (v, j)
+        self.IE = np.exp(2j * np.pi * np.outer(np.arange(m), t) / T).astype(np.complex64)  # (b, v)
+        c = np.full(F, 2.0)
+        c[0] = c[-1] = 1.0
+        self.Cu = (c * np.exp(2j * np.pi * np.outer(np.arange(m), u) / T)).astype(np.complex64)  # (a, u)
+        per_row = self.tw * nf * (self.c_in + self.c_out) * 8
+        self.rows = rows_per_block(self.th, per_row, FFT_BLOCK_BYTES[0] or ws.block_bytes)
+        nb, tw = self.rows, self.tw
+        wv = m * tw + 2
+        self.R = np.empty((nb, 2 * F, wv, self.c_in), np.float32)
+        self.G = np.empty((T, F, nb * tw, self.c_in), np.complex64)
+        self.Z = np.empty((T, F, nb * tw, self.c_in), np.complex64)
+        self.K = np.empty((T, F, nb * tw, self.c_out), np.complex64)
+        self.P = np.empty((m, F, nb * tw, self.c_out), np.complex64)
+        self.Y = np.empty((m, m, nb * tw, self.c_out), np.complex64)
+        self.phase = np.zeros(3)
+
+    def __call__(self, xpad, obuf, relu=True):
+        T, m, F, tw = self.T, self.m, self.F, self.tw
+        ws, ci, co = self.ws, self.c_in, self.c_out
+        rs, cs, es = xpad.strides
+        wv = m * tw + 2
+        nf = T * F
+        for r0 in range(0, self.th, self.rows):
+            nb = min(self.rows, self.th - r0)
+            n = nb * tw
+            t0 = time.perf_counter()
+            src = np.lib.stride_tricks.as_strided(xpad[m * r0:], shape=(nb, T, wv * ci),
+                                                  strides=(m * rs, rs, es))
+            R = self.R[:nb].reshape(nb, 2 * F, wv * ci)
+
+            def rows(k):
+                for r in range(nb):
+                    np.matmul(self.Dr, src[r][:, k], out=R[r][:, k])
+            ws.parallel_gemms(rows, wv * ci)
+            # gather + interleave: G[j, u, r, t] = R[r, u, m t + j] + i R[r, F + u, m t + j]
+            R6 = self.R[:nb].reshape(nb, 2, F, wv, ci)
+            G = self.G.reshape(-1)[:nf * n * ci].reshape(T, F, nb, tw, ci)
+            Gf = G.view(np.float32)
+
+            def gather(k):
+                for j in range(k.start, k.stop):
+                    win = R6[:, :, :, j:j + m * (tw - 1) + 1:m]          # (nb, 2, F, tw, C)
+                    np.copyto(Gf[j][..., 0::2], win[:, 0].transpose(1, 0, 2, 3))
+                    np.copyto(Gf[j][..., 1::2], win[:, 1].transpose(1, 0, 2, 3))
+            ws.parallel(gather, T)
+            G2 = G.reshape(T, F * n * ci)
+            Z2 = self.Z.reshape(-1)[:nf * n * ci].reshape(T, F * n * ci)
+            ws.parallel_gemms(lambda k: np.matmul(self.E, G2[:, k], out=Z2[:, k]), F * n * ci)
+            t1 = time.perf_counter()
+            Z = Z2.reshape(nf, n, ci)
+            K2 = self.K.reshape(-1)[:nf * n * co].reshape(T, F * n * co)
+            ws.matmul(Z, self.W[0], K2.reshape(nf, n, co))
+            t2 = time.perf_counter()
+            P2 = self.P.reshape(-1)[:m * F * n * co].reshape(m, F * n * co)
+            ws.parallel_gemms(lambda k: np.matmul(self.IE, K2[:, k], out=P2[:, k]), F * n * co)
+            P3 = P2.reshape(m, F, n * co)
+            Y = self.Y.reshape(-1)[:m * m * n * co].reshape(m, m, n * co)
+
+            def inv_u(k):
+                for bcol in range(m):
+                    np.matmul(self.Cu, P3[bcol][:, k], out=Y[bcol][:, k])
+            ws.parallel_gemms(inv_u, n * co)
+            src5 = Y.real.reshape(m, m, nb, tw, co).transpose(2, 1, 3, 0, 4)
+            dst = obuf[1 + m * r0:1 + m * (r0 + nb), 1:1 + m * tw].reshape(nb, m, tw, m, co)
+            ws.parallel(lambda k: write_out(np, src5[:, :, k], dst[:, :, k], self.b, relu, None), tw)
+            t3 = time.perf_counter()
+            self.phase += (t1 - t0, t2 - t1, t3 - t2)
+        obuf[1 + self.h:] = 0
+        obuf[:, 1 + self.w:] = 0
+        return obuf
+
+
 # ----------------------------------------------------------------------------- Winograd side
 class WinogradConv:
     def __init__(self, w, b, h, wd, ws):
@@ -445,7 +552,7 @@ def run_layer(name, params, x64, T_list, variants, repeats, threads, ws):
     for T in T_list:
         for v in variants:
             # kernel spectra from the float32 weights, as Winograd's U is
-            cls = DFTConv if v.startswith("dft") else FFTConv
+            cls = DFTComplexConv if v == "dft-complex" else DFTConv if v.startswith("dft") else FFTConv
             kernels[f"fft T={T} {v}"] = cls(w32.astype(np.float64), b, h, wd, T, v, ws)
     bufs = {k: (padded(x32, kern.buffer_shape(c)), np.zeros(kern.buffer_shape(w32.shape[0]), np.float32))
             for k, kern in kernels.items()}
@@ -466,7 +573,7 @@ def run_layer(name, params, x64, T_list, variants, repeats, threads, ws):
     times = {k: [] for k in kernels}
     pair = {k: [] for k in fft_keys}
     for kern in kernels.values():
-        if isinstance(kern, (FFTConv, DFTConv)):
+        if not isinstance(kern, WinogradConv):
             kern.phase[:] = 0
     load0 = load_avg()
     t_start = time.perf_counter()
@@ -511,7 +618,8 @@ def run_layer(name, params, x64, T_list, variants, repeats, threads, ws):
             d.update(ms=1e3 * float(np.median(times[k])), ratio=float(np.median(pair[k])),
                      ratio_of_medians=float(np.median(times[k])) / wmed,
                      phases_ms=[round(1e3 * p, 2) for p in ph], mults=kern.mults_per_output(),
-                     weight_mib=kern.weight_bytes() / 2 ** 20, T=kern.T, variant=kern.variant)
+                     weight_mib=kern.weight_bytes() / 2 ** 20, T=kern.T, variant=kern.variant,
+                     tiles_per_block=kern.rows * kern.tw, blocks=-(-kern.th // kern.rows))
         out["kernels"][k] = d
     return out
 
@@ -540,22 +648,28 @@ def main():
     ap.add_argument("--size", type=int, default=512, help="image width; height is 3/4 of it (512 -> 512x384)")
     ap.add_argument("--layers", default=",".join(LAYERS))
     ap.add_argument("--tiles", default="8,16,32", help="FFT tile sides T (input, with the 1-px halo)")
-    ap.add_argument("--variants", default="complex,gauss,dft-real4,dft-gauss")
+    ap.add_argument("--variants", default="complex,gauss,dft-complex,dft-real4,dft-gauss")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fft-block-mib", type=float, help="block size of the FFT kernels (default: the workspace's, "
+                    "as Winograd's: 16 MiB of spectra per block)")
     ap.add_argument("--json", help="append the results as JSON lines to this file")
     args = ap.parse_args()
+    if args.fft_block_mib:
+        FFT_BLOCK_BYTES[0] = int(args.fft_block_mib * 2 ** 20)
     params, _, label = load_params()
     wanted = args.layers.split(",")
     ws = Workspace(np, threads=args.threads)
     print(f"# weights: {label}; image {args.size}x{args.size * 3 // 4}; threads {args.threads} "
           f"(workspace {ws.threads}, OpenBLAS per-thread count: {ws._blas_local is not None}); "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '(default)')}; load {load_avg()}")
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '(default)')}; "
+          f"FFT blocks {args.fft_block_mib or ws.block_bytes / 2 ** 20} MiB; load {load_avg()}")
     inputs = layer_inputs(params, label, args.size, wanted)
     for name in wanted:
         res = run_layer(name, params, inputs[name], [int(t) for t in args.tiles.split(",")],
                         args.variants.split(","), args.repeats, args.threads, ws)
         res["weights"] = label
+        res["fft_block_mib"] = args.fft_block_mib
         print_layer(res)
         if args.json:
             with open(args.json, "a") as f:
