@@ -32,6 +32,8 @@ Variants: ``complex`` and ``gauss`` transform with ``np.fft.rfftn`` / ``irfftn``
 ``DFTComplexConv``): NumPy's FFT calls one line of T points at a time, and on tiles this small
 the per-line overhead, not the arithmetic, is its cost.
 
+``--table FILE...`` prints a Markdown table of ``--json`` results instead.
+
 For each layer: the error of every variant and of Winograd against a float64 direct
 convolution of the layer's real input (the float64 response of the layers below to a
 smooth test image, real VGG19 weights when present), then timings: Winograd and each FFT
@@ -643,7 +645,30 @@ def print_layer(res):
     sys.stdout.flush()
 
 
+def print_table(paths):
+    """Markdown table of --json results (one row per layer, map, threads, T, variant)."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    print("| layer | map | thr | T | variant | err max (FFT / Wino) | ms FFT | ms Wino | ratio | "
+          "FFT GEMMs / Wino | mults/out | load (1-min) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        wk = r["kernels"]["winograd"]
+        for k, d in r["kernels"].items():
+            if k == "winograd":
+                continue
+            print(f"| {r['layer']} | {r['map']} | {r['threads']} | {d['T']} | {d['variant']} | "
+                  f"{d['err_max']:.1e} / {wk['err_max']:.1e} | {d['ms']:.1f} | "
+                  f"{d['ms'] / d['ratio_of_medians']:.1f} | **{d['ratio']:.2f}** | "
+                  f"{d['phases_ms'][1] / r['winograd_ms']:.2f} | {d['mults']:.2f} | "
+                  f"{r['load_before'].split()[0]}-{r['load_after'].split()[0]} |")
+
+
 def main():
+    if sys.argv[1:2] == ["--table"]:
+        return print_table(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=512, help="image width; height is 3/4 of it (512 -> 512x384)")
     ap.add_argument("--layers", default=",".join(LAYERS))
