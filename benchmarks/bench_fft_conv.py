@@ -32,7 +32,8 @@ Variants: ``complex`` and ``gauss`` transform with ``np.fft.rfftn`` / ``irfftn``
 ``DFTComplexConv``): NumPy's FFT calls one line of T points at a time, and on tiles this small
 the per-line overhead, not the arithmetic, is its cost.
 
-``--table FILE...`` prints a Markdown table of ``--json`` results instead.
+``--table FILE...`` prints a Markdown table of ``--json`` results instead, ``--pivot FILE...``
+one row per layer, map, threads and T with the FFT / Winograd ratio of every variant.
 
 For each layer: the error of every variant and of Winograd against a float64 direct
 convolution of the layer's real input (the float64 response of the layers below to a
@@ -666,9 +667,44 @@ def print_table(paths):
                   f"{r['load_before'].split()[0]}-{r['load_after'].split()[0]} |")
 
 
+def print_pivot(paths):
+    """One row per layer, map, threads and T: FFT / Winograd (median of pairs) for each variant,
+    the worst FFT error and Winograd's (normwise max vs float64), the load range."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs += [json.loads(line) for line in f if line.strip()]
+    variants = ["complex", "gauss", "dft-complex", "dft-real4", "dft-gauss"]
+    cells, meta = {}, {}
+    for r in runs:
+        for k, d in r["kernels"].items():
+            if k == "winograd":
+                continue
+            key = (r["layer"], r["map"], r["threads"], d["T"])
+            cells.setdefault(key, {})[d["variant"]] = d
+            m = meta.setdefault(key, {"wino_ms": [], "wino_err": 0.0, "loads": []})
+            m["wino_ms"].append(r["winograd_ms"])
+            m["wino_err"] = max(m["wino_err"], r["kernels"]["winograd"]["err_max"])
+            m["loads"] += [float(r["load_before"].split()[0]), float(r["load_after"].split()[0])]
+    print("| layer | map | thr | T | mults/out (4-mult / Gauss) | " + " | ".join(variants) +
+          " | FFT err max (worst) | Wino err max | Wino ms | load |")
+    print("| --- " * (8 + len(variants)) + "|")
+    for key in sorted(cells, key=lambda k: (k[2], LAYERS.index(k[0]), -int(k[1].split("x")[0]), k[3])):
+        c, m = cells[key], meta[key]
+        any_d = next(iter(c.values()))
+        four = 4 * any_d["mults"] / (4 if any_d["variant"] in ("complex", "dft-complex", "dft-real4") else 3)
+        ratios = " | ".join(f"{c[v]['ratio']:.2f}" if v in c else "-" for v in variants)
+        err = max(d["err_max"] for d in c.values())
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {four:.2f} / {0.75 * four:.2f} | {ratios} | "
+              f"{err:.1e} | {m['wino_err']:.1e} | {min(m['wino_ms']):.0f}-{max(m['wino_ms']):.0f} | "
+              f"{min(m['loads']):.1f}-{max(m['loads']):.1f} |")
+
+
 def main():
     if sys.argv[1:2] == ["--table"]:
         return print_table(sys.argv[2:])
+    if sys.argv[1:2] == ["--pivot"]:
+        return print_pivot(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=512, help="image width; height is 3/4 of it (512 -> 512x384)")
     ap.add_argument("--layers", default=",".join(LAYERS))
