@@ -680,22 +680,22 @@ def print_pivot(paths):
         for k, d in r["kernels"].items():
             if k == "winograd":
                 continue
-            key = (r["layer"], r["map"], r["threads"], d["T"])
+            key = (r["layer"], r["map"], r["threads"], d["T"], r.get("fft_block_mib") or 16)
             cells.setdefault(key, {})[d["variant"]] = d
             m = meta.setdefault(key, {"wino_ms": [], "wino_err": 0.0, "loads": []})
             m["wino_ms"].append(r["winograd_ms"])
             m["wino_err"] = max(m["wino_err"], r["kernels"]["winograd"]["err_max"])
             m["loads"] += [float(r["load_before"].split()[0]), float(r["load_after"].split()[0])]
-    print("| layer | map | thr | T | mults/out (4-mult / Gauss) | " + " | ".join(variants) +
+    print("| layer | map | thr | T | FFT blocks MiB | mults/out (4-mult / Gauss) | " + " | ".join(variants) +
           " | FFT err max (worst) | Wino err max | Wino ms | load |")
-    print("| --- " * (8 + len(variants)) + "|")
-    for key in sorted(cells, key=lambda k: (k[2], LAYERS.index(k[0]), -int(k[1].split("x")[0]), k[3])):
+    print("| --- " * (10 + len(variants)) + "|")
+    for key in sorted(cells, key=lambda k: (k[2], k[4], LAYERS.index(k[0]), -int(k[1].split("x")[0]), k[3])):
         c, m = cells[key], meta[key]
         any_d = next(iter(c.values()))
         four = 4 * any_d["mults"] / (4 if any_d["variant"] in ("complex", "dft-complex", "dft-real4") else 3)
         ratios = " | ".join(f"{c[v]['ratio']:.2f}" if v in c else "-" for v in variants)
         err = max(d["err_max"] for d in c.values())
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {four:.2f} / {0.75 * four:.2f} | {ratios} | "
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]:g} | {four:.2f} / {0.75 * four:.2f} | {ratios} | "
               f"{err:.1e} | {m['wino_err']:.1e} | {min(m['wino_ms']):.0f}-{max(m['wino_ms']):.0f} | "
               f"{min(m['loads']):.1f}-{max(m['loads']):.1f} |")
 
