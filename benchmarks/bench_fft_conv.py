@@ -120,7 +120,8 @@ def layer_inputs(params, label, size, wanted):
             if name in wanted:
                 out[name] = cur
             wt, b = params[name]
-            cur = np.maximum(L.conv3x3_forward_reference(cur, np.asarray(wt, np.float64), np.asarray(b, np.float64))[0], 0)
+            ref = L.conv3x3_forward_reference(cur, np.asarray(wt, np.float64), np.asarray(b, np.float64))[0]
+            cur = np.maximum(ref, 0)
         else:
             cur = L.avg_pool_forward(cur)[0]
     os.makedirs(CACHE, exist_ok=True)
@@ -203,7 +204,7 @@ class FFTConv:
             else:
                 self._gauss(Xv, Mv, nb * tw)
             t2 = time.perf_counter()
-            a, b = m * r0, min(m * (r0 + nb), self.h)
+            a = m * r0
 
             def inverse(k):
                 np.fft.irfftn(M[:, k], s=(T, T), axes=(2, 3), norm="forward", out=Y[:, k])
@@ -324,6 +325,18 @@ class DFTConv:
     buffer_shape = FFTConv.buffer_shape
     mults_per_output = None  # set below
 
+    def _products(self, Z, K, k):
+        """The per-frequency real GEMMs for the frequencies k (a slice), pieces kept apart."""
+        W = self.W
+        for f in range(k.start, k.stop):
+            if self.npz == 3:   # Gauss: (Xr + Xi) Wr, Xr (Wi - Wr), Xi (Wr + Wi)
+                np.matmul(Z[2, f], W[0][f], out=K[0, f])
+                np.matmul(Z[0, f], W[1][f], out=K[1, f])
+                np.matmul(Z[1, f], W[2][f], out=K[2, f])
+            else:
+                np.matmul(Z[:2, f], W[0][f], out=K[:2, f])       # Xr Wr, Xi Wr
+                np.matmul(Z[:2, f], W[1][f], out=K[2:, f])       # Xr Wi, Xi Wi
+
     def weight_bytes(self):
         return sum(a.nbytes for a in self.W)
 
@@ -366,19 +379,7 @@ class DFTConv:
             Z = Z2.reshape(self.npz, nf, n, ci)
             K2 = self.K.reshape(-1)[:self.pieces * nf * n * co].reshape(self.pieces * T, F * n * co)
             K = K2.reshape(self.pieces, nf, n, co)
-            W = self.W
-            if self.npz == 3:
-                def gemms(k):
-                    for f in range(k.start, k.stop):
-                        np.matmul(Z[2, f], W[0][f], out=K[0, f])
-                        np.matmul(Z[0, f], W[1][f], out=K[1, f])
-                        np.matmul(Z[1, f], W[2][f], out=K[2, f])
-            else:
-                def gemms(k):
-                    for f in range(k.start, k.stop):
-                        np.matmul(Z[:2, f], W[0][f], out=K[:2, f])       # Xr Wr, Xi Wr
-                        np.matmul(Z[:2, f], W[1][f], out=K[2:, f])       # Xr Wi, Xi Wi
-            ws.parallel_gemms(gemms, nf)
+            ws.parallel_gemms(lambda k: self._products(Z, K, k), nf)
             t2 = time.perf_counter()
             # 5. inverse over v: P (2m, F n C) = Inv1 (2m, pieces T) @ K (pieces T, F n C)
             P2 = self.P.reshape(-1)[:2 * m * F * n * co].reshape(2 * m, F * n * co)
@@ -544,6 +545,24 @@ def padded(x_hwc, shape):
     return buf
 
 
+def winograd_gemm_times(wk, bufs, repeats):
+    """Winograd's 36 GEMMs alone (seconds) and their share of the whole kernel, alternating."""
+    rows_w = winograd_tile_rows(wk.h, wk.w, wk.c_in, wk.c_out, 4, wk.ws.block_bytes)
+    n = rows_w * tiles(wk.w)
+    V = np.random.default_rng(0).standard_normal((36, n, wk.c_in)).astype(np.float32)
+    Mw = np.empty((36, n, wk.c_out), np.float32)
+    g_times, g_pair = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        wk(*bufs)
+        t1 = time.perf_counter()
+        wk.gemms_only(V, Mw)
+        t2 = time.perf_counter()
+        g_times.append(t2 - t1)
+        g_pair.append((t2 - t1) / (t1 - t0))
+    return g_times, g_pair
+
+
 def run_layer(name, params, x64, T_list, variants, repeats, threads, ws):
     c, h, wd = x64.shape
     wt, b = params[name]
@@ -591,21 +610,7 @@ def run_layer(name, params, x64, T_list, variants, repeats, threads, ws):
             times["winograd"].append(t1 - t0)
             times[k].append(t2 - t1)
             pair[k].append((t2 - t1) / (t1 - t0))
-    # Winograd's GEMMs alone, same count of repeats, alternating with the whole kernel
-    wk = kernels["winograd"]
-    rows_w = winograd_tile_rows(h, wd, c, w32.shape[0], 4, ws.block_bytes)
-    n = rows_w * tiles(wd)
-    V = np.random.default_rng(0).standard_normal((36, n, c)).astype(np.float32)
-    Mw = np.empty((36, n, w32.shape[0]), np.float32)
-    g_times, g_pair = [], []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        wk(*bufs["winograd"])
-        t1 = time.perf_counter()
-        wk.gemms_only(V, Mw)
-        t2 = time.perf_counter()
-        g_times.append(t2 - t1)
-        g_pair.append((t2 - t1) / (t1 - t0))
+    g_times, g_pair = winograd_gemm_times(kernels["winograd"], bufs["winograd"], repeats)
     elapsed = time.perf_counter() - t_start
     load1 = load_avg()
     wmed = float(np.median(times["winograd"]))
