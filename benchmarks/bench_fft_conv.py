@@ -44,26 +44,17 @@ and the Winograd kernel's 36 GEMMs alone on the same shapes, so that the GEMM wo
 compared without the transforms. ``uptime``'s load average is printed before and after.
 """
 import os
+import sys
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 
-def _threads_from_argv(argv):
-    for k, a in enumerate(argv):
-        if a == "--threads" and k + 1 < len(argv):
-            return argv[k + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return None
-
-
-if _threads_from_argv(__import__("sys").argv):
-    # must reach OpenBLAS before NumPy loads it
-    os.environ["OPENBLAS_NUM_THREADS"] = _threads_from_argv(__import__("sys").argv)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# bench_objective reads --threads into OPENBLAS_NUM_THREADS when imported, before NumPy loads
+import bench_objective  # noqa: E402,F401
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -337,6 +328,19 @@ class DFTConv:
                 np.matmul(Z[:2, f], W[0][f], out=K[:2, f])       # Xr Wr, Xi Wr
                 np.matmul(Z[:2, f], W[1][f], out=K[2:, f])       # Xr Wi, Xi Wi
 
+    def _row_pass(self, xpad, r0, nb):
+        """1. rows: R[r] = Dr @ rows m r0 + m r + (0 .. T-1) of the buffer, full width."""
+        T, m, F, ci = self.T, self.m, self.F, self.c_in
+        rs, _, es = xpad.strides
+        wv = m * self.tw + 2
+        src = np.lib.stride_tricks.as_strided(xpad[m * r0:], shape=(nb, T, wv * ci), strides=(m * rs, rs, es))
+        R = self.R[:nb].reshape(nb, 2 * F, wv * ci)
+
+        def rows(k):
+            for r in range(nb):
+                np.matmul(self.Dr, src[r][:, k], out=R[r][:, k])
+        self.ws.parallel_gemms(rows, wv * ci)
+
     def weight_bytes(self):
         return sum(a.nbytes for a in self.W)
 
@@ -350,15 +354,7 @@ class DFTConv:
             nb = min(self.rows, self.th - r0)
             n = nb * tw
             t0 = time.perf_counter()
-            # 1. rows: R[r] = Dr @ rows m r0 + m r + (0 .. T-1) of the buffer, full width
-            src = np.lib.stride_tricks.as_strided(xpad[m * r0:], shape=(nb, T, wv * ci),
-                                                  strides=(m * rs, rs, es))
-            R = self.R[:nb].reshape(nb, 2 * F, wv * ci)
-
-            def rows(k):
-                for r in range(nb):
-                    np.matmul(self.Dr, src[r][:, k], out=R[r][:, k])
-            ws.parallel_gemms(rows, wv * ci)
+            self._row_pass(xpad, r0, nb)
             # 2. gather the windows: G[p, j, u, r, t] = R[r, p F + u, m t + j]
             R6 = self.R[:nb].reshape(nb, 2, F, wv, ci)
             G = self.G.reshape(-1)[:2 * nf * n * ci].reshape(2, T, F, nb, tw, ci)
@@ -467,14 +463,7 @@ class DFTComplexConv(DFTConv):
             nb = min(self.rows, self.th - r0)
             n = nb * tw
             t0 = time.perf_counter()
-            src = np.lib.stride_tricks.as_strided(xpad[m * r0:], shape=(nb, T, wv * ci),
-                                                  strides=(m * rs, rs, es))
-            R = self.R[:nb].reshape(nb, 2 * F, wv * ci)
-
-            def rows(k):
-                for r in range(nb):
-                    np.matmul(self.Dr, src[r][:, k], out=R[r][:, k])
-            ws.parallel_gemms(rows, wv * ci)
+            self._row_pass(xpad, r0, nb)
             # gather + interleave: G[j, u, r, t] = R[r, u, m t + j] + i R[r, F + u, m t + j]
             R6 = self.R[:nb].reshape(nb, 2, F, wv, ci)
             G = self.G.reshape(-1)[:nf * n * ci].reshape(T, F, nb, tw, ci)
