@@ -13,8 +13,9 @@ the split covers the threaded work too):
   pooling, hand-outs);
 * losses: ``Objective.__call__`` less the kernels (the fused loss terms, their sums, TV);
 * boundary: ``Evaluator.__call__`` less the objective (host<->device copies, float64 casts);
-* optimiser: SciPy's ``minimize`` less the evaluations and the iteration callback (L-BFGS-B's
-  own bookkeeping), plus nstlite's wrapper around each evaluation;
+* optimiser: ``nstlite.optimize.minimize_lbfgsb`` (SciPy's L-BFGS-B, called directly or
+  through ``minimize``) less the evaluations and the iteration callback (L-BFGS-B's own
+  bookkeeping), plus nstlite's wrapper around each evaluation;
 * reporting: the reporter's hooks (log lines, progress, checkpoints);
 * rest: the run outside the optimisation (loading, targets, saving).
 
@@ -49,7 +50,7 @@ MARKS = {
     "forward": ("vgg.py", "forward"), "backward": ("vgg.py", "backward"),
     "objective": ("objective.py", "__call__"), "evaluator": ("problem.py", "__call__"),
     "wrapper": ("optimize.py", "evaluate"), "callback": ("optimize.py", "iteration_done"),
-    "minimize": ("_minimize.py", "minimize"), "on_evaluation": ("reporter.py", "on_evaluation"),
+    "minimize": ("optimize.py", "minimize_lbfgsb"), "on_evaluation": ("reporter.py", "on_evaluation"),
     "on_iteration": ("reporter.py", "on_iteration"), "stylize": ("style_transfer.py", "stylize"),
 }
 
@@ -102,17 +103,18 @@ def split(stats, evaluations):
     return parts
 
 
-def run(size, iterations, log=None, quiet=True):
+def run(size, iterations, log=None, quiet=True, bounds="pixels"):
     content, style = inputs(size)
-    return nstlite.stylize(content, style, size=size, iterations=iterations, quiet=quiet, log=log)
+    return nstlite.stylize(content, style, size=size, iterations=iterations, quiet=quiet, log=log, bounds=bounds)
 
 
 def per_evaluation_seconds(log_path):
     """Median seconds between consecutive evaluations of a run's log (the first one excluded:
     it carries the start-up)."""
-    with open(log_path, encoding="utf-8") as f:
-        seconds = [json.loads(line)["seconds"] for line in f if line.strip()]
-    return float(np.median(np.diff(seconds)[1:])) if len(seconds) > 2 else float("nan")
+    from bench_run import log_per_evaluation
+
+    seconds, count = log_per_evaluation(log_path)
+    return seconds if count > 2 else float("nan")
 
 
 def main(argv=None):
@@ -122,6 +124,7 @@ def main(argv=None):
     ap.add_argument("--json", help="write the split to this file")
     ap.add_argument("--top", type=int, default=0, help="also print the N functions of most own time")
     ap.add_argument("--profiled-only", action="store_true", help="skip the warm-up and the unprofiled run")
+    ap.add_argument("--bounds", choices=("pixels", "none"), default="pixels", help="the run's --bounds")
     a = ap.parse_args(argv)
     plain = None
     if not a.profiled_only:
@@ -129,15 +132,15 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             log = os.path.join(tmp, "run.jsonl")
             t0 = time.perf_counter()
-            result = run(a.size, a.iterations, log)
+            result = run(a.size, a.iterations, log, bounds=a.bounds)
             plain = {"seconds": time.perf_counter() - t0, "evaluations": result.evaluations,
                      "per_evaluation_s": per_evaluation_seconds(log)}
     profiler = cProfile.Profile()
-    result = profiler.runcall(run, a.size, a.iterations)
+    result = profiler.runcall(run, a.size, a.iterations, bounds=a.bounds)
     stats = pstats.Stats(profiler)
     parts = split(stats, result.evaluations)
-    report = {"size": a.size, "iterations": a.iterations, "load": os.getloadavg()[0], "profiled": parts,
-              "unprofiled": plain}
+    report = {"size": a.size, "iterations": a.iterations, "bounds": a.bounds, "load": os.getloadavg()[0],
+              "profiled": parts, "unprofiled": plain}
     print(json.dumps(report, indent=1))
     if a.top:
         stats.sort_stats("tottime").print_stats(a.top)
