@@ -101,3 +101,20 @@ def test_a_reference_run_below_the_reference_size_is_the_reference_size_run_resi
     assert losses(small.history) == losses(at_reference.history)
     expected = np.rint(im.resize(at_reference.image.astype(np.float32), 20, 24)).astype(np.uint8)
     assert small.image.shape == (20, 24, 3) and np.array_equal(small.image, expected)
+
+
+def test_the_size_invariance_benchmark_scores_a_result_at_its_own_size_as_the_run_did(net, images):
+    """benchmarks/size_invariance.py: at the run's own size its style loss is the run's final one
+    (the artwork's Gram matrices rescaled to the result's positions, as the run's targets are)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from size_invariance import analyse
+
+    r = stylize(images / "content.png", [images / "style.png"], size=48, iterations=3, net=net, quiet=True,
+                style_weight=1e3)
+    photo, art = (im.load_image(images / n).rgb for n in ("content.png", "style.png"))
+    style, per_layer, db = analyse(net, net.deprocess_float(r.x).astype(np.float32), photo, art, 48)
+    assert style == pytest.approx(r.final["style"], rel=5e-3)  # float32 maps, the run's fused Gram sums
+    assert set(per_layer) == set(r.final["style_layers"]) and np.isfinite(db)
