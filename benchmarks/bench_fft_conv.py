@@ -328,6 +328,14 @@ class DFTConv:
                 np.matmul(Z[:2, f], W[0][f], out=K[:2, f])       # Xr Wr, Xi Wr
                 np.matmul(Z[:2, f], W[1][f], out=K[2:, f])       # Xr Wi, Xi Wi
 
+    def _row_blocks(self, xpad):
+        """(first tile row, tile rows, start time) of each block, its row pass done."""
+        for r0 in range(0, self.th, self.rows):
+            nb = min(self.rows, self.th - r0)
+            t0 = time.perf_counter()
+            self._row_pass(xpad, r0, nb)
+            yield r0, nb, t0
+
     def _row_pass(self, xpad, r0, nb):
         """1. rows: R[r] = Dr @ rows m r0 + m r + (0 .. T-1) of the buffer, full width."""
         T, m, F, ci = self.T, self.m, self.F, self.c_in
@@ -347,14 +355,10 @@ class DFTConv:
     def __call__(self, xpad, obuf, relu=True):
         T, m, F, tw = self.T, self.m, self.F, self.tw
         ws, ci, co = self.ws, self.c_in, self.c_out
-        rs, cs, es = xpad.strides
         wv = m * tw + 2
         nf = T * F
-        for r0 in range(0, self.th, self.rows):
-            nb = min(self.rows, self.th - r0)
+        for r0, nb, t0 in self._row_blocks(xpad):
             n = nb * tw
-            t0 = time.perf_counter()
-            self._row_pass(xpad, r0, nb)
             # 2. gather the windows: G[p, j, u, r, t] = R[r, p F + u, m t + j]
             R6 = self.R[:nb].reshape(nb, 2, F, wv, ci)
             G = self.G.reshape(-1)[:2 * nf * n * ci].reshape(2, T, F, nb, tw, ci)
@@ -456,14 +460,10 @@ class DFTComplexConv(DFTConv):
     def __call__(self, xpad, obuf, relu=True):
         T, m, F, tw = self.T, self.m, self.F, self.tw
         ws, ci, co = self.ws, self.c_in, self.c_out
-        rs, cs, es = xpad.strides
         wv = m * tw + 2
         nf = T * F
-        for r0 in range(0, self.th, self.rows):
-            nb = min(self.rows, self.th - r0)
+        for r0, nb, t0 in self._row_blocks(xpad):
             n = nb * tw
-            t0 = time.perf_counter()
-            self._row_pass(xpad, r0, nb)
             # gather + interleave: G[j, u, r, t] = R[r, u, m t + j] + i R[r, F + u, m t + j]
             R6 = self.R[:nb].reshape(nb, 2, F, wv, ci)
             G = self.G.reshape(-1)[:nf * n * ci].reshape(T, F, nb, tw, ci)
