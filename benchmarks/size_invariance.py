@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from nstlite import image as im  # noqa: E402
 from nstlite import losses  # noqa: E402
 from nstlite.figures import psnr  # noqa: E402
-from nstlite.options import DEFAULT_STYLE_LAYERS  # noqa: E402
+from nstlite.options import DEFAULT_STYLE_LAYERS, reference_scales  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
 
@@ -57,27 +56,23 @@ def style_loss_at(net, rgb, style_grams):
     return total, per_layer
 
 
-def analyse(net, result_rgb, photo, artwork, size):
-    """(style loss, per-layer E_l, PSNR) of one result at the analysis size ``size``."""
+def analysis_targets(net, photo, artwork, size):
+    """What every result is scored against at the analysis size ``size``: the photograph there
+    (uint8) and the artwork's Gram matrices there, each with its number of positions."""
     h, w = im.fit_longest(*photo.shape[:2], size)
-    shrunk = np.rint(im.resize(result_rgb.astype(np.float32), h, w)).astype(np.uint8)
-    photo_here = np.rint(im.resize(photo, h, w)).astype(np.uint8)
     art = im.resize(artwork, *im.fit_longest(*artwork.shape[:2], size))
     art_feats = net.forward(net.preprocess(art), list(DEFAULT_STYLE_LAYERS))
     grams = {n: (losses.gram(art_feats[n]).copy(), art_feats[n].shape[1] * art_feats[n].shape[2])
              for n in DEFAULT_STYLE_LAYERS}
+    return im.to_uint8(im.resize(photo, h, w)), grams
+
+
+def analyse(net, result_rgb, targets):
+    """(style loss, per-layer E_l, PSNR) of one result against ``analysis_targets``."""
+    photo_here, grams = targets
+    shrunk = im.to_uint8(im.resize(result_rgb, *photo_here.shape[:2]))
     style, per_layer = style_loss_at(net, shrunk, grams)
     return style, per_layer, psnr(shrunk, photo_here)
-
-
-def octave_scales(start, size):
-    """start, 2 start, ... up to size (size last)."""
-    scales = []
-    s = start
-    while s < size:
-        scales.append(s)
-        s *= 2
-    return scales + [size]
 
 
 def main(argv=None):
@@ -104,6 +99,7 @@ def main(argv=None):
     photo = im.load_image(args.content).rgb
     artwork = im.load_image(args.style).rgb
     net = load_vgg19(args.weights, dtype="float64", layers=list(DEFAULT_STYLE_LAYERS))
+    targets = analysis_targets(net, photo, artwork, analysis)
     rows = []
     for size in sizes:
         options = dict(size=size, iterations=args.iterations, style_weight_scaling=args.scaling,
@@ -111,14 +107,14 @@ def main(argv=None):
         if args.style_weight is not None:
             options["style_weight"] = args.style_weight
         if args.scales_from and size > args.scales_from:
-            options["scales"] = octave_scales(args.scales_from, size)
+            options["scales"] = reference_scales(size, start=args.scales_from)
         t0 = time.perf_counter()
         result = nstlite.stylize(args.content, args.style, **options)
         wall = time.perf_counter() - t0
         if args.save:
             Path(args.save).mkdir(parents=True, exist_ok=True)
             im.save_image(str(Path(args.save) / f"size{size}.png"), result.image[..., :3])
-        style, per_layer, db = analyse(net, result.image[..., :3], photo, artwork, analysis)
+        style, per_layer, db = analyse(net, result.image[..., :3], targets)
         own_style = result.final.get("style")
         row = dict(size=size, scales=options.get("scales"), analysis_size=analysis, style_loss=style,
                    psnr=db, per_layer=per_layer, own_size_style_loss=own_style,

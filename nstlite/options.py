@@ -417,13 +417,13 @@ def auto_scales(size: int) -> list:
     return scales
 
 
-def reference_scales(size: int) -> list:
-    """The scales of "reference" scaling: REFERENCE_SIZE, doubling while below ``size``, then
-    ``size``: 512 -> 256, 512; 700 -> 256, 512, 700; 256 and below -> 256 (a smaller result is
-    resized down from it). The deep layers' receptive fields are a fixed number of pixels
-    (conv4_1's about 100), so the large-scale strokes a result gets depend on the size it is
-    optimised at; starting every run at one size fixes them (docs/style_weight.md)."""
-    scales = [REFERENCE_SIZE]
+def reference_scales(size: int, start: int = REFERENCE_SIZE) -> list:
+    """The scales of "reference" scaling: ``start`` (REFERENCE_SIZE), doubling while below
+    ``size``, then ``size``: 512 -> 256, 512; 700 -> 256, 512, 700; 256 and below -> 256 (a
+    smaller result is resized down from it). The deep layers' receptive fields are a fixed
+    number of pixels (conv4_1's about 100), so the large-scale strokes a result gets depend on
+    the size it is optimised at; starting every run at one size fixes them (docs/style_weight.md)."""
+    scales = [start]
     while 2 * scales[-1] < size:
         scales.append(2 * scales[-1])
     return scales + [size] if size > scales[-1] else scales

@@ -413,7 +413,7 @@ def _result(outcomes, reporter, seconds, result_size=None):
     image = last.problem.image(last.x)
     if result_size is not None:
         h, w = im.fit_longest(*image.shape[:2], result_size)
-        image = np.rint(im.resize(image.astype(np.float32), h, w)).astype(np.uint8)
+        image = im.to_uint8(im.resize(image, h, w))
     return StylizeResult(image=image, x=np.asarray(last.x, dtype=np.float64),
                          history=reporter.history, final=last.final,
                          iterations=sum(o.iterations for o in outcomes),

@@ -110,11 +110,12 @@ def test_the_size_invariance_benchmark_scores_a_result_at_its_own_size_as_the_ru
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from size_invariance import analyse
+    from size_invariance import analyse, analysis_targets
 
     r = stylize(images / "content.png", [images / "style.png"], size=48, iterations=3, net=net, quiet=True,
                 style_weight=1e3)
     photo, art = (im.load_image(images / n).rgb for n in ("content.png", "style.png"))
-    style, per_layer, db = analyse(net, net.deprocess_float(r.x).astype(np.float32), photo, art, 48)
+    targets = analysis_targets(net, photo, art, 48)
+    style, per_layer, db = analyse(net, net.deprocess_float(r.x).astype(np.float32), targets)
     assert style == pytest.approx(r.final["style"], rel=5e-3)  # float32 maps, the run's fused Gram sums
     assert set(per_layer) == set(r.final["style_layers"]) and np.isfinite(db)
