@@ -278,7 +278,7 @@ def test_cpu_blocking_is_unchanged_whatever_the_device_has(standin):
 
 
 # ----------------------------------------------------------------------------- fused transforms
-FUSED = ["nstlite_winograd_bt", "nstlite_winograd_at", "nstlite_winograd_a", "nstlite_winograd_b"]
+FUSED = ["nstlite_winograd_bt", "nstlite_winograd_at"]
 
 
 @pytest.mark.parametrize("name", FUSED)

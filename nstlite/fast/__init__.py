@@ -7,7 +7,7 @@ and the engine reads ``nstlite.layers`` (pooling, the reference conv) but never 
 Modules
 -------
 ``toom_cook``      the exact derivation of Winograd's F(4, 3) matrices from interpolation points
-``winograd``       F(4x4, 3x3): the transforms, the convolution and its adjoint
+``winograd``       F(4x4, 3x3): the transforms, the convolution and its input gradient
 ``gemm``           shifted-GEMM and im2col convolutions and their adjoints
 ``layout``         the zero-padded channels-last buffers every kernel reads and writes
 ``workspace``      shared scratch memory and the thread settings (read on first use)

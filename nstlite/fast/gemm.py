@@ -10,7 +10,8 @@
     of rows.
 
 Each input gradient is the adjoint of its own forward algorithm, reading the forward's
-weights (transposed views): one weight copy per kernel, never a flipped second one. Each
+weights (transposed views): one weight copy per kernel, never a flipped second one (Winograd's
+is its forward on flipped maps, which needs none either). Each
 kernel's ``*_scratch`` function gives the workspace shapes it takes (its memory estimate).
 """
 from ..backend import get_array_module

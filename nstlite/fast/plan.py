@@ -14,7 +14,7 @@ from .gemm import (gemm_weights, im2col_adjoint_scratch, im2col_conv, im2col_con
                    im2col_scratch, im2col_weights, shifted_gemm_adjoint_rows, shifted_gemm_adjoint_scratch,
                    shifted_gemm_conv, shifted_gemm_conv_adjoint, shifted_gemm_rows, shifted_gemm_scratch)
 from .layout import padded_shape, tiles, to_padded
-from .winograd import (ALPHA, winograd_adjoint_scratch, winograd_conv, winograd_conv_adjoint, winograd_scratch,
+from .winograd import (ALPHA, winograd_conv, winograd_conv_adjoint, winograd_scratch,
                        winograd_tile_rows, winograd_weights)
 from .workspace import BLOCK_BYTES, Workspace
 
@@ -136,7 +136,7 @@ class ConvPlan:
             return im2col_scratch(h, w, c_in, c_out, rows), im2col_adjoint_scratch(h, w, c_in, rows)
         if form == "winograd":
             nb = min(winograd_tile_rows(h, w, c_in, c_out, itemsize, block_bytes), tiles(h))
-            return winograd_scratch(nb, w, c_in, c_out), winograd_adjoint_scratch(nb, w, c_in, c_out)
+            return winograd_scratch(nb, w, c_in, c_out), winograd_scratch(nb, w, c_out, c_in)
         m_fwd = min(shifted_gemm_rows(h, wp, c_in, c_out, itemsize, block_bytes), h) * wp
         m_bwd = min(shifted_gemm_adjoint_rows(h, wp, c_in, itemsize, block_bytes), h) * wp
         return shifted_gemm_scratch(m_fwd, c_in, c_out), shifted_gemm_adjoint_scratch(m_bwd, c_in)
