@@ -139,6 +139,12 @@ def fused_reference(name):
     return _FUSED[name]
 
 
+def fused_names():
+    """The names of every ``Fused`` kernel the engine defines (the Winograd transforms)."""
+    from .fast import winograd  # noqa: F401  (the kernels register when their module loads)
+    return sorted(_FUSED)
+
+
 def device_free_bytes(xp):
     """Bytes the GPU of array module ``xp`` can still give this process: the device's free
     memory (``cupy.cuda.Device().mem_info``) plus what CuPy's memory pool holds unused (freed

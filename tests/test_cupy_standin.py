@@ -78,7 +78,7 @@ def test_standin_refuses_host_conversion_and_counts(standin):
 @pytest.mark.parametrize("kernel", ["winograd", "shifted_gemm"])
 def test_fast_kernels_over_several_blocks_match_numpy(standin, kernel):
     """Forward and adjoint of a fast conv on the stand-in, in blocks of two rows (Winograd: two
-    tile rows, with the carried rows between blocks), equal the CPU kernel's."""
+    tile rows; its adjoint on flipped views of the device arrays), equal the CPU kernel's."""
     xp = backend.xp_for("gpu")
     rng = np.random.default_rng(5)
     c_in, c_out, h, w = 16, 24, 37, 30
@@ -278,7 +278,7 @@ def test_cpu_blocking_is_unchanged_whatever_the_device_has(standin):
 
 
 # ----------------------------------------------------------------------------- fused transforms
-FUSED = ["nstlite_winograd_bt", "nstlite_winograd_at"]
+FUSED = backend.fused_names()
 
 
 @pytest.mark.parametrize("name", FUSED)

@@ -147,8 +147,8 @@ def test_winograd_float32_input_gradient_error():
 
 @pytest.mark.parametrize("h,w", [(16, 12), (13, 9), (4, 4), (3, 5), (1, 1)])
 def test_winograd_adjoint_blocks_and_edges(h, w):
-    """The adjoint carries the two overlapping rows from one block of tile rows to the next,
-    and the last input row may only arrive with the final carry (h a multiple of 4)."""
+    """The input gradient, the forward on the flipped maps, in blocks of tile rows and at sizes
+    that are not multiples of 4 (the flipped grid's origin; shifting it fails this test)."""
     rng = np.random.default_rng(h * 31 + w)
     wt = rng.standard_normal((7, 5, 3, 3))
     dout = rng.standard_normal((7, h, w))
