@@ -104,7 +104,6 @@ for pooling in ('avg', 'max'):
 print(f'first-use compilation and one evaluation per setting: {time.perf_counter() - t:.1f} s')
 import cupy
 from nstlite import backend
-from nstlite.fast import winograd
 worst = 0.0
 for name in backend.fused_names():
     k = backend.fused_reference(name)

@@ -97,7 +97,7 @@ def _input_transform(xp, src, dst, tmp):
     tmp : (6, nb, Wv, C) scratch for the row pass
     """
     tw = dst.shape[3]
-    # rows: tmp[a] = sum_k BT[a, k] src[:, k]   (B^T evaluated with shared terms)
+    # rows: tmp[a] = sum_k BT[a, k] src[k]   (B^T evaluated with shared terms)
     _bt_pass(xp, src, [tmp[k] for k in range(ALPHA)])
     # columns: tile t takes columns 4t .. 4t+5 of the padded width
     cols = [tmp[:, :, k:k + TILE * (tw - 1) + 1:TILE] for k in range(ALPHA)]  # each (6, nb, tw, C)
